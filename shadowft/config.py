@@ -1,0 +1,105 @@
+"""The experiment configuration: validation against the JSON Schema, and what follows from it.
+
+Snakemake's own `validate` fills defaults by calling `setdefault` on whatever it meets, so
+a wrong type (say `graft: 5`) crashes it with an AttributeError instead of a message. This
+validator fills defaults only into objects and names the offending key in every error.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_defaults_then_validate(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": fill_defaults_then_validate})
+
+
+def key_path(path) -> str:
+    """`training.tunings[0]` from a jsonschema error path."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """Validate `config` in place (filling the schema's defaults) and check its cross-references."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda error: list(map(str, error.absolute_path)))
+    if errors:
+        lines = [f"  {key_path(error.absolute_path)}: {_message(_deepest(error))}" for error in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_references(config)
+    return config
+
+
+def _deepest(error):
+    """The most specific message of a compound (allOf/if-then) error."""
+    while error.context:
+        error = max(error.context, key=lambda sub: len(sub.absolute_path))
+    return error
+
+
+def _message(error) -> str:
+    if "propertyNames" in error.schema_path and error.validator == "enum":
+        return f"unknown key {error.instance!r} (allowed here: {', '.join(error.validator_value)})"
+    return error.message
+
+
+def _check_references(config: dict) -> None:
+    problems = []
+    models, datasets = config["models"], config["datasets"]
+    for pair, spec in config["pairs"].items():
+        for role in ("base", "instruct"):
+            if spec[role] not in models:
+                problems.append(f"pairs.{pair}.{role}: '{spec[role]}' is not a key of models")
+        if spec["base"] == spec["instruct"]:
+            problems.append(f"pairs.{pair}: base and instruct are the same model '{spec['base']}'")
+    if config["training"]["dataset"] not in datasets:
+        problems.append(f"training.dataset: '{config['training']['dataset']}' is not a key of datasets")
+    for name, benchmark in config["evaluation"]["benchmarks"].items():
+        if benchmark["dataset"] not in datasets:
+            problems.append(f"evaluation.benchmarks.{name}.dataset: '{benchmark['dataset']}' is not a key of datasets")
+    demo_roles = sorted(spec["role"] for spec in models.values() if spec["source"] == "demo")
+    if len(demo_roles) != len(set(demo_roles)):
+        problems.append("models: the demo builds one base and one instruct model; two models name the same role")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
+
+
+def alpha_label(alpha: float) -> str:
+    """The graft strength as it appears in paths: 1.0 -> '1', 0.5 -> '0.5'."""
+    return f"{alpha:g}"
+
+
+def variants(config: dict) -> list[str]:
+    """The evaluated variants of every pair, as they appear under results/{pair}/eval/."""
+    wanted = config["evaluation"]["variants"]
+    names = [variant for variant in ("base", "instruct") if variant in wanted]
+    for tuning in config["training"]["tunings"]:
+        for variant in ("instruct_ft", "base_ft"):
+            if variant in wanted:
+                names.append(f"{tuning}/{variant}")
+        if "shadow" in wanted:
+            names.extend(f"{tuning}/shadow_a{alpha_label(alpha)}" for alpha in config["graft"]["alphas"])
+    return names
