@@ -1,0 +1,38 @@
+# Shadow-FT: fine-tune the BASE model, graft its weight update onto the INSTRUCT model,
+# and compare the graft with instruct fine-tuned directly. See README.md.
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# The package holds the logic; every environment finds it in this checkout, so the
+# code that runs is the code you read, whether the rule runs in a venv or a conda env.
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+)
+
+from shadowft.config import validate_config
+
+
+configfile: "config/config.yaml"
+
+
+validate_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/demo.smk"
+include: "rules/train.smk"
+include: "rules/delta.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,39 @@
+# Shadow-FT's own step: the update learned on base, grafted onto instruct.
+
+
+rule extract_delta:
+    input:
+        base=base_model_dir,
+        tuned=delta_source,
+    output:
+        directory("results/{pair}/{tuning}/delta"),
+    params:
+        tuning="{tuning}",
+    log:
+        "logs/delta/{pair}/{tuning}/extract.log",
+    benchmark:
+        "benchmarks/delta/{pair}/{tuning}/extract.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/extract_delta.py"
+
+
+rule graft:
+    input:
+        instruct=instruct_model_dir,
+        delta="results/{pair}/{tuning}/delta",
+    output:
+        directory("results/{pair}/{tuning}/shadow_a{alpha}"),
+    params:
+        alpha="{alpha}",
+        preset=config["graft"]["preset"],
+        vocab_mismatch=config["graft"]["vocab_mismatch"],
+    log:
+        "logs/delta/{pair}/{tuning}/graft_a{alpha}.log",
+    benchmark:
+        "benchmarks/delta/{pair}/{tuning}/graft_a{alpha}.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/graft.py"

@@ -1,0 +1,54 @@
+# The embedded demo: a tiny base/instruct pair and a synthetic task, built here.
+# BASE is a random-init model pre-trained on a synthetic corpus; INSTRUCT is that base
+# after instruction tuning on a chat set, so the pair mirrors the paper's in miniature.
+
+
+rule build_demo:
+    output:
+        init=directory("data/demo/init"),
+        pretrain=directory("data/demo/pretrain"),
+        task=directory("data/demo/task"),
+    params:
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/build.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/build_demo.py"
+
+
+rule demo_training_config:
+    input:
+        model=demo_step_model_dir,
+        dataset="data/demo/pretrain",
+    output:
+        "data/demo/{step}.yaml",
+    params:
+        training=demo_training_parameters,
+    log:
+        "logs/demo/{step}_config.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/write_training_config.py"
+
+
+rule demo_train:
+    input:
+        config="data/demo/{step}.yaml",
+        model=demo_step_model_dir,
+        dataset="data/demo/pretrain",
+    output:
+        directory("data/demo/{step}/model"),
+    params:
+        python=env_python("train"),
+    log:
+        "logs/demo/{step}_train.log",
+    benchmark:
+        "benchmarks/demo/{step}_train.tsv"
+    threads: 2
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{params.python} -m shadowft.llamafactory train {input.config} {output} > {log} 2>&1"

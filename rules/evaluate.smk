@@ -1,0 +1,25 @@
+# OpenCompass scores each variant of a pair on each benchmark, one job per
+# (pair, variant, benchmark), so adding a benchmark or a variant recomputes nothing else.
+
+
+rule evaluate:
+    input:
+        model=variant_model_dir,
+        data=benchmark_eval_file,
+    output:
+        "results/{pair}/eval/{variant}/{benchmark}/scores.csv",
+    params:
+        python=env_python("eval"),
+        benchmark=benchmark_spec,
+        work_dir="results/{pair}/eval/{variant}/{benchmark}/opencompass",
+    log:
+        "logs/evaluate/{pair}/{variant}/{benchmark}.log",
+    benchmark:
+        "benchmarks/evaluate/{pair}/{variant}/{benchmark}.tsv"
+    threads: 2
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "{params.python} -m shadowft.opencompass evaluate --model {input.model}"
+        " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir}"
+        " --scores {output} > {log} 2>&1"

@@ -1,0 +1,16 @@
+"""Rule build_demo: the tiny random-init model, its tokenizer and the synthetic data."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from pathlib import Path
+
+from shadowft.demo import build_demo
+
+build_demo(
+    Path(snakemake.output.init),
+    Path(snakemake.output.pretrain),
+    Path(snakemake.output.task),
+    seed=snakemake.params.seed,
+)

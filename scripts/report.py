@@ -1,0 +1,11 @@
+"""Rule report: results/summary.csv (tidy) and results/summary.md (the paper-style table)."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from pathlib import Path
+
+from shadowft.report import summarize
+
+summarize(snakemake.params.records, Path(snakemake.output.csv), Path(snakemake.output.md))

@@ -1,0 +1,66 @@
+"""The workflow as a user drives it: the plan, the lint, config errors, and the whole demo run."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT, snakemake
+
+# The dependency edges of the Shadow-FT chain on the demo, upstream -> downstream.
+CHAIN_EDGES = [
+    ("build_demo", "demo_training_config"), ("demo_training_config", "demo_train"),
+    ("demo_train", "training_config"), ("training_config", "train"),
+    ("train", "merge_adapter"), ("train", "extract_delta"), ("extract_delta", "graft"),
+    ("graft", "evaluate"), ("merge_adapter", "evaluate"), ("train", "evaluate"),
+    ("demo_train", "evaluate"), ("evaluate", "report"), ("report", "all"),
+]
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Snakemake's job-count table from a dry run: rule name -> number of jobs."""
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE) if name != "total"}
+
+
+def test_dry_run_plans_the_whole_chain(tmp_path):
+    result = snakemake(tmp_path, "-n", "--cores", "2")
+    jobs = planned_jobs(result.stdout)
+    assert jobs == {
+        "all": 1, "build_demo": 1, "demo_training_config": 2, "demo_train": 2,
+        "training_config": 4, "train": 4, "merge_adapter": 1,
+        "extract_delta": 2, "graft": 2, "evaluate": 6, "report": 1,
+    }
+
+
+def test_rulegraph_orders_the_chain(tmp_path):
+    dot = snakemake(tmp_path, "--rulegraph").stdout
+    rule_of = {node: name for node, name in re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.MULTILINE)}
+    edges = {(rule_of[a], rule_of[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.MULTILINE)}
+    assert set(CHAIN_EDGES) <= edges, set(CHAIN_EDGES) - edges
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake(tmp_path, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        ({"training": {"dataset": "demo_task", "tunings": ["lorra"]}}, "training.tunings[0]"),
+        ({"pairs": {"demo": {"base": "demo-base", "template": "qwen"}}}, "pairs.demo"),
+        ({"graft": {"alphas": [1.0], "strength": 2}}, "strength"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, edit, named):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(edit)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--configfile", str(path), check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
