@@ -1,0 +1,418 @@
+"""Bring models and datasets into the workflow, each with a manifest of what arrived.
+
+A model comes from the Hugging Face Hub at a pinned revision (``download_model``) or
+from a local folder (``link_local_model``); a dataset from the Hub
+(``download_dataset``). Every destination is built in a temporary folder beside it
+and renamed into place only when complete, so an interrupted download never leaves
+a folder a rerun would trust. Each one holds ``shadowft_manifest.json``: the source,
+the resolved commit, and the size and sha256 of every file.
+
+Only safetensors weights are fetched by default: pickle weights (``*.bin``,
+``*.pt``) can run arbitrary code when loaded. The Hub token is read from an
+environment variable and never written to a manifest, a log or an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import huggingface_hub
+import requests
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from shadowft.io import atomic_directory, atomic_write_json, sha256_file
+
+MANIFEST_NAME = "shadowft_manifest.json"
+
+# Patterns without a "/" match files at the repository root only, so copies of the
+# weights in sub-folders (e.g. Llama's "original/") are not fetched twice.
+DEFAULT_MODEL_PATTERNS: tuple[str, ...] = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "*.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+# transformers loads exactly these names; other *.safetensors at the root (Mistral's
+# "consolidated.safetensors", a second copy of the weights) are not part of the model.
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+# select(file names, label for messages, read_json(name)) -> the names to fetch or link.
+Selector = Callable[[list[str], str, Callable[[str], dict]], list[str]]
+
+# huggingface_hub keeps its per-file download bookkeeping here inside local_dir.
+_HF_LOCAL_DIR_STATE = ".cache"
+
+
+class ModelSourceError(ValueError):
+    """A repository or folder that is not a loadable safetensors model."""
+
+
+class HubError(RuntimeError):
+    """The Hub could not deliver a repository (not found, bad revision, network, corrupt file)."""
+
+
+def download_model(
+    repo_id: str,
+    revision: str,
+    dest: Path,
+    *,
+    endpoint: str | None = None,
+    token_env: str = "HF_TOKEN",
+    allow_patterns: Sequence[str] = DEFAULT_MODEL_PATTERNS,
+    allow_pickle: bool = False,
+) -> dict:
+    """Download a model repository at ``revision`` into ``dest``; return its manifest.
+
+    ``revision`` (branch, tag or commit) is resolved to a commit once, and every file
+    is fetched at that commit, so a branch moving during the download cannot mix two
+    versions. The model must have ``config.json`` and safetensors weights
+    (``model.safetensors`` or ``model.safetensors.index.json`` and its shards);
+    a repository with only pickle weights is refused unless ``allow_pickle``.
+    """
+    return _download(
+        repo_id,
+        revision,
+        Path(dest),
+        repo_type="model",
+        endpoint=endpoint,
+        token_env=token_env,
+        select=_model_selector(allow_patterns, allow_pickle),
+    )
+
+
+def download_dataset(
+    repo_id: str,
+    revision: str,
+    dest: Path,
+    *,
+    endpoint: str | None = None,
+    token_env: str = "HF_TOKEN",
+    allow_patterns: Sequence[str] | None = None,
+) -> dict:
+    """Download a dataset repository at ``revision`` into ``dest``; return its manifest.
+
+    ``allow_patterns`` limits the files (matched like in ``download_model``); by
+    default every file of the repository is fetched.
+    """
+
+    def select(names: list[str], label: str, read_json: Callable[[str], dict]) -> list[str]:
+        return names if allow_patterns is None else _select_files(names, allow_patterns)
+
+    return _download(
+        repo_id, revision, Path(dest), repo_type="dataset", endpoint=endpoint, token_env=token_env, select=select
+    )
+
+
+def link_local_model(
+    path: Path,
+    dest: Path,
+    *,
+    copy: bool = False,
+    allow_patterns: Sequence[str] = DEFAULT_MODEL_PATTERNS,
+    allow_pickle: bool = False,
+) -> dict:
+    """Make the model in the local folder ``path`` available as ``dest``; return its manifest.
+
+    The folder is checked like a Hub repository (``config.json``, safetensors
+    weights, no pickle-only weights). ``dest`` gets symlinks to the selected files
+    (absolute, with symlinks in ``path`` resolved), or copies with ``copy=True``:
+    links keep disk use flat for multi-gigabyte weights, and the manifest's sha256
+    of every file shows later whether the source changed under them.
+    """
+    source = Path(path).resolve()
+    if not source.is_dir():
+        raise ModelSourceError(f"local model {path}: not a directory")
+    if source.is_relative_to(Path(dest).resolve()):
+        # Replacing dest would delete the very files the new links point to.
+        raise ModelSourceError(f"local model {path}: it lies inside the destination {dest}")
+    names = sorted(
+        file.relative_to(source).as_posix()
+        for file in source.rglob("*")
+        if file.is_file() and not any(part.startswith(".") for part in file.relative_to(source).parts)
+    )
+    select = _model_selector(allow_patterns, allow_pickle)
+    selected = select(names, f"local model {path}", lambda name: _read_json(source / name))
+    with atomic_directory(Path(dest)) as tmp:
+        for name in selected:
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if copy:
+                shutil.copy2(source / name, target)
+            else:
+                target.symlink_to((source / name).resolve())
+        manifest = {
+            "kind": "model",
+            "source": {"type": "local", "path": str(source), "link": "copy" if copy else "symlink"},
+            "files": _describe_files(tmp, selected),
+            "created": _now(),
+        }
+        atomic_write_json(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def fetch_model(source: dict, dest: Path, *, endpoint: str | None = None) -> dict:
+    """A model as the workflow config describes it (``source: hub`` or ``source: local``) into ``dest``.
+
+    Models that need their own Python code also bring their ``*.py`` files, and only
+    when the config says ``trust_remote_code``.
+    """
+    patterns = (*DEFAULT_MODEL_PATTERNS, "*.py") if source.get("trust_remote_code") else DEFAULT_MODEL_PATTERNS
+    if source["source"] == "hub":
+        return download_model(
+            source["repo"],
+            source.get("revision", "main"),
+            dest,
+            endpoint=endpoint,
+            allow_patterns=patterns,
+            allow_pickle=source.get("allow_pickle", False),
+        )
+    if source["source"] == "local":
+        return link_local_model(Path(source["path"]), dest, allow_patterns=patterns)
+    raise ModelSourceError(f"model source {source['source']!r} is not downloaded (hub and local are)")
+
+
+def _download(
+    repo_id: str,
+    revision: str,
+    dest: Path,
+    *,
+    repo_type: str,
+    endpoint: str | None,
+    token_env: str,
+    select: Selector,
+) -> dict:
+    """Fetch the files ``select(names, label, read_json)`` picks from the repo listing."""
+    if not revision:
+        raise ValueError(f"{repo_type} {repo_id!r}: a revision (branch, tag or commit) is required")
+    token = os.environ.get(token_env) or None
+    shown_endpoint = _without_credentials(endpoint or huggingface_hub.constants.ENDPOINT)
+    label = f"{repo_type} {repo_id!r} at revision {revision!r} on {shown_endpoint}"
+    # False, not None: huggingface_hub would otherwise fall back to a token saved by
+    # `hf auth login` or to $HF_TOKEN, and the token must come from token_env only.
+    auth: str | bool = token or False
+
+    with _hub_errors(label, token, token_env), atomic_directory(dest) as tmp:
+        info = HfApi(endpoint=endpoint).repo_info(
+            repo_id, revision=revision, repo_type=repo_type, files_metadata=True, token=auth
+        )
+        commit = info.sha
+        if not commit:
+            # Without a commit every file would be fetched at a moving branch head.
+            raise HubError(f"{label}: the Hub did not resolve the revision to a commit")
+        siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
+
+        def fetch(name: str) -> Path:
+            hf_hub_download(
+                repo_id,
+                name,
+                repo_type=repo_type,
+                revision=commit,
+                local_dir=tmp,
+                endpoint=endpoint,
+                token=auth,
+            )
+            return tmp / name
+
+        selected = select(sorted(siblings), label, lambda name: _read_json(fetch(name)))
+        for name in selected:
+            fetch(name)
+        shutil.rmtree(tmp / _HF_LOCAL_DIR_STATE, ignore_errors=True)
+
+        files = _describe_files(tmp, selected)
+        for entry in files:
+            _verify(entry, siblings[entry["path"]], tmp / entry["path"], label)
+        manifest = {
+            "kind": repo_type,
+            "source": {
+                "type": "hub",
+                "repo_id": repo_id,
+                "repo_type": repo_type,
+                "revision": revision,
+                "commit": commit,
+                "endpoint": shown_endpoint,
+            },
+            "files": files,
+            "created": _now(),
+            "huggingface_hub": huggingface_hub.__version__,
+        }
+        atomic_write_json(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _model_selector(allow_patterns: Sequence[str], allow_pickle: bool) -> Selector:
+    """A ``select(names, label, read_json)`` for ``_download`` that accepts only loadable models."""
+    pickle_weights = (PICKLE_SINGLE, "pytorch_model-*.bin", PICKLE_INDEX) if allow_pickle else ()
+    patterns = (*allow_patterns, *pickle_weights)
+
+    def select(names: list[str], label: str, read_json: Callable[[str], dict]) -> list[str]:
+        return _select_model_files(
+            _select_files(names, patterns), names, label=label, allow_pickle=allow_pickle, read_json=read_json
+        )
+
+    return select
+
+
+def _select_files(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Names matching any pattern; a pattern without '/' matches root-level names only."""
+    return [
+        name
+        for name in names
+        if any(fnmatch.fnmatchcase(name, pattern) and ("/" in pattern or "/" not in name) for pattern in patterns)
+    ]
+
+
+def _select_model_files(
+    selected: list[str],
+    available: Sequence[str],
+    *,
+    label: str,
+    allow_pickle: bool,
+    read_json: Callable[[str], dict],
+) -> list[str]:
+    """Check that ``selected`` is a loadable model and keep only the weight files it loads.
+
+    ``available`` (every file of the source) only serves the error messages;
+    ``read_json`` reads a weight index, fetching it first if needed.
+    """
+    if "config.json" not in selected:
+        raise ModelSourceError(f"{label}: no config.json" + _listing(available))
+    if SAFETENSORS_INDEX in selected:
+        index = SAFETENSORS_INDEX
+    elif SAFETENSORS_SINGLE in selected:
+        return [name for name in selected if not _is_weight_file(name) or name == SAFETENSORS_SINGLE]
+    elif (
+        not allow_pickle
+        and any(_is_pickle(name) for name in available)
+        and not {SAFETENSORS_SINGLE, SAFETENSORS_INDEX} & set(available)
+    ):
+        raise ModelSourceError(
+            f"{label}: only pickle weights ({', '.join(n for n in available if _is_pickle(n))}), "
+            "no safetensors. Loading pickle files can run arbitrary code: use a safetensors "
+            "revision or conversion of the model, or pass allow_pickle=True if you trust the source."
+        )
+    elif PICKLE_INDEX in selected:
+        index = PICKLE_INDEX
+    elif PICKLE_SINGLE in selected:
+        return [name for name in selected if not _is_weight_file(name) or name == PICKLE_SINGLE]
+    else:
+        raise ModelSourceError(
+            f"{label}: no weights ({SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX})" + _listing(available)
+        )
+
+    try:
+        shards = set(read_json(index)["weight_map"].values())
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        raise ModelSourceError(f"{label}: {index} has no valid weight_map ({error})") from None
+    missing = sorted(shards - set(available))
+    if missing:
+        raise ModelSourceError(f"{label}: {index} lists shards that do not exist: {', '.join(missing)}")
+    return [name for name in selected if not _is_weight_file(name) or name in shards or name == index]
+
+
+def _is_pickle(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in PICKLE_PATTERNS)
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith((".safetensors", ".safetensors.index.json", ".bin.index.json")) or _is_pickle(name)
+
+
+def _listing(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return f" (files: {shown or 'none'})"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _describe_files(root: Path, names: Sequence[str]) -> list[dict]:
+    return [{"path": name, "size": (root / name).stat().st_size, "sha256": sha256_file(root / name)} for name in names]
+
+
+def _verify(entry: dict, sibling: huggingface_hub.hf_api.RepoSibling, path: Path, label: str) -> None:
+    """Compare a downloaded file with the hashes the Hub's listing promised."""
+    if sibling.lfs is not None:
+        expected, actual = sibling.lfs.sha256, entry["sha256"]
+    elif sibling.blob_id is not None:
+        # Non-LFS files are identified by their git blob id: sha1 over a "blob <size>\0" header and the bytes.
+        expected = sibling.blob_id
+        actual = hashlib.sha1(b"blob %d\0" % entry["size"] + path.read_bytes()).hexdigest()
+    else:
+        return
+    if expected != actual:
+        raise HubError(f"{label}: {entry['path']} is corrupt: hash {actual}, the Hub lists {expected}")
+
+
+@contextlib.contextmanager
+def _hub_errors(label: str, token: str | None, token_env: str) -> Iterator[None]:
+    """Turn huggingface_hub and network failures into a HubError naming the repository.
+
+    Messages are rebuilt without the original exception chained, and with the token
+    masked should a server or proxy ever echo it back.
+    """
+
+    def describe(error: BaseException) -> str:
+        # huggingface_hub wraps some informative HTTP errors (a 403 on a file) in a
+        # generic "check your connection" one: show the first HTTP error it chains.
+        detail = error.__cause__
+        while detail is not None and not isinstance(detail, HfHubHTTPError):
+            detail = detail.__cause__
+        text = str(error) if detail is None else f"{error} ({detail})"
+        return text.replace(token, "***") if token else text
+
+    try:
+        yield
+    except GatedRepoError:
+        raise HubError(f"{label}: gated repository; accept its terms on the Hub and set ${token_env}") from None
+    except RepositoryNotFoundError:
+        hint = f"the token in ${token_env} cannot read it" if token else f"${token_env} is not set"
+        raise HubError(f"{label}: repository not found (or private/gated and {hint})") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{label}: revision not found; check the branch, tag or commit") from None
+    except HfHubHTTPError as error:
+        raise HubError(f"{label}: {describe(error)}") from None
+    except (requests.RequestException, OSError) as error:
+        raise HubError(f"{label}: download failed: {type(error).__name__}: {describe(error)}") from None
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
