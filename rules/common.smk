@@ -5,7 +5,8 @@ import re
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from shadowft.config import alpha_label, variants
-from shadowft.llamafactory import DEMO_OVERRIDES
+from shadowft.demo import TEMPLATE as DEMO_TEMPLATE
+from shadowft.llamafactory import DEMO_OVERRIDES, DEMO_PAIR_STEPS
 
 
 PAIRS = sorted(config["pairs"])
@@ -30,7 +31,7 @@ wildcard_constraints:
     alpha=alternatives(ALPHAS),
     benchmark=alternatives(BENCHMARKS),
     model=alternatives(downloaded_models()),
-    variant="base|instruct|(" + alternatives(TUNINGS) + ")/(instruct_ft|base_ft|shadow_a(" + alternatives(ALPHAS) + "))",
+    variant=f"base|instruct|({alternatives(TUNINGS)})/(instruct_ft|base_ft|shadow_a({alternatives(ALPHAS)}))",
     step="base|instruct",
 
 
@@ -109,16 +110,17 @@ def demo_step_model_dir(wildcards):
 
 def demo_training_parameters(wildcards):
     """The ingredients of a demo-building step's LLaMA-Factory arguments."""
-    step = DEMO_OVERRIDES[wildcards.step]
+    step = "pretrain" if wildcards.step == "base" else "instruct"
+    stage, tuning, dataset = DEMO_PAIR_STEPS[step]
     return {
         "model_dir": demo_step_model_dir(wildcards),
         "dataset_dir": "data/demo/pretrain",
-        "dataset": step["dataset"],
-        "template": "qwen",
-        "tuning": "full",
-        "stage": step["stage"],
+        "dataset": dataset,
+        "template": DEMO_TEMPLATE,
+        "tuning": tuning,
+        "stage": stage,
         "output_dir": f"data/demo/{wildcards.step}/work",
-        "overrides": step["overrides"],
+        "overrides": DEMO_OVERRIDES[step],
     }
 
 
@@ -144,16 +146,15 @@ def variant_model_dir(wildcards):
     return f"results/{pair}/{variant}"
 
 
-def benchmark_eval_file(wildcards):
-    benchmark = config["evaluation"]["benchmarks"][wildcards.benchmark]
-    return os.path.join(dataset_dir(benchmark["dataset"]), "eval.jsonl")
+def benchmark_dataset_dir(wildcards):
+    return dataset_dir(config["evaluation"]["benchmarks"][wildcards.benchmark]["dataset"])
 
 
 def benchmark_spec(wildcards):
     """The benchmark as shadowft.opencompass reads it, as JSON for the command line."""
     benchmark = dict(config["evaluation"]["benchmarks"][wildcards.benchmark])
     benchmark["name"] = wildcards.benchmark
-    benchmark["path"] = benchmark_eval_file(wildcards)
+    benchmark["path"] = os.path.join(benchmark_dataset_dir(wildcards), "eval.jsonl")
     return json.dumps(benchmark, sort_keys=True)
 
 

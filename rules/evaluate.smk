@@ -5,7 +5,7 @@
 rule evaluate:
     input:
         model=variant_model_dir,
-        data=benchmark_eval_file,
+        data=benchmark_dataset_dir,
     output:
         "results/{pair}/eval/{variant}/{benchmark}/scores.csv",
     params:
