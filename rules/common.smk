@@ -152,7 +152,11 @@ def benchmark_dataset_dir(wildcards):
 
 def benchmark_spec(wildcards):
     """The benchmark as shadowft.opencompass reads it, as JSON for the command line."""
-    benchmark = dict(config["evaluation"]["benchmarks"][wildcards.benchmark])
+    benchmark = {
+        key: value
+        for key, value in config["evaluation"]["benchmarks"][wildcards.benchmark].items()
+        if key != "dataset"
+    }
     benchmark["name"] = wildcards.benchmark
     benchmark["path"] = os.path.join(benchmark_dataset_dir(wildcards), "eval.jsonl")
     return json.dumps(benchmark, sort_keys=True)

@@ -1,0 +1,553 @@
+"""OpenCompass evaluation: the run configuration as data, the run, and its scores.
+
+One `evaluate` call scores one model on one benchmark and writes a tidy ``scores.csv``
+(benchmark, dataset, metric, score, num_examples; scores in percent, as OpenCompass reports
+them) and ``predictions.json`` (what the model answered, per dataset) beside it.
+
+A benchmark is a dict from the workflow configuration:
+
+- ``{"name", "kind": "custom", "path", "metric", "max_out_len", "prompt"}``: ``path`` is a
+  JSON-lines file of ``{"question": str, "answer": str}``; the model is asked ``prompt``
+  (default ``"{question}"``) as the user turn of its chat template, and its answer,
+  stripped of surrounding whitespace, must equal the stripped answer (metric exact_match).
+- ``{"name", "kind": "opencompass", "config", "max_out_len"}``: a standard OpenCompass
+  dataset config such as ``gsm8k_gen``, scored by its own evaluator; its data is read from
+  ``COMPASS_DATA_CACHE`` (prefetched, since evaluation runs offline).
+
+The run configuration is plain JSON (OpenCompass's config loader reads ``.json``; classes
+are named by their import paths), so it is written with ``json.dump`` and can be read in
+the run folder. OpenCompass runs as ``python -m opencompass.cli.main`` of this interpreter.
+
+Module top level is stdlib-only: this runs in the eval environment with the repository on
+PYTHONPATH, and the core environment imports `read_scores` without OpenCompass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from shadowft.io import atomic_write_json, atomic_write_text
+
+SCORES_COLUMNS = ("benchmark", "dataset", "metric", "score", "num_examples")
+PREDICTIONS_FILE = "predictions.json"
+RUN_CONFIG_FILE = "shadowft_run.json"
+RUN_LOG_FILE = "opencompass.log"
+
+# OpenCompass names its output files after the model's abbreviation; one model per run.
+MODEL_ABBR = "model"
+# Standard dataset configs set their own generation length; this is the fallback for those
+# that do not, the same as OpenCompass's configs for chat models.
+DEFAULT_MAX_OUT_LEN = 4096
+DEFAULT_CUSTOM_MAX_OUT_LEN = 64
+DEFAULT_PROMPT = "{question}"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# OpenCompass's default chat meta-template ends every user turn with "\n" (it merges an
+# empty SYSTEM turn into the HUMAN one). A custom benchmark must ask exactly its prompt,
+# the text the model was fine-tuned on, so it gets a template without that turn.
+EXACT_PROMPT_META_TEMPLATE = {
+    "round": [
+        {"role": "HUMAN", "api_role": "HUMAN"},
+        {"role": "BOT", "api_role": "BOT", "generate": True},
+    ]
+}
+
+# metric name -> (OpenCompass evaluator, the key of the score in its results)
+CUSTOM_METRICS = {
+    # AccEvaluator compares whole strings; str.strip on both sides makes it exact match of
+    # the answer. (EMEvaluator lowercases, drops punctuation and articles, and treats a
+    # plain-string reference as a list of characters.)
+    "exact_match": ("opencompass.openicl.icl_evaluator.AccEvaluator", "accuracy"),
+}
+
+_KIND_KEYS = {
+    "custom": ({"name", "kind", "path"}, {"metric", "max_out_len", "prompt"}),
+    "opencompass": ({"name", "kind", "config"}, {"max_out_len"}),
+}
+# The name becomes OpenCompass's dataset abbreviation, hence a file name.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_LOG_TAIL_LINES = 20
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(RuntimeError):
+    """OpenCompass did not score every dataset; the message says which and where to read why."""
+
+
+def check_benchmark(benchmark: dict) -> dict:
+    """Validate a benchmark spec and return a copy with its defaults filled in."""
+    if not isinstance(benchmark, dict):
+        raise TypeError(f"benchmark: expected a mapping, got {type(benchmark).__name__}")
+    kind = benchmark.get("kind")
+    if kind not in _KIND_KEYS:
+        raise ValueError(f"benchmark.kind: {kind!r} is not one of {', '.join(_KIND_KEYS)}")
+    required, optional = _KIND_KEYS[kind]
+    missing = sorted(required - benchmark.keys())
+    if missing:
+        raise ValueError(f"benchmark ({kind}): missing key(s) {', '.join(missing)}")
+    unknown = sorted(benchmark.keys() - required - optional)
+    if unknown:
+        raise ValueError(
+            f"benchmark ({kind}): unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(required | optional))}"
+        )
+    name = benchmark["name"]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"benchmark.name: {name!r} must be letters, digits, '.', '_' or '-' (it names files)")
+    max_out_len = benchmark.get("max_out_len")
+    if max_out_len is not None and (
+        isinstance(max_out_len, bool) or not isinstance(max_out_len, int) or max_out_len < 1
+    ):
+        raise ValueError(f"benchmark.max_out_len: {max_out_len!r} must be a positive integer")
+
+    spec = dict(benchmark)
+    if kind == "custom":
+        spec.setdefault("metric", "exact_match")
+        spec.setdefault("max_out_len", DEFAULT_CUSTOM_MAX_OUT_LEN)
+        spec.setdefault("prompt", DEFAULT_PROMPT)
+        if spec["metric"] not in CUSTOM_METRICS:
+            raise ValueError(f"benchmark.metric: {spec['metric']!r} is not one of {', '.join(CUSTOM_METRICS)}")
+        if not isinstance(spec["prompt"], str) or "{question}" not in spec["prompt"]:
+            raise ValueError(f"benchmark.prompt: {spec['prompt']!r} must be a string containing '{{question}}'")
+    elif not isinstance(spec["config"], str) or not _NAME.fullmatch(spec["config"]):
+        raise ValueError(
+            f"benchmark.config: {spec['config']!r} must name an OpenCompass dataset config, e.g. gsm8k_gen"
+        )
+    return spec
+
+
+def model_config(
+    model_dir: Path,
+    *,
+    num_gpus: int = 0,
+    batch_size: int = 8,
+    max_seq_len: int | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    meta_template: dict | None = None,
+) -> dict:
+    """The OpenCompass model entry: a Hugging Face chat model, greedy decoding.
+
+    ``max_seq_len=None`` lets OpenCompass take the length from the model's config.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if num_gpus < 0 or batch_size < 1:
+        raise ValueError(f"num_gpus must be >= 0 and batch_size >= 1 (got {num_gpus}, {batch_size})")
+    model = {
+        "type": "opencompass.models.HuggingFacewithChatTemplate",
+        "abbr": MODEL_ABBR,
+        "path": str(Path(model_dir).resolve()),
+        # OpenCompass defaults trust_remote_code to True for both; we never run a model's
+        # own code unless asked.
+        "model_kwargs": {"trust_remote_code": trust_remote_code, "torch_dtype": dtype},
+        "tokenizer_kwargs": {"trust_remote_code": trust_remote_code},
+        # A model's generation_config.json may ask for sampling or beams: override both.
+        "generation_kwargs": {"do_sample": False, "num_beams": 1},
+        "max_out_len": DEFAULT_MAX_OUT_LEN,
+        "batch_size": batch_size,
+        "run_cfg": {"num_gpus": num_gpus},
+    }
+    if max_seq_len is not None:
+        model["max_seq_len"] = max_seq_len
+    if meta_template is not None:
+        model["meta_template"] = meta_template
+    return model
+
+
+def custom_datasets(spec: dict) -> list[dict]:
+    """The OpenCompass dataset entry of a custom question/answer benchmark."""
+    path = Path(spec["path"]).resolve()
+    _check_qa_file(path)
+    evaluator, _ = CUSTOM_METRICS[spec["metric"]]
+    return [
+        {
+            "type": "opencompass.datasets.CustomDataset",
+            "abbr": spec["name"],
+            "path": str(path),
+            "reader_cfg": {"input_columns": ["question"], "output_column": "answer"},
+            "infer_cfg": {
+                "prompt_template": {
+                    "type": "opencompass.openicl.icl_prompt_template.PromptTemplate",
+                    "template": {"round": [{"role": "HUMAN", "prompt": spec["prompt"]}]},
+                },
+                "retriever": {"type": "opencompass.openicl.icl_retriever.ZeroRetriever"},
+                "inferencer": {
+                    "type": "opencompass.openicl.icl_inferencer.GenInferencer",
+                    "max_out_len": spec["max_out_len"],
+                },
+            },
+            "eval_cfg": {
+                "evaluator": {"type": evaluator},
+                "pred_postprocessor": {"type": "builtins.str.strip"},
+                "dataset_postprocessor": {"type": "builtins.str.strip"},
+            },
+        }
+    ]
+
+
+def opencompass_datasets(spec: dict) -> list[dict]:
+    """The dataset entries of a standard OpenCompass config (e.g. gsm8k_gen), as plain data.
+
+    Needs OpenCompass (the eval environment). mmengine writes the config's classes and
+    functions as their import paths, as OpenCompass does when it saves a run's config.
+    """
+    from mmengine.config import Config
+
+    config = Config.fromfile(str(_find_dataset_config(spec["config"])))
+    datasets = [dataset.to_dict() for key in config if key.endswith("_datasets") for dataset in config[key]]
+    if not datasets:
+        raise ValueError(f"benchmark.config: {spec['config']} defines no *_datasets")
+    try:
+        plain = json.loads(json.dumps(datasets))
+    except TypeError as error:
+        raise ValueError(f"benchmark.config: {spec['config']} holds a value that is not plain data ({error})") from None
+    if "max_out_len" in spec:
+        for dataset in plain:
+            dataset["infer_cfg"]["inferencer"]["max_out_len"] = spec["max_out_len"]
+    return plain
+
+
+_DATASET_BUILDERS = {"custom": custom_datasets, "opencompass": opencompass_datasets}
+
+
+def run_config(
+    model_dir: Path,
+    benchmark: dict,
+    *,
+    num_gpus: int = 0,
+    batch_size: int = 8,
+    max_seq_len: int | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> dict:
+    """The whole OpenCompass run configuration (``models`` and ``datasets``), JSON-serialisable."""
+    spec = check_benchmark(benchmark)
+    # Standard benchmarks keep OpenCompass's own prompt format, as the paper's numbers do.
+    meta_template = EXACT_PROMPT_META_TEMPLATE if spec["kind"] == "custom" else None
+    model = model_config(
+        model_dir,
+        num_gpus=num_gpus,
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        meta_template=meta_template,
+    )
+    datasets = _DATASET_BUILDERS[spec["kind"]](spec)
+    abbrs = [dataset["abbr"] for dataset in datasets]
+    if len(set(abbrs)) != len(abbrs):
+        raise ValueError(f"benchmark {spec['name']}: dataset abbreviations repeat: {abbrs}")
+    return {"models": [model], "datasets": datasets}
+
+
+def evaluate(
+    model_dir: Path,
+    benchmark: dict,
+    work_dir: Path,
+    scores_csv: Path,
+    *,
+    predictions_json: Path | None = None,
+    num_gpus: int = 0,
+    batch_size: int = 8,
+    max_seq_len: int | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    data_cache: Path | None = None,
+) -> None:
+    """Score `model_dir` on `benchmark` with OpenCompass, offline, and write its scores.
+
+    OpenCompass runs in a fresh folder ``work_dir/<YYYYmmdd_HHMMSS>_<random>/`` (its
+    configuration, log, predictions and results stay there). ``scores_csv`` and
+    ``predictions_json`` (default: ``predictions.json`` beside ``scores_csv``) are
+    written atomically, only once every dataset has been scored; otherwise this raises
+    EvaluationError naming the dataset and the log to read. ``data_cache`` becomes
+    COMPASS_DATA_CACHE, where standard benchmarks' data is read.
+    """
+    # Absolute: OpenCompass runs in the run folder, not in the caller's directory.
+    model_dir, work_dir, scores_csv = Path(model_dir).resolve(), Path(work_dir).resolve(), Path(scores_csv)
+    predictions_json = Path(predictions_json) if predictions_json else scores_csv.with_name(PREDICTIONS_FILE)
+    spec = check_benchmark(benchmark)
+    if not model_dir.is_dir():
+        raise ValueError(f"model: {model_dir} is not a directory")
+    data_cache = data_cache or os.environ.get("COMPASS_DATA_CACHE")
+    if not data_cache and spec["kind"] == "opencompass":
+        raise ValueError(
+            f"benchmark {spec['name']}: standard OpenCompass data is read from COMPASS_DATA_CACHE; "
+            "give data_cache (--data-cache) or set the variable"
+        )
+    config = run_config(
+        model_dir,
+        spec,
+        num_gpus=num_gpus,
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    run_dir = _new_run_dir(work_dir)
+    config_path = run_dir / RUN_CONFIG_FILE
+    atomic_write_json(config_path, config)
+    log_path = run_dir / RUN_LOG_FILE
+
+    env = {**os.environ, **_OFFLINE}
+    if data_cache:
+        env["COMPASS_DATA_CACHE"] = str(Path(data_cache).resolve())
+    if num_gpus == 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    command = [
+        sys.executable,
+        "-m",
+        "opencompass.cli.main",
+        str(config_path),
+        "--work-dir",
+        str(work_dir),
+        # --reuse with a fresh, empty folder of our own is how OpenCompass is told which
+        # folder to write; there is nothing in it to reuse.
+        "--reuse",
+        run_dir.name,
+        # In-process tasks: a failure exits non-zero (without --debug a failed task still
+        # exits 0) and one interpreter starts instead of three.
+        "--debug",
+    ]
+    log.info("OpenCompass: %s on %s, log %s", model_dir, spec["name"], log_path)
+    started = time.monotonic()
+    # OpenCompass writes scratch files (tmp/, .cache/) into its working directory.
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        returncode = subprocess.run(
+            command, check=False, cwd=run_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        ).returncode
+    log.info("OpenCompass finished in %.1f s with exit code %d", time.monotonic() - started, returncode)
+    abbrs = [dataset["abbr"] for dataset in config["datasets"]]
+    if returncode != 0:
+        datasets = f"dataset {abbrs[0]}" if len(abbrs) == 1 else f"{len(abbrs)} datasets"
+        raise EvaluationError(
+            f"OpenCompass failed (exit code {returncode}) scoring {model_dir} on benchmark {spec['name']} "
+            f"({datasets}); read {log_path}. Its last lines:\n{_tail(log_path)}"
+        )
+
+    metric_names = {CUSTOM_METRICS[spec["metric"]][1]: spec["metric"]} if spec["kind"] == "custom" else None
+    rows, predictions = collect_results(run_dir, spec["name"], abbrs, log_path=log_path, metric_names=metric_names)
+    atomic_write_json(predictions_json, predictions)
+    write_scores(rows, scores_csv)
+
+
+def collect_results(
+    run_dir: Path,
+    benchmark: str,
+    dataset_abbrs: list[str],
+    *,
+    log_path: Path | None = None,
+    metric_names: dict[str, str] | None = None,
+) -> tuple[list[dict], dict]:
+    """The scores rows and the predictions (by dataset) of one OpenCompass run folder.
+
+    OpenCompass exits 0 even when a task failed, so every dataset's results JSON must exist,
+    hold no ``error`` and hold at least one numeric metric, and its predictions must exist;
+    otherwise EvaluationError names the dataset and the log to read. ``metric_names`` maps
+    the results keys to report to the names they get; None reports every numeric key as is.
+    """
+    run_dir = Path(run_dir)
+    hint = f"read {log_path or run_dir / 'logs'}"
+    rows, predictions = [], {}
+    for abbr in dataset_abbrs:
+        results_path = run_dir / "results" / MODEL_ABBR / f"{abbr}.json"
+        results = _read_run_json(results_path, f"benchmark {benchmark}: the results of dataset {abbr}", hint)
+        if "error" in results:
+            raise EvaluationError(
+                f"benchmark {benchmark}: OpenCompass could not score dataset {abbr}: {results['error']}; {hint}"
+            )
+        scores = {key: value for key, value in results.items() if _is_number(value)}
+        if metric_names is not None:
+            absent = sorted(metric_names.keys() - scores.keys())
+            if absent:
+                raise EvaluationError(
+                    f"benchmark {benchmark}: dataset {abbr} has no {', '.join(absent)} in {results_path}; {hint}"
+                )
+            scores = {metric_names[key]: scores[key] for key in metric_names}
+        if not scores:
+            raise EvaluationError(
+                f"benchmark {benchmark}: dataset {abbr} has no numeric score in {results_path}; {hint}"
+            )
+        predictions_path = run_dir / "predictions" / MODEL_ABBR / f"{abbr}.json"
+        predictions[abbr] = _read_run_json(
+            predictions_path, f"benchmark {benchmark}: the predictions of dataset {abbr}", hint
+        )
+        rows.extend(
+            {
+                "benchmark": benchmark,
+                "dataset": abbr,
+                "metric": metric,
+                "score": float(score),
+                "num_examples": len(predictions[abbr]),
+            }
+            for metric, score in scores.items()
+        )
+    return rows, predictions
+
+
+def write_scores(rows: list[dict], path: Path) -> None:
+    """Write scores rows as a tidy CSV (SCORES_COLUMNS), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCORES_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({column: row[column] for column in SCORES_COLUMNS} for row in rows)
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def read_scores(path: Path) -> list[dict]:
+    """Read a scores.csv: one dict per row, score a float, num_examples an int (stdlib only)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != SCORES_COLUMNS:
+            raise ValueError(f"{path}: columns are {reader.fieldnames}, expected {list(SCORES_COLUMNS)}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append({**row, "score": float(row["score"]), "num_examples": int(row["num_examples"])})
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}, line {line}: score must be a number and num_examples an integer: {row}"
+                ) from None
+    return rows
+
+
+def _check_qa_file(path: Path) -> None:
+    """Fail early, naming the line, on what OpenCompass would only reject mid-run."""
+    if not path.is_file():
+        raise ValueError(f"benchmark.path: {path} is not a file")
+    count = 0
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                raise ValueError(f"{path}, line {number}: empty line")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not JSON ({error})") from None
+            if not isinstance(record, dict) or not all(
+                isinstance(record.get(key), str) for key in ("question", "answer")
+            ):
+                raise ValueError(f'{path}, line {number}: expected {{"question": str, "answer": str}}')
+            count += 1
+    if count == 0:
+        raise ValueError(f"benchmark.path: {path} holds no questions")
+
+
+def _find_dataset_config(name: str) -> Path:
+    import opencompass
+
+    root = Path(opencompass.__file__).parent / "configs" / "datasets"
+    matches = sorted(root.rglob(f"{name}.py"))
+    if len(matches) != 1:
+        found = ", ".join(str(match.relative_to(root)) for match in matches) or "none"
+        raise ValueError(f"benchmark.config: {name} must match exactly one file under {root} (found {found})")
+    return matches[0]
+
+
+def _new_run_dir(work_dir: Path) -> Path:
+    """A folder of this run's own under `work_dir`, named like OpenCompass's timestamps."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = work_dir / f"{datetime.now():%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+    run_dir.mkdir()  # exclusive: never share a folder with another run
+    return run_dir
+
+
+def _read_run_json(path: Path, what: str, hint: str) -> dict:
+    if not path.is_file():
+        raise EvaluationError(f"{what}: OpenCompass wrote no {path}; {hint}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EvaluationError(f"{what}: {path} is not JSON ({error}); {hint}") from None
+    if not isinstance(value, dict):
+        raise EvaluationError(f"{what}: {path} is not a JSON object; {hint}")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tail(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(collections.deque(f, maxlen=_LOG_TAIL_LINES)).rstrip("\n")
+
+
+def _benchmark_argument(text: str) -> dict:
+    """--benchmark-json: inline JSON, or the path of a JSON file."""
+    try:
+        source = text if text.lstrip().startswith("{") else Path(text).read_text(encoding="utf-8")
+        benchmark = json.loads(source)
+    except (OSError, json.JSONDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    if not isinstance(benchmark, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a JSON object")
+    return benchmark
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shadowft.opencompass", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("evaluate", help="score a model on a benchmark and write scores.csv")
+    run.add_argument("--model", type=Path, required=True, help="Hugging Face model folder")
+    run.add_argument(
+        "--benchmark-json",
+        type=_benchmark_argument,
+        required=True,
+        metavar="FILE_OR_JSON",
+        help="the benchmark spec: a JSON file or inline JSON",
+    )
+    run.add_argument("--work-dir", type=Path, required=True, help="OpenCompass runs in a new folder under it")
+    run.add_argument("--scores", type=Path, required=True, help="the scores.csv to write")
+    run.add_argument(
+        "--predictions", type=Path, help=f"the predictions JSON to write (default: {PREDICTIONS_FILE} beside --scores)"
+    )
+    run.add_argument("--num-gpus", type=int, default=0, help="GPUs for the model; 0 runs on CPU (default)")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--max-seq-len", type=int, help="default: from the model's config")
+    run.add_argument("--dtype", choices=DTYPES, default="auto")
+    run.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    run.add_argument("--data-cache", type=Path, help="COMPASS_DATA_CACHE: the prefetched standard datasets")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        evaluate(
+            args.model,
+            args.benchmark_json,
+            args.work_dir,
+            args.scores,
+            predictions_json=args.predictions,
+            num_gpus=args.num_gpus,
+            batch_size=args.batch_size,
+            max_seq_len=args.max_seq_len,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+            data_cache=args.data_cache,
+        )
+    except (EvaluationError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The real OpenCompass, in .venvs/eval, scoring the demo's tiny model on CPU.
+
+A random model answers nothing right, so the exact-match benchmark is made of the answers
+the model gives (greedy decoding in transformers, here): it must score 100, and the same
+answers shuffled must score lower.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import ROOT, VENVS
+
+from shadowft.opencompass import RUN_CONFIG_FILE, RUN_LOG_FILE, read_scores
+
+EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
+MAX_OUT_LEN = 8
+NUM_QUESTIONS = 6
+# The paper's standard benchmarks (DESIGN.md s1) as OpenCompass dataset configs.
+PAPER_CONFIGS = (
+    "gsm8k_gen",
+    "math_gen",
+    "svamp_gen",
+    "aime2024_gen",
+    "humaneval_gen",
+    "mmlu_gen",
+    "mmlu_pro_gen",
+    "winogrande_gen",
+    "drop_gen",
+    "ARC_c_gen",
+    "bbh_gen",
+    "gpqa_gen",
+    "TheoremQA_gen",
+    "IFEval_gen",
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not EVAL_PYTHON.exists(), reason=f"no eval environment at {EVAL_PYTHON}"),
+]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    from shadowft.demo import build_demo
+
+    root = tmp_path_factory.mktemp("opencompass_demo")
+    build_demo(root / "init", root / "pretrain", root / "task")
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_answers(demo):
+    """(question, the model's own greedy answer) for the first demo questions."""
+    lines = (demo / "task" / "eval.jsonl").read_text().splitlines()[:NUM_QUESTIONS]
+    questions = [json.loads(line)["question"] for line in lines]
+    answers = greedy_answers(demo / "init", questions, MAX_OUT_LEN)
+    assert len(set(answers)) > 1, "the model answers every question alike; shuffling would prove nothing"
+    return list(zip(questions, answers, strict=True))
+
+
+def greedy_answers(model_dir, questions, max_new_tokens):
+    """What OpenCompass's chat model should answer: the user turn through the chat template,
+    greedy, the text up to the first stop word, stripped."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    stop_words = {tokenizer.decode(token) for token in (eos if isinstance(eos, list) else [eos])} | {
+        tokenizer.eos_token
+    }
+    answers = []
+    for question in questions:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])
+        for stop in stop_words:
+            answer = answer.split(stop)[0]
+        answers.append(answer.strip())
+    return answers
+
+
+def write_qa(path, pairs):
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in pairs))
+    return path
+
+
+def evaluate(tmp_path, model_dir, benchmark, *extra):
+    """`python -m shadowft.opencompass evaluate` in the eval environment, run from tmp_path
+    with relative output paths, as Snakemake gives them."""
+    command = [
+        str(EVAL_PYTHON),
+        "-m",
+        "shadowft.opencompass",
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--benchmark-json",
+        json.dumps(benchmark),
+        "--work-dir",
+        "work",
+        "--scores",
+        "out/scores.csv",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_dir(tmp_path):
+    (folder,) = (tmp_path / "work").iterdir()
+    return folder
+
+
+def test_own_answers_score_100(tmp_path, demo, model_answers):
+    benchmark = {
+        "name": "demo_task",
+        "kind": "custom",
+        "path": str(write_qa(tmp_path / "eval.jsonl", model_answers)),
+        "max_out_len": MAX_OUT_LEN,
+    }
+    result = evaluate(tmp_path, demo / "init", benchmark, "--batch-size", "1")
+    assert result.returncode == 0, result.stderr
+
+    assert read_scores(tmp_path / "out" / "scores.csv") == [
+        {
+            "benchmark": "demo_task",
+            "dataset": "demo_task",
+            "metric": "exact_match",
+            "score": 100.0,
+            "num_examples": NUM_QUESTIONS,
+        }
+    ]
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())["demo_task"]
+    asked = [record["origin_prompt"] for record in predictions.values()]
+    assert asked == [[{"role": "HUMAN", "prompt": q}] for q, _ in model_answers], (
+        "the exact question, no trailing newline"
+    )
+    assert [record["prediction"].strip() for record in predictions.values()] == [a for _, a in model_answers]
+
+    assert (run_dir(tmp_path) / RUN_CONFIG_FILE).is_file()
+    assert (run_dir(tmp_path) / RUN_LOG_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.jsonl", "out", "work"], (
+        "OpenCompass's scratch files stay in its run folder"
+    )
+
+
+def test_shuffled_answers_score_lower(tmp_path, demo, model_answers):
+    questions, answers = zip(*model_answers, strict=True)
+    shuffled = list(zip(questions, answers[1:] + answers[:1], strict=True))
+    benchmark = {
+        "name": "demo_task",
+        "kind": "custom",
+        "path": str(write_qa(tmp_path / "eval.jsonl", shuffled)),
+        "max_out_len": MAX_OUT_LEN,
+    }
+    result = evaluate(tmp_path, demo / "init", benchmark)
+    assert result.returncode == 0, result.stderr
+    (row,) = read_scores(tmp_path / "out" / "scores.csv")
+    assert row["score"] < 100.0
+    assert row["num_examples"] == NUM_QUESTIONS
+
+
+def test_broken_model_fails_naming_the_log(tmp_path, demo, model_answers):
+    broken = tmp_path / "broken_model"
+    shutil.copytree(demo / "init", broken)
+    (broken / "model.safetensors").unlink()
+    benchmark = {
+        "name": "demo_task",
+        "kind": "custom",
+        "path": str(write_qa(tmp_path / "eval.jsonl", model_answers)),
+        "max_out_len": MAX_OUT_LEN,
+    }
+    result = evaluate(tmp_path, broken, benchmark)
+
+    assert result.returncode == 1
+    log_path = run_dir(tmp_path) / RUN_LOG_FILE
+    assert "benchmark demo_task" in result.stderr
+    assert f"read {log_path}" in result.stderr
+    assert "model.safetensors" in result.stderr, "the log's last lines show the cause"
+    assert not (tmp_path / "out").exists(), "no scores from a failed run"
+
+
+def test_standard_dataset_from_the_data_cache(tmp_path, demo):
+    # A two-question GSM8K in OpenCompass's cache layout: the standard config, its
+    # prompts and its evaluator run end to end, offline.
+    gsm8k = tmp_path / "cache" / "data" / "gsm8k"
+    gsm8k.mkdir(parents=True)
+    for split in ("train", "test"):
+        write_qa(
+            gsm8k / f"{split}.jsonl",
+            [("What is 2 plus 2?", "2 + 2 = 4\n#### 4"), ("What is 3 plus 4?", "3 + 4 = 7\n#### 7")],
+        )
+    benchmark = {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "max_out_len": 4}
+    result = evaluate(tmp_path, demo / "init", benchmark, "--data-cache", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+
+    (row,) = read_scores(tmp_path / "out" / "scores.csv")
+    assert (row["benchmark"], row["dataset"], row["metric"], row["num_examples"]) == ("gsm8k", "gsm8k", "accuracy", 2)
+    config = json.loads((run_dir(tmp_path) / RUN_CONFIG_FILE).read_text())
+    assert config["datasets"][0]["infer_cfg"]["inferencer"]["max_out_len"] == 4
+    assert "meta_template" not in config["models"][0], "standard benchmarks keep OpenCompass's prompt format"
+
+
+def test_paper_benchmark_configs_are_plain_data():
+    code = (
+        "import json, sys\n"
+        "from shadowft.opencompass import opencompass_datasets\n"
+        "for name in sys.argv[1:]:\n"
+        "    datasets = opencompass_datasets({'name': name, 'config': name})\n"
+        "    assert json.loads(json.dumps(datasets)) == datasets\n"
+        "    print(name, len(datasets))\n"
+    )
+    result = subprocess.run(
+        [str(EVAL_PYTHON), "-c", code, *PAPER_CONFIGS],
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(line.split() for line in result.stdout.splitlines())
+    assert set(counts) == set(PAPER_CONFIGS)
+    assert int(counts["mmlu_gen"]) == 57
