@@ -182,4 +182,4 @@ def score_records():
 
 
 def final_outputs():
-    return ["results/summary.csv", "results/summary.md"]
+    return ["results/summary.csv", "results/summary.md"] + [f"results/{pair}/similarity.csv" for pair in PAIRS]

@@ -37,3 +37,20 @@ rule graft:
         "../envs/core.yaml"
     script:
         "../scripts/graft.py"
+
+
+# The paper's observation, measured per pair: how far instruct's weights lie from base's.
+rule similarity:
+    input:
+        base=base_model_dir,
+        instruct=instruct_model_dir,
+    output:
+        "results/{pair}/similarity.csv",
+    log:
+        "logs/delta/{pair}/similarity.log",
+    benchmark:
+        "benchmarks/delta/{pair}/similarity.tsv"
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/similarity.py"

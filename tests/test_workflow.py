@@ -1,6 +1,5 @@
 """The workflow as a user drives it: the plan, the lint, config errors, and the whole demo run."""
 
-import json
 import re
 
 import pytest
@@ -15,6 +14,7 @@ CHAIN_EDGES = [
     ("train", "merge_adapter"), ("train", "extract_delta"), ("extract_delta", "graft"),
     ("graft", "evaluate"), ("merge_adapter", "evaluate"), ("train", "evaluate"),
     ("demo_train", "evaluate"), ("evaluate", "report"), ("report", "all"),
+    ("demo_train", "similarity"), ("similarity", "all"),
 ]
 
 
@@ -30,7 +30,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
     assert jobs == {
         "all": 1, "build_demo": 1, "demo_training_config": 2, "demo_train": 2,
         "training_config": 4, "train": 4, "merge_adapter": 1,
-        "extract_delta": 2, "graft": 2, "evaluate": 6, "report": 1,
+        "extract_delta": 2, "graft": 2, "evaluate": 6, "report": 1, "similarity": 1,
     }
 
 

@@ -1,0 +1,11 @@
+"""Rule similarity: sigma = sum|W_B - W_I| / (sum|W_B| + sum|W_I|), per tensor, layer and overall."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from pathlib import Path
+
+from shadowft.similarity import similarity
+
+similarity(Path(snakemake.input.base), Path(snakemake.input.instruct), Path(snakemake.output[0]), progress=False)
