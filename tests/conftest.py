@@ -14,15 +14,11 @@ VENVS = ROOT / ".venvs"
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run this checkout's workflow with `workdir` holding data/, results/ and logs/.
 
-    The demo config is named explicitly: Snakemake reads `configfile:` relative to the
-    working directory. A `--configfile` in `args` comes later and takes precedence."""
-    command = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(ROOT / "config" / "config.yaml"),
-        *args,
-    ]
+    Without a `--configfile` in `args` the demo config is named: Snakemake reads the
+    `configfile:` directive relative to the working directory."""
+    if "--configfile" not in args:
+        args = (*args, "--configfile", str(ROOT / "config" / "config.yaml"))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
