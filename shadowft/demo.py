@@ -1,0 +1,249 @@
+"""The embedded demo: a tiny base/instruct pair and a synthetic task, built offline in seconds.
+
+The paper's story in miniature. `build_demo` writes the raw materials; the pair and every
+fine-tune are then made by LLaMA-Factory through `shadowft.llamafactory`, like a real pair:
+
+- ``init``: a randomly initialised Qwen2 (~170k parameters) with a byte-level BPE tokenizer
+  trained here on the demo's texts, ChatML special tokens and chat template.
+- ``pretrain``: BASE is ``init`` pre-trained (stage pt) on ``demo_corpus``, plain text holding
+  the knowledge: letter order, successor facts, words repeated and "moved one step on", and a
+  few chat transcripts (web text has those; real base models know the format a little).
+  INSTRUCT is BASE after a short full SFT on ``demo_chat``, general instruction following
+  (copy, first letter, last letter): a small update, as between real pairs (sigma ~4%).
+- ``task``: ``demo_task``, the fine-tuning target "Shift: c a f b" -> "d b g c" (every letter
+  one step on). No chat example asks for it, so neither BASE nor INSTRUCT answers it before
+  tuning. ``eval.jsonl`` holds held-out questions (disjoint words) with exact-match answers.
+
+Module top level is stdlib-only: the train environment imports the names below without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from shadowft.io import atomic_directory
+
+TEMPLATE = "qwen"
+# The demo's chat template has no default system turn; LLaMA-Factory's qwen template would
+# otherwise prepend Qwen's ~50-token system prompt to every training example.
+DEFAULT_SYSTEM = ""
+CORPUS_DATASET = "demo_corpus"
+CHAT_DATASET = "demo_chat"
+TASK_DATASET = "demo_task"
+EVAL_FILE = "eval.jsonl"
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+ALPHABET = "abcdefghij"
+# Fixed-length words: each answer letter sits at a fixed distance from its source letter, which
+# a two-layer model learns in a few hundred steps; mixed lengths needed several times more.
+WORD_LENGTH = 4
+SIZES = {"corpus": 6000, "chat": 2400, "task_train": 2000, "task_eval": 100}
+# A ceiling: the whitespace-isolated pieces of the demo's texts run out of merges below it.
+TOKENIZER_MAX_VOCAB = 384
+MODEL_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
+
+
+def shift(word: str) -> str:
+    """The demo task: every letter moves one step along the alphabet."""
+    return " ".join(ALPHABET[ALPHABET.index(letter) + 1] for letter in word.split())
+
+
+CHAT_SKILLS: dict[str, Callable[[str], str]] = {
+    "Copy": lambda word: word,
+    "First letter": lambda word: word.split()[0],
+    "Last letter": lambda word: word.split()[-1],
+}
+
+
+def build_demo(init_dir: Path, pretrain_dir: Path, task_dir: Path, *, seed: int = 0) -> None:
+    """Write the demo's initial model, pre-training/chat datasets and task datasets.
+
+    Same seed, same bytes: data files and tokenizer are byte-identical, weights are equal.
+    Each directory is replaced atomically.
+    """
+    rng = random.Random(seed)
+    corpus = _corpus(rng)
+    chat = [_chat_conversation(rng) for _ in range(SIZES["chat"])]
+    task_train, task_eval = _task_split(rng)
+
+    with atomic_directory(Path(pretrain_dir)) as tmp:
+        _write_jsonl(tmp / "corpus.jsonl", ({"text": text} for text in corpus))
+        _write_jsonl(tmp / "chat.jsonl", chat)
+        _write_json(
+            tmp / "dataset_info.json",
+            {
+                CORPUS_DATASET: {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}},
+                CHAT_DATASET: _sharegpt_entry("chat.jsonl"),
+            },
+        )
+
+    with atomic_directory(Path(task_dir)) as tmp:
+        _write_jsonl(tmp / "train.jsonl", (_conversation([(q, a)]) for q, a in task_train))
+        _write_jsonl(tmp / EVAL_FILE, ({"question": q, "answer": a} for q, a in task_eval))
+        _write_json(tmp / "dataset_info.json", {TASK_DATASET: _sharegpt_entry("train.jsonl")})
+
+    tokenizer_texts = corpus + [_render_chatml(c["conversations"]) for c in chat]
+    tokenizer_texts += [_render_chatml(_conversation([pair])["conversations"]) for pair in task_train]
+    with atomic_directory(Path(init_dir)) as tmp:
+        tokenizer = _train_tokenizer(tokenizer_texts)
+        tokenizer.save_pretrained(tmp)
+        _random_model(tokenizer, seed).save_pretrained(tmp, safe_serialization=True)
+
+
+def _random_word(rng: random.Random, letters: str = ALPHABET) -> str:
+    return " ".join(rng.choice(letters) for _ in range(WORD_LENGTH))
+
+
+def _corpus(rng: random.Random) -> list[str]:
+    """Plain-text "web pages": the knowledge that chat and task tuning later draw on."""
+
+    def run() -> str:
+        start = rng.randrange(len(ALPHABET) - 2)
+        stop = rng.randrange(start + 3, len(ALPHABET) + 1)
+        return "the letters " + " ".join(ALPHABET[start:stop]) + " come in this order ."
+
+    def successor() -> str:
+        i = rng.randrange(len(ALPHABET) - 1)
+        return f"after {ALPHABET[i]} comes {ALPHABET[i + 1]} ."
+
+    def repeated() -> str:
+        word = _random_word(rng)
+        return f"{word} , once more : {word} ."
+
+    def stepped() -> str:
+        word = _random_word(rng, ALPHABET[:-1])
+        return f"{word} moved one step on is {shift(word)} ."
+
+    def transcript() -> str:
+        # Web text holds chat logs too; real base models know the chat format a little.
+        return _render_chatml(_chat_conversation(rng)["conversations"])
+
+    kinds = (run, successor, repeated, stepped, transcript)
+    return [rng.choice(kinds)() for _ in range(SIZES["corpus"])]
+
+
+def _chat_conversation(rng: random.Random) -> dict:
+    """General instruction following: one or two turns of the chat skills."""
+    turns = []
+    for _ in range(rng.choice((1, 1, 1, 2))):
+        skill = rng.choice(sorted(CHAT_SKILLS))
+        word = _random_word(rng)
+        turns.append((f"{skill}: {word}", CHAT_SKILLS[skill](word)))
+    return _conversation(turns)
+
+
+def _task_split(rng: random.Random) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Disjoint train and held-out (question, answer) pairs of the shift task."""
+    shiftable = ALPHABET[:-1]
+    words: dict[str, None] = {}
+    while len(words) < SIZES["task_train"] + SIZES["task_eval"]:
+        words.setdefault(_random_word(rng, shiftable))
+    pairs = [(f"Shift: {word}", shift(word)) for word in words]
+    return pairs[: SIZES["task_train"]], pairs[SIZES["task_train"] :]
+
+
+def _conversation(turns: Iterable[tuple[str, str]]) -> dict:
+    messages = []
+    for question, answer in turns:
+        messages += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return {"conversations": messages}
+
+
+def _sharegpt_entry(file_name: str) -> dict:
+    # The same layout as the paper's Shadow_2k (Infinity-Instruct): sharegpt, human/gpt turns.
+    return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"}}
+
+
+def _render_chatml(messages: list[dict]) -> str:
+    roles = {"human": "user", "gpt": "assistant"}
+    return "".join(f"{IM_START}{roles[m['from']]}\n{m['value']}{IM_END}\n" for m in messages)
+
+
+def _write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    path.write_text(
+        "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _train_tokenizer(texts: list[str]):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # Byte-level like Qwen's, so any text (benchmarks' prompts included) encodes losslessly. Each
+    # whitespace character is a token of its own: a letter is then the same token wherever it
+    # stands ("d" opening an answer, " d" inside it would otherwise be two tokens to learn), and
+    # no merge crosses the newline between a chat-template header and the message, so encoding
+    # a turn piecewise (LLaMA-Factory) or whole (apply_chat_template) gives the same ids.
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_MAX_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        additional_special_tokens=[IM_START, IM_END],
+        chat_template=CHAT_TEMPLATE,
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _random_model(tokenizer, seed: int):
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    config = Qwen2Config(
+        # Padded past the tokenizer like real Qwen checkpoints (151936 rows for 151665 tokens).
+        vocab_size=-(-len(tokenizer) // 64) * 64,
+        bos_token_id=endoftext,
+        eos_token_id=im_end,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        **MODEL_SHAPE,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext, do_sample=False
+    )
+    return model

@@ -1,0 +1,165 @@
+"""The embedded demo's builder: determinism, data layout, tokenizer and chat template."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from shadowft import demo
+
+DATA_FILES = {
+    "pretrain": ["chat.jsonl", "corpus.jsonl", "dataset_info.json"],
+    "task": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
+}
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+
+
+def build(root, seed=0):
+    demo.build_demo(root / "init", root / "pretrain", root / "task", seed=seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(built):
+    return AutoTokenizer.from_pretrained(built / "init")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_same_seed_gives_the_same_bytes_and_weights(built, tmp_path):
+    again = build(tmp_path)
+    for folder, names in DATA_FILES.items():
+        for name in names:
+            assert (again / folder / name).read_bytes() == (built / folder / name).read_bytes(), name
+    for name in TOKENIZER_FILES + ["config.json", "generation_config.json"]:
+        assert (again / "init" / name).read_bytes() == (built / "init" / name).read_bytes(), name
+    first, second = load_file(built / "init" / "model.safetensors"), load_file(again / "init" / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_another_seed_gives_other_data_and_weights(built, tmp_path):
+    other = build(tmp_path, seed=1)
+    assert (other / "task" / "eval.jsonl").read_bytes() != (built / "task" / "eval.jsonl").read_bytes()
+    first, second = load_file(built / "init" / "model.safetensors"), load_file(other / "init" / "model.safetensors")
+    assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], second["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_rebuilding_replaces_the_folders_whole(tmp_path):
+    build(tmp_path)
+    (tmp_path / "task" / "stale.jsonl").write_text("{}\n")
+    build(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == DATA_FILES["task"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init", "pretrain", "task"]
+
+
+def test_dataset_info_registers_the_llamafactory_datasets(built):
+    pretrain = json.loads((built / "pretrain" / "dataset_info.json").read_text())
+    task = json.loads((built / "task" / "dataset_info.json").read_text())
+    assert pretrain[demo.CORPUS_DATASET] == {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}
+    sharegpt = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
+    assert pretrain[demo.CHAT_DATASET] == {"file_name": "chat.jsonl", **sharegpt}
+    assert task == {demo.TASK_DATASET: {"file_name": "train.jsonl", **sharegpt}}
+
+
+def test_corpus_is_plain_text_and_chats_are_human_gpt_turns(built):
+    corpus = read_jsonl(built / "pretrain" / "corpus.jsonl")
+    assert len(corpus) == demo.SIZES["corpus"] and all(set(doc) == {"text"} for doc in corpus)
+    for path in (built / "pretrain" / "chat.jsonl", built / "task" / "train.jsonl"):
+        for record in read_jsonl(path):
+            roles = [turn["from"] for turn in record["conversations"]]
+            assert roles == ["human", "gpt"] * (len(roles) // 2) and roles
+
+
+def test_eval_is_held_out_and_answers_are_the_task(built):
+    train = {
+        r["conversations"][0]["value"]: r["conversations"][1]["value"]
+        for r in read_jsonl(built / "task" / "train.jsonl")
+    }
+    held_out = read_jsonl(built / "task" / "eval.jsonl")
+    assert len(train) == demo.SIZES["task_train"] and len(held_out) == demo.SIZES["task_eval"]
+    assert not train.keys() & {r["question"] for r in held_out}
+    for question, answer in [*train.items(), *((r["question"], r["answer"]) for r in held_out)]:
+        word = question.removeprefix("Shift: ")
+        assert answer == demo.shift(word) and len(word.split()) == demo.WORD_LENGTH
+
+
+def test_the_task_is_not_in_the_chat_data(built):
+    chat = (built / "pretrain" / "chat.jsonl").read_text()
+    assert "Shift" not in chat
+
+
+def test_shift_moves_every_letter_one_step_on():
+    assert demo.shift("a c i b") == "b d j c"
+
+
+def test_tokenizer_round_trips_any_text(tokenizer):
+    for text in ["Shift: c a f b", "the letters a b c come in this order .", "Zürich 42 — naïve\ttabs\n\nend", "hello"]:
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_every_letter_is_one_token_wherever_it_stands(tokenizer):
+    for letter in demo.ALPHABET:
+        ids = tokenizer(f"{letter} {letter}\n{letter}")["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        assert tokens[0] == tokens[2] == tokens[4] == letter
+
+
+def test_special_tokens_and_inputs(tokenizer):
+    assert tokenizer.eos_token == demo.IM_END
+    assert tokenizer.pad_token == demo.ENDOFTEXT
+    assert tokenizer.bos_token is None
+    assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
+    for token in demo.SPECIAL_TOKENS:
+        assert tokenizer.convert_ids_to_tokens(tokenizer(token)["input_ids"]) == [token]
+
+
+def test_chat_template_is_llamafactory_qwen_without_a_system_turn(tokenizer):
+    messages = [
+        {"role": "user", "content": "Copy: a b c d"},
+        {"role": "assistant", "content": "a b c d"},
+        {"role": "user", "content": "Shift: a b c d"},
+    ]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # LLaMA-Factory's qwen slots: format_user then format_assistant, no system when default_system is "".
+    user = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    expected = user.format("Copy: a b c d") + "a b c d<|im_end|>\n" + user.format("Shift: a b c d")
+    assert prompt == expected
+    with_system = [{"role": "system", "content": "Be brief."}, *messages]
+    assert tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n" + expected
+    )
+
+
+def test_piecewise_encoding_matches_whole_encoding(tokenizer):
+    # LLaMA-Factory encodes the prompt and the answer separately; evaluation encodes the whole text.
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Shift: a b c d"}], tokenize=False, add_generation_prompt=True
+    )
+    answer = "b c d e<|im_end|>\n"
+    assert tokenizer(prompt)["input_ids"] + tokenizer(answer)["input_ids"] == tokenizer(prompt + answer)["input_ids"]
+
+
+def test_model_loads_generates_greedily_and_stops_at_im_end(built, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(built / "init")
+    assert model.config.model_type == "qwen2"
+    assert model.config.vocab_size >= len(tokenizer) and model.config.vocab_size % 64 == 0
+    assert model.config.eos_token_id == tokenizer.convert_tokens_to_ids(demo.IM_END)
+    generation = GenerationConfig.from_pretrained(built / "init")
+    assert generation.eos_token_id == tokenizer.convert_tokens_to_ids(demo.IM_END)
+    assert generation.pad_token_id == tokenizer.pad_token_id
+    assert not generation.do_sample
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Shift: a b c d"}], add_generation_prompt=True, return_tensors="pt"
+    )
+    first = model.generate(prompt, max_new_tokens=4)
+    assert torch.equal(first, model.generate(prompt, max_new_tokens=4))

@@ -1,0 +1,211 @@
+"""LLaMA-Factory arguments as data and the runner's bookkeeping, without LLaMA-Factory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shadowft import demo
+from shadowft import llamafactory as lf
+
+PATHS = {
+    "model_dir": "data/models/base",
+    "dataset_dir": "data/datasets/shadow_2k",
+    "dataset": "shadow_2k",
+    "template": "qwen",
+    "output_dir": "results/pair/lora/train_base/work",
+}
+
+
+def arguments(tuning="lora", **options):
+    return lf.training_arguments(**PATHS, tuning=tuning, **options)
+
+
+def test_lora_gets_the_paper_hyper_parameters():
+    args = arguments("lora")
+    assert args["finetuning_type"] == "lora"
+    assert args["stage"] == "sft"
+    assert (args["lora_rank"], args["lora_alpha"], args["lora_target"]) == (8, 16, "all")
+    assert args["learning_rate"] == 2e-4
+    assert args["cutoff_len"] == 4096
+    assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 32
+    assert (args["num_train_epochs"], args["lr_scheduler_type"], args["warmup_ratio"]) == (1.0, "cosine", 0.1)
+    assert args["bf16"] is True
+
+
+def test_full_tuning_has_its_learning_rate_and_no_lora_keys():
+    args = arguments("full")
+    assert args["finetuning_type"] == "full"
+    assert args["learning_rate"] == 1e-5
+    assert not any(key.startswith("lora_") for key in args)
+
+
+def test_a_run_is_reproducible_offline_and_resumable():
+    args = arguments()
+    assert args["do_train"] is True
+    assert isinstance(args["seed"], int)
+    assert args["report_to"] == "none"
+    assert args["trust_remote_code"] is False
+    assert args["plot_loss"] is False
+    assert args["overwrite_output_dir"] is False
+    assert args["save_strategy"] == "steps" and args["save_steps"] > 0
+    assert args["save_only_model"] is False  # resume needs the optimizer state
+
+
+def test_paths_are_passed_through_literally():
+    args = arguments()
+    assert args["model_name_or_path"] == PATHS["model_dir"]
+    assert args["dataset_dir"] == PATHS["dataset_dir"]
+    assert args["output_dir"] == PATHS["output_dir"]
+    assert (args["dataset"], args["template"]) == ("shadow_2k", "qwen")
+
+
+def test_overrides_win_over_defaults_and_may_add_keys():
+    args = arguments(overrides={"learning_rate": 1e-4, "lora_rank": 128, "deepspeed": "ds_z3.json"})
+    assert (args["learning_rate"], args["lora_rank"], args["deepspeed"]) == (1e-4, 128, "ds_z3.json")
+    assert args["lora_alpha"] == 16  # an explicit default is not rescaled behind the user's back
+
+
+def test_overrides_do_not_leak_between_calls():
+    arguments(overrides={"learning_rate": 1.0})
+    assert arguments()["learning_rate"] == 2e-4
+
+
+@pytest.mark.parametrize("key", sorted(lf.MANAGED_KEYS))
+def test_workflow_managed_keys_cannot_be_overridden(key):
+    with pytest.raises(ValueError, match=key):
+        arguments(overrides={key: "elsewhere"})
+
+
+def test_unknown_tuning_and_stage_are_named():
+    with pytest.raises(ValueError, match="'qlora'"):
+        arguments("qlora")
+    with pytest.raises(ValueError, match="'pretrain'"):
+        arguments(stage="pretrain")
+
+
+def test_demo_pair_steps_use_the_demo_datasets():
+    base = lf.demo_pair_arguments("pretrain", model_dir="init", dataset_dir="pretrain", output_dir="work")
+    assert (base["stage"], base["finetuning_type"], base["dataset"]) == ("pt", "full", demo.CORPUS_DATASET)
+    instruct = lf.demo_pair_arguments("instruct", model_dir="base", dataset_dir="pretrain", output_dir="work")
+    assert (instruct["stage"], instruct["finetuning_type"], instruct["dataset"]) == ("sft", "full", demo.CHAT_DATASET)
+    for args in (base, instruct):
+        assert args["template"] == demo.TEMPLATE
+        assert args["default_system"] == demo.DEFAULT_SYSTEM
+        assert args["bf16"] is False
+
+
+def test_demo_overrides_cover_every_step_and_stay_small():
+    assert set(lf.DEMO_OVERRIDES) == set(lf.DEMO_PAIR_STEPS) == {"pretrain", "instruct"}
+    for overrides in lf.DEMO_OVERRIDES.values():
+        assert lf.MANAGED_KEYS.isdisjoint(overrides)
+        assert overrides["cutoff_len"] <= 128
+
+
+def test_write_yaml_is_sorted_deterministic_and_round_trips(tmp_path):
+    args = arguments(overrides={"default_system": ""})
+    shuffled = dict(reversed(list(args.items())))
+    lf.write_yaml(args, tmp_path / "a.yaml")
+    lf.write_yaml(shuffled, tmp_path / "b.yaml")
+    text = (tmp_path / "a.yaml").read_text()
+    assert text == (tmp_path / "b.yaml").read_text()
+    keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
+    assert keys == sorted(keys)
+    assert lf.read_yaml(tmp_path / "a.yaml") == args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml"]  # no temporary left
+
+
+def test_read_yaml_rejects_a_non_mapping(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="mapping"):
+        lf.read_yaml(path)
+
+
+def make_checkpoint(work, step, complete=True):
+    folder = work / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    if complete:
+        (folder / lf.TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_prepare_work_dir_resumes_from_the_newest_complete_checkpoint(tmp_path):
+    work = tmp_path / "work"
+    make_checkpoint(work, 20)
+    make_checkpoint(work, 100)
+    make_checkpoint(work, 120, complete=False)
+    (work / "trainer_log.jsonl").write_text("{}\n")
+    assert lf.prepare_work_dir(work) == "checkpoint-100"
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint-100", "checkpoint-20", "trainer_log.jsonl"]
+
+
+def test_prepare_work_dir_empties_leftovers_without_a_checkpoint(tmp_path):
+    work = tmp_path / "work"
+    make_checkpoint(work, 40, complete=False)
+    (work / "model.safetensors").write_bytes(b"half written")
+    (work / "runs").mkdir()
+    assert lf.prepare_work_dir(work) is None
+    assert list(work.iterdir()) == []
+
+
+def test_prepare_work_dir_creates_a_missing_dir(tmp_path):
+    assert lf.prepare_work_dir(tmp_path / "a" / "work") is None
+    assert (tmp_path / "a" / "work").is_dir()
+
+
+@pytest.fixture
+def fake_llamafactory(monkeypatch):
+    """Stand in for LLaMA-Factory: record the launch, write what a LoRA run leaves in output_dir."""
+    launches = []
+
+    def launch(config_yaml, args, nproc_per_node):
+        work = Path(args["output_dir"])
+        launches.append(sorted(p.name for p in work.iterdir()))
+        make_checkpoint(work, 8)
+        (work / "adapter_model.safetensors").write_bytes(b"final")
+        (work / "adapter_config.json").write_text("{}")
+        (work / "trainer_log.jsonl").write_text("{}\n")
+
+    monkeypatch.setattr(lf, "check_arguments", lambda args, **kwargs: None)
+    monkeypatch.setattr(lf, "_launch_training", launch)
+    return launches
+
+
+def write_config(tmp_path):
+    config = tmp_path / "train_base.yaml"
+    lf.write_yaml(lf.training_arguments(**{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="lora"), config)
+    return config
+
+
+def test_run_training_publishes_the_final_files_and_drops_checkpoints(tmp_path, fake_llamafactory):
+    result = lf.run_training(write_config(tmp_path), tmp_path / "model")
+    assert result["resumed_from"] is None
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainer_log.jsonl",
+    ]
+    assert not (tmp_path / "work").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_run_training_reports_the_checkpoint_it_resumes_from(tmp_path, fake_llamafactory, capsys):
+    make_checkpoint(tmp_path / "work", 4)
+    result = lf.run_training(write_config(tmp_path), tmp_path / "model")
+    assert result["resumed_from"] == "checkpoint-4"
+    assert fake_llamafactory == [["checkpoint-4"]]
+    assert "resuming" in capsys.readouterr().err
+
+
+def test_run_training_keeps_checkpoints_when_no_weights_come_out(tmp_path, monkeypatch):
+    def launch(config_yaml, args, nproc_per_node):
+        make_checkpoint(Path(args["output_dir"]), 8)
+
+    monkeypatch.setattr(lf, "check_arguments", lambda args, **kwargs: None)
+    monkeypatch.setattr(lf, "_launch_training", launch)
+    with pytest.raises(RuntimeError, match="no model weights"):
+        lf.run_training(write_config(tmp_path), tmp_path / "model")
+    assert (tmp_path / "work" / "checkpoint-8").is_dir()
+    assert not (tmp_path / "model").exists()
