@@ -5,8 +5,6 @@ import re
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from shadowft.config import alpha_label, variants
-from shadowft.demo import TEMPLATE as DEMO_TEMPLATE
-from shadowft.llamafactory import DEMO_OVERRIDES, DEMO_PAIR_STEPS
 
 
 PAIRS = sorted(config["pairs"])
@@ -108,19 +106,17 @@ def demo_step_model_dir(wildcards):
     return "data/demo/init" if wildcards.step == "base" else "data/demo/base/model"
 
 
-def demo_training_parameters(wildcards):
-    """The ingredients of a demo-building step's LLaMA-Factory arguments."""
-    step = "pretrain" if wildcards.step == "base" else "instruct"
-    stage, tuning, dataset = DEMO_PAIR_STEPS[step]
+def demo_step_name(wildcards):
+    """shadowft's name of the step that makes the demo's base (pre-training) or instruct model."""
+    return "pretrain" if wildcards.step == "base" else "instruct"
+
+
+def demo_step_paths(wildcards):
+    """Where a demo-building step reads and writes; the step's recipe is shadowft's."""
     return {
         "model_dir": demo_step_model_dir(wildcards),
         "dataset_dir": "data/demo/pretrain",
-        "dataset": dataset,
-        "template": DEMO_TEMPLATE,
-        "tuning": tuning,
-        "stage": stage,
         "output_dir": f"data/demo/{wildcards.step}/work",
-        "overrides": DEMO_OVERRIDES[step],
     }
 
 

@@ -25,13 +25,14 @@ rule demo_training_config:
     output:
         "data/demo/{step}.yaml",
     params:
-        training=demo_training_parameters,
+        step=demo_step_name,
+        paths=demo_step_paths,
     log:
         "logs/demo/{step}_config.log",
     conda:
         "../envs/core.yaml"
     script:
-        "../scripts/write_training_config.py"
+        "../scripts/write_demo_training_config.py"
 
 
 rule demo_train:
@@ -47,7 +48,7 @@ rule demo_train:
         "logs/demo/{step}_train.log",
     benchmark:
         "benchmarks/demo/{step}_train.tsv"
-    threads: 2
+    threads: 4
     conda:
         "../envs/train.yaml"
     shell:

@@ -16,7 +16,7 @@ rule evaluate:
         "logs/evaluate/{pair}/{variant}/{benchmark}.log",
     benchmark:
         "benchmarks/evaluate/{pair}/{variant}/{benchmark}.tsv"
-    threads: 2
+    threads: 4
     conda:
         "../envs/eval.yaml"
     shell:

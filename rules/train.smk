@@ -33,7 +33,7 @@ rule train:
         "logs/train/{pair}/{tuning}/{role}.log",
     benchmark:
         "benchmarks/train/{pair}/{tuning}/{role}.tsv"
-    threads: 2
+    threads: 4
     conda:
         "../envs/train.yaml"
     shell:
