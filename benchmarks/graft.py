@@ -1,0 +1,253 @@
+"""Benchmark the graft against the naive approach, mergekit and the I/O floor.
+
+Builds a synthetic bf16 Llama-style triple (base, tuned base, instruct) of
+about 0.95 B parameters per model (x --scale) in 1 GB shards, then times each
+approach as a whole process, several times, on a warm page cache:
+
+  io-floor       cat the three inputs, write one model-sized file
+  shadowft       shadowft graft --base --tuned (sha256 of inputs cached / computed)
+  shadowft-delta shadowft extract-delta, then graft --delta (float32 delta)
+  naive          AutoModelForCausalLM x3, add in bf16, save_pretrained
+  mergekit       task_arithmetic, base_model = base, models = [instruct w=1, tuned w=1]
+                 (when --mergekit-python points at a Python with mergekit installed)
+
+Each command runs under a small launcher process that reports its wall time,
+CPU time (user + system, independent of other load on the machine) and peak
+RSS (ru_maxrss, which counts memory-mapped file pages too). The launcher hop
+matters: Linux starts a child's ru_maxrss at its parent's RSS at fork time, so
+the models are also built in a separate process. Usage:
+
+  python benchmarks/graft.py [--dir /tmp] [--scale 1] [--repeats 3] [--mergekit-python PY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARD_BYTES = 10**9
+HIDDEN, INTERMEDIATE, HEADS, VOCAB, LAYERS_PER_SCALE = 2048, 5632, 16, 32000, 16
+
+# Runs one command; prints its wall seconds, CPU seconds and peak RSS (KiB).
+LAUNCHER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    start = time.perf_counter()
+    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    print(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+""")
+
+NAIVE = textwrap.dedent("""
+    import sys, torch
+    from transformers import AutoModelForCausalLM
+    base, tuned, instruct, out = sys.argv[1:5]
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    b, t, i = load(base), load(tuned), load(instruct)
+    with torch.no_grad():
+        sb, st = b.state_dict(), t.state_dict()
+        for name, p in i.state_dict().items():
+            p.add_(st[name] - sb[name])
+    i.save_pretrained(out)
+""")
+
+
+def llama_tensors(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    tensors = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(layers):
+        prefix = f"model.layers.{i}"
+        tensors += [(f"{prefix}.input_layernorm.weight", (HIDDEN,))]
+        tensors += [(f"{prefix}.self_attn.{p}_proj.weight", (HIDDEN, HIDDEN)) for p in "qkvo"]
+        tensors += [(f"{prefix}.post_attention_layernorm.weight", (HIDDEN,)),
+                    (f"{prefix}.mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
+                    (f"{prefix}.mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
+                    (f"{prefix}.mlp.down_proj.weight", (HIDDEN, INTERMEDIATE))]
+    return tensors + [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+
+
+def build_triple(root: Path, layers: int, seed: int = 0) -> dict[str, Path]:
+    """base, tuned and instruct folders: bf16 safetensors in 1 GB shards, written by safetensors itself."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+              "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+              "num_key_value_heads": HEADS, "vocab_size": VOCAB, "max_position_embeddings": 2048,
+              "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+              "bos_token_id": 1, "eos_token_id": 2}
+    paths = {role: root / role for role in ("base", "tuned", "instruct")}
+    for path in paths.values():
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+    rng = np.random.default_rng(seed)
+    tensors = llama_tensors(layers)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    for name, shape in tensors:
+        if shards[-1] and sum(2 * math.prod(s) for _, s in shards[-1]) + 2 * math.prod(shape) > SHARD_BYTES:
+            shards.append([])
+        shards[-1].append((name, shape))
+    weight_map = {}
+    for index, shard in enumerate(shards, 1):
+        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        contents = {role: {} for role in paths}
+        for name, shape in shard:
+            weight_map[name] = file
+            values = rng.standard_normal(shape, dtype=np.float32) * 0.02
+            if len(shape) == 1:
+                values += 1
+            base = (values.view(np.uint32) >> 16).astype(np.uint16)
+            # fine-tuning and instruction tuning move weights a little: flip low mantissa bits
+            tuned = base ^ rng.integers(0, 4, shape, dtype=np.uint16)
+            instruct = base ^ rng.integers(0, 8, shape, dtype=np.uint16)
+            for role, bits in (("base", base), ("tuned", tuned), ("instruct", instruct)):
+                contents[role][name] = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+        for role, path in paths.items():
+            save_file(contents[role], path / file, metadata={"format": "pt"})
+        del contents
+    total = sum(2 * math.prod(shape) for _, shape in tensors)
+    for path in paths.values():
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return paths
+
+
+def measure(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of one command."""
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, capture_output=True, text=True)
+    wall, cpu, rss_kib, code = result.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({code}):\n{result.stderr[-3000:]}")
+    return float(wall), float(cpu), int(rss_kib) / 1024
+
+
+def files(path: Path) -> str:
+    return " ".join(str(p) for p in sorted(path.glob("*.safetensors")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp"), help="where to build the models (default /tmp)")
+    parser.add_argument("--scale", type=int, default=1, help="model size multiplier (layers x scale)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mergekit-python", type=Path, default=Path("/tmp/mergekit-venv/bin/python"))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic models")
+    parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # the builder subprocess
+    args = parser.parse_args()
+    if args.build_only:
+        build_triple(args.build_only, LAYERS_PER_SCALE * args.scale)
+        return
+
+    python = str(ROOT / ".venvs" / "core" / "bin" / "python")
+    shadowft = [python, "-m", "shadowft.cli"]
+    work = Path(tempfile.mkdtemp(prefix="shadowft-bench-", dir=args.dir))
+    try:
+        print(f"building a {args.scale}x triple under {work} ...", file=sys.stderr, flush=True)
+        subprocess.run([python, __file__, "--scale", str(args.scale), "--build-only", str(work / "models")],
+                       check=True)
+        models = {role: work / "models" / role for role in ("base", "tuned", "instruct")}
+        model_bytes = sum(p.stat().st_size for p in models["base"].glob("*.safetensors"))
+        out = work / "out"
+        cache = work / "sha256-cache"
+        delta = work / "delta"
+        base_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        approaches: dict[str, tuple[list[str], dict[str, str]]] = {
+            "io-floor": (["bash", "-c", f"mkdir -p {out} && cat {files(models['base'])} {files(models['tuned'])}"
+                          f" > /dev/null && cat {files(models['instruct'])} > {out}/copy"], base_env),
+            "shadowft (sha256 cached)": (
+                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--base", str(models["base"]),
+                 "--tuned", str(models["tuned"]), "--out", str(out), "--no-progress"],
+                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
+            "shadowft (sha256 computed)": (
+                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--base", str(models["base"]),
+                 "--tuned", str(models["tuned"]), "--out", str(out), "--no-progress"],
+                {**base_env, "SHADOWFT_CACHE_DIR": ""}),
+            "shadowft --threads 1 (sha256 cached)": (
+                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--base", str(models["base"]),
+                 "--tuned", str(models["tuned"]), "--out", str(out), "--no-progress", "--threads", "1"],
+                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
+            "shadowft extract-delta (fp32)": (
+                [*shadowft, "extract-delta", "--base", str(models["base"]), "--tuned", str(models["tuned"]),
+                 "--out", str(out), "--no-progress"], {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
+            "shadowft graft --delta": (
+                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--delta", str(delta),
+                 "--out", str(out), "--no-progress"], {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
+            "naive (transformers x3)": ([python, "-c", NAIVE, str(models["base"]), str(models["tuned"]),
+                                         str(models["instruct"]), str(out)], base_env),
+        }
+        if args.mergekit_python.exists():
+            config = work / "mergekit.yml"
+            config.write_text(textwrap.dedent(f"""\
+                merge_method: task_arithmetic
+                base_model: {models['base']}
+                models:
+                  - model: {models['instruct']}
+                    parameters: {{weight: 1.0}}
+                  - model: {models['tuned']}
+                    parameters: {{weight: 1.0}}
+                dtype: bfloat16
+                """))
+            mergekit = Path(args.mergekit_python).parent / "mergekit-yaml"
+            approaches["mergekit task_arithmetic"] = ([str(mergekit), str(config), str(out)], os.environ.copy())
+        else:
+            print(f"mergekit not measured: {args.mergekit_python} does not exist", file=sys.stderr)
+
+        import psutil  # the benchmark runs from the core environment
+
+        subprocess.run(approaches["io-floor"][0], check=True)  # warm the page cache
+        subprocess.run(approaches["shadowft (sha256 cached)"][0], env=approaches["shadowft (sha256 cached)"][1],
+                       check=True)  # prime the sha256 cache
+        subprocess.run([*shadowft, "extract-delta", "--base", str(models["base"]), "--tuned",
+                        str(models["tuned"]), "--out", str(delta), "--no-progress"], env=base_env, check=True)
+        results = {}
+        for name, (command, env) in approaches.items():
+            if name.startswith("naive") and psutil.virtual_memory().available < 4 * model_bytes:
+                print(f"skipping {name}: not enough free memory", file=sys.stderr)
+                continue
+            runs = []
+            for _ in range(args.repeats):
+                shutil.rmtree(out, ignore_errors=True)
+                os.sync()
+                runs.append(measure(command, env))
+            shutil.rmtree(out, ignore_errors=True)
+            results[name] = {"wall_s": [round(w, 3) for w, _, _ in runs],
+                             "wall_median_s": statistics.median(w for w, _, _ in runs),
+                             "cpu_median_s": statistics.median(c for _, c, _ in runs),
+                             "peak_rss_mb": max(r for _, _, r in runs)}
+            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    floor = results["io-floor"]["wall_median_s"]
+    mergekit_wall = results.get("mergekit task_arithmetic", {}).get("wall_median_s")
+    params = sum(math.prod(shape) for _, shape in llama_tensors(LAYERS_PER_SCALE * args.scale))
+    print(f"\n{params / 1e9:.2f} B parameters per model, bf16, {model_bytes / 1e9:.2f} GB per model, "
+          f"{os.cpu_count()} CPUs, {args.repeats} runs each (medians)\n")
+    print("| approach | wall median (s) | runs (s) | CPU median (s) | peak RSS (MB) | x I/O floor | "
+          "mergekit / this |")
+    print("|---|---|---|---|---|---|---|")
+    for name, result in results.items():
+        wall = result["wall_median_s"]
+        versus = f"{mergekit_wall / wall:.1f}x" if mergekit_wall else "-"
+        print(f"| {name} | {wall:.2f} | {', '.join(f'{w:.2f}' for w in result['wall_s'])} | "
+              f"{result['cpu_median_s']:.2f} | {result['peak_rss_mb']:.0f} | {wall / floor:.2f} | {versus} |")
+    if args.json:
+        args.json.write_text(json.dumps({"scale": args.scale, "params": params, "model_bytes": model_bytes,
+                                         "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
