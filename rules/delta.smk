@@ -13,6 +13,7 @@ rule extract_delta:
         "logs/delta/{pair}/{tuning}/extract.log",
     benchmark:
         "benchmarks/delta/{pair}/{tuning}/extract.tsv"
+    threads: 4
     conda:
         "../envs/core.yaml"
     script:
@@ -33,6 +34,7 @@ rule graft:
         "logs/delta/{pair}/{tuning}/graft_a{alpha}.log",
     benchmark:
         "benchmarks/delta/{pair}/{tuning}/graft_a{alpha}.tsv"
+    threads: 4
     conda:
         "../envs/core.yaml"
     script:
@@ -50,6 +52,7 @@ rule similarity:
         "logs/delta/{pair}/similarity.log",
     benchmark:
         "benchmarks/delta/{pair}/similarity.tsv"
+    threads: 4
     conda:
         "../envs/core.yaml"
     script:

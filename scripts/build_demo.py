@@ -7,6 +7,9 @@ sys.stderr = open(snakemake.log[0], "w")
 from pathlib import Path
 
 from shadowft.demo import build_demo
+from shadowft.io import raise_on_sigterm
+
+raise_on_sigterm()
 
 build_demo(
     Path(snakemake.output.init),

@@ -7,5 +7,8 @@ sys.stderr = open(snakemake.log[0], "w")
 from pathlib import Path
 
 from shadowft.hub import fetch_model
+from shadowft.io import raise_on_sigterm
+
+raise_on_sigterm()
 
 fetch_model(snakemake.params.source, Path(snakemake.output[0]))

@@ -7,6 +7,9 @@ sys.stderr = open(snakemake.log[0], "w")
 from pathlib import Path
 
 from shadowft.delta import graft
+from shadowft.io import raise_on_sigterm
+
+raise_on_sigterm()
 
 graft(
     Path(snakemake.input.instruct),
@@ -15,4 +18,5 @@ graft(
     alpha=float(snakemake.params.alpha),
     preset=snakemake.params.preset,
     vocab_mismatch=snakemake.params.vocab_mismatch,
+    threads=snakemake.threads,
 )

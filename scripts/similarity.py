@@ -7,5 +7,14 @@ sys.stderr = open(snakemake.log[0], "w")
 from pathlib import Path
 
 from shadowft.similarity import similarity
+from shadowft.io import raise_on_sigterm
 
-similarity(Path(snakemake.input.base), Path(snakemake.input.instruct), Path(snakemake.output[0]), progress=False)
+raise_on_sigterm()
+
+similarity(
+    Path(snakemake.input.base),
+    Path(snakemake.input.instruct),
+    Path(snakemake.output[0]),
+    threads=snakemake.threads,
+    progress=False,
+)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from shadowft.checkpoint import CheckpointError
 from shadowft.delta import PRESETS, VOCAB_POLICIES
+from shadowft.io import raise_on_sigterm
 
 
 def _add_io_options(parser: argparse.ArgumentParser) -> None:
@@ -168,16 +168,10 @@ def _run_lowrank(args: argparse.Namespace) -> str:
             f"{report['overall_relative_error']:.4g}, {len(report['left_out'])} tensors left out")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # Turn SIGTERM (scancel, a workflow manager stopping a job) into an exception so
-    # half-written outputs are removed on the way out.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     try:
         message = args.run(args)
     except CheckpointError as exc:

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,16 @@ def sha256_file(path: Path) -> str:
         while block := f.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM (scancel, Snakemake stopping a job) into SystemExit.
+
+    Python's default SIGTERM handling exits without unwinding, so `atomic_directory`
+    would leave its temporary directory behind; as an exception, it cleans up.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
