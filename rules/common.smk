@@ -177,5 +177,13 @@ def score_records():
     ]
 
 
+def similarity_by_pair():
+    return {pair: f"results/{pair}/similarity.csv" for pair in PAIRS}
+
+
+def similarity_files():
+    return list(similarity_by_pair().values())
+
+
 def final_outputs():
-    return ["results/summary.csv", "results/summary.md"] + [f"results/{pair}/similarity.csv" for pair in PAIRS]
+    return ["results/summary.csv", "results/summary.md", "results/plots/scores.png"]

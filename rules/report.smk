@@ -1,14 +1,18 @@
-# The paper-style table: every variant of every pair on every benchmark.
+# The paper-style table: every variant of every pair on every benchmark, with each pair's
+# base/instruct weight difference, and a bar chart of the same scores.
 
 
 rule report:
     input:
-        score_files(),
+        scores=score_files(),
+        similarity=similarity_files(),
     output:
         csv="results/summary.csv",
         md="results/summary.md",
+        png="results/plots/scores.png",
     params:
         records=score_records(),
+        similarity=similarity_by_pair(),
     log:
         "logs/report.log",
     conda:

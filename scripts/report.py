@@ -8,4 +8,10 @@ from pathlib import Path
 
 from shadowft.report import summarize
 
-summarize(snakemake.params.records, Path(snakemake.output.csv), Path(snakemake.output.md))
+summarize(
+    snakemake.params.records,
+    Path(snakemake.output.csv),
+    Path(snakemake.output.md),
+    out_png=Path(snakemake.output.png),
+    similarity=snakemake.params.similarity,
+)

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +74,22 @@ class Variant:
         return self.kind.capitalize()
 
 
-def summarize(records: Sequence[dict], out_csv: Path, out_md: Path, *, digits: int = 1) -> pd.DataFrame:
+def summarize(
+    records: Sequence[dict],
+    out_csv: Path,
+    out_md: Path,
+    *,
+    out_png: Path | None = None,
+    similarity: Mapping[str, Path] | None = None,
+    digits: int = 1,
+) -> pd.DataFrame:
     """Stack the scores of ``records`` into ``out_csv`` and tabulate them in ``out_md``.
 
     ``records`` are ``{"pair": str, "variant": str, "scores": Path}``, one per
     scores.csv. Returns the tidy frame written to ``out_csv`` (columns
     ``SUMMARY_COLUMNS``; ``tuning`` is empty and ``alpha`` NaN where they do not apply).
+    ``similarity`` maps a pair to its similarity CSV (shadowft.similarity), whose
+    overall sigma is quoted under the pair's table; ``out_png`` also draws the scores.
     """
     if not records:
         raise ValueError("summarize: no score records given")
@@ -91,8 +101,25 @@ def summarize(records: Sequence[dict], out_csv: Path, out_md: Path, *, digits: i
         raise ValueError("summarize: the same score appears twice: " + ", ".join(f"{k}={first[k]}" for k in key))
 
     atomic_write_text(Path(out_csv), summary.to_csv(index=False))
-    atomic_write_text(Path(out_md), render_markdown(summary, digits=digits))
+    sigmas = {pair: overall_sigma(Path(path)) for pair, path in (similarity or {}).items()}
+    atomic_write_text(Path(out_md), render_markdown(summary, digits=digits, sigmas=sigmas))
+    if out_png is not None:
+        plot_scores(summary, Path(out_png))
     return summary
+
+
+def overall_sigma(similarity_csv: Path) -> float:
+    """The overall sigma of a similarity CSV written by shadowft.similarity."""
+    if not Path(similarity_csv).is_file():
+        raise FileNotFoundError(f"similarity table {similarity_csv} does not exist")
+    table = pd.read_csv(similarity_csv)
+    missing = [column for column in ("level", "sigma") if column not in table.columns]
+    if missing:
+        raise ValueError(f"{similarity_csv} lacks column(s) {', '.join(missing)}")
+    overall = table.loc[table["level"] == "overall", "sigma"]
+    if len(overall) != 1:
+        raise ValueError(f"{similarity_csv}: expected one row with level 'overall', found {len(overall)}")
+    return float(overall.iloc[0])
 
 
 def score_table(summary: pd.DataFrame, pair: str) -> pd.DataFrame:
@@ -118,7 +145,7 @@ def score_table(summary: pd.DataFrame, pair: str) -> pd.DataFrame:
     return table
 
 
-def render_markdown(summary: pd.DataFrame, *, digits: int = 1) -> str:
+def render_markdown(summary: pd.DataFrame, *, digits: int = 1, sigmas: Mapping[str, float] | None = None) -> str:
     """The Markdown report: per pair a caption and a table of scores with their difference from Instruct."""
     sections = ["# Shadow-FT results\n"]
     for number, pair in enumerate(dict.fromkeys(summary["pair"]), start=1):
@@ -139,7 +166,14 @@ def render_markdown(summary: pd.DataFrame, *, digits: int = 1) -> str:
             ]
             lines.append("| " + " | ".join([_escape(Variant.parse(variant).label), *cells]) + " |")
         caption = _caption(number, pair, has_reference=reference is not None, averaged_datasets=averaged)
-        sections.append(f"## {pair}\n\n{caption}\n\n" + "\n".join(lines) + "\n")
+        section = f"## {pair}\n\n{caption}\n\n" + "\n".join(lines) + "\n"
+        if sigmas and pair in sigmas:
+            section += (
+                f"\nWeight difference between base and instruct: sigma = {100 * sigmas[pair]:.2f}% "
+                "(sum|W_B - W_I| / (sum|W_B| + sum|W_I|), mean over the layers' tensors; "
+                "the paper reports under 2% for Llama-3.1-8B).\n"
+            )
+        sections.append(section)
     return "\n".join(sections)
 
 

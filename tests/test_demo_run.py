@@ -50,8 +50,10 @@ def test_every_output_is_there(demo_run):
     summary = pd.read_csv(demo_run / "results" / "summary.csv")
     assert sorted(summary["variant"].unique()) == sorted(VARIANTS)
     table = (demo_run / "results" / "summary.md").read_text()
-    for variant in VARIANTS:
-        assert variant in table
+    for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
+        assert f"| {label}" in table
+    assert "sigma = " in table
+    assert (demo_run / "results" / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_rerun_has_nothing_to_do(demo_run):

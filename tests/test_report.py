@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from shadowft.report import SUMMARY_COLUMNS, Variant, plot_scores, score_table, summarize
+from shadowft.report import SUMMARY_COLUMNS, Variant, overall_sigma, plot_scores, score_table, summarize
 
 # pair -> variant -> benchmark -> score, variants deliberately out of report order;
 # tunings and benchmarks are reported in the order they first appear (the config's).
@@ -235,3 +235,28 @@ def test_plot_accepts_the_summary_read_back_from_csv(summary, tmp_path):
     out = plot_scores(pd.read_csv(tmp_path / "summary.csv"), tmp_path / "scores.png")
 
     assert out.stat().st_size > 10_000
+
+
+def test_summary_quotes_sigma_and_draws_the_plot(tmp_path):
+    scores = tmp_path / "scores.csv"
+    scores.write_text("benchmark,dataset,metric,score,num_examples\ndemo_task,demo_task,exact_match,50.0,10\n")
+    similarity_csv = tmp_path / "similarity.csv"
+    similarity_csv.write_text(
+        "level,name,layer,numel,sum_abs_diff,sum_abs_a,sum_abs_b,sigma\n"
+        "tensor,model.layers.0.mlp.up_proj.weight,0,4,1,10,10,0.05\n"
+        "overall,overall,,4,,,,0.0397\n"
+    )
+    records = [{"pair": "demo", "variant": variant, "scores": scores} for variant in ("base", "instruct")]
+    summarize(
+        records, tmp_path / "s.csv", tmp_path / "s.md",
+        out_png=tmp_path / "plots" / "scores.png", similarity={"demo": similarity_csv},
+    )
+    assert "sigma = 3.97%" in (tmp_path / "s.md").read_text()
+    assert (tmp_path / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_similarity_without_overall_row_is_named(tmp_path):
+    similarity_csv = tmp_path / "similarity.csv"
+    similarity_csv.write_text("level,sigma\ntensor,0.1\n")
+    with pytest.raises(ValueError, match="similarity.csv"):
+        overall_sigma(similarity_csv)

@@ -14,7 +14,7 @@ CHAIN_EDGES = [
     ("train", "merge_adapter"), ("train", "extract_delta"), ("extract_delta", "graft"),
     ("graft", "evaluate"), ("merge_adapter", "evaluate"), ("train", "evaluate"),
     ("demo_train", "evaluate"), ("evaluate", "report"), ("report", "all"),
-    ("demo_train", "similarity"), ("similarity", "all"),
+    ("demo_train", "similarity"), ("similarity", "report"),
 ]
 
 
