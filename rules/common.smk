@@ -158,15 +158,6 @@ def benchmark_spec(wildcards):
     return json.dumps(benchmark, sort_keys=True)
 
 
-def score_files():
-    return [
-        f"results/{pair}/eval/{variant}/{benchmark}/scores.csv"
-        for pair in PAIRS
-        for variant in variants(config)
-        for benchmark in BENCHMARKS
-    ]
-
-
 def score_records():
     """Which pair and variant each score file belongs to, for the report."""
     return [
@@ -175,6 +166,10 @@ def score_records():
         for variant in variants(config)
         for benchmark in BENCHMARKS
     ]
+
+
+def score_files():
+    return [record["scores"] for record in score_records()]
 
 
 def similarity_by_pair():
