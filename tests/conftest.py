@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,13 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The whole demo DAG run locally once per test session: the reference other runs compare with."""
+    workdir = tmp_path_factory.mktemp("demo")
+    started = time.monotonic()
+    snakemake(workdir, "--cores", "2", timeout=1200)
+    print(f"demo DAG wall time: {time.monotonic() - started:.0f} s")
+    return workdir

@@ -2,7 +2,6 @@
 against independent computations."""
 
 import json
-import time
 
 import pandas as pd
 import pytest
@@ -16,15 +15,6 @@ pytestmark = pytest.mark.slow
 PAIR = "results/demo"
 VARIANTS = ["base", "instruct", "lora/instruct_ft", "lora/shadow_a1", "full/instruct_ft", "full/shadow_a1"]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
-    started = time.monotonic()
-    snakemake(workdir, "--cores", "2", timeout=1200)
-    print(f"demo DAG wall time: {time.monotonic() - started:.0f} s")
-    return workdir
 
 
 def state_dict(folder):
