@@ -48,6 +48,7 @@ if sys.byteorder != "little":  # safetensors stores little-endian bytes; we read
 
 #: Elements per streamed chunk. Measured: 2^18 float32 elements (1 MiB per
 #: buffer) keep a chunk's passes in cache; 2^20 was 1.5-2x slower per element.
+#: The engine's entry points take it as `chunk_elements` (see check_chunk_elements).
 CHUNK_ELEMENTS = 1 << 18
 
 #: Bytes a worker maps at a time per input file, and chunks per worker task:
@@ -110,6 +111,23 @@ def dtype_code(name: str) -> str:
 def torch_dtype_name(code: str) -> str:
     """The name transformers writes in config.json for a float dtype code."""
     return _TORCH_NAMES[code]
+
+
+def check_chunk_elements(chunk_elements: int) -> int:
+    """Validate the `chunk_elements` option of the engine's entry points and return it.
+
+    It is the most elements one streamed block holds (default CHUNK_ELEMENTS):
+    a tensor is processed in blocks of whole rows, a row longer than that in
+    pieces of it. It sets the working memory (about 40 bytes per element per
+    thread) and speed, not the arithmetic: every element is computed the same
+    way whatever the value (only sums may differ in their last bits: a LoRA
+    product if BLAS orders its rank terms differently for another block
+    shape, and similarity's per-chunk sums). The tests set it small to run
+    the multi-block paths on small tensors.
+    """
+    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
+        raise CheckpointError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+    return chunk_elements
 
 
 def parse_size(size: int | str) -> int:
@@ -715,8 +733,12 @@ def default_threads() -> int:
 
 
 def run_tasks(tasks: Iterable[Callable[[Scratch], Any]], *, threads: int | None = None,
-              on_result: Callable[[Any], None] = lambda result: None) -> None:
+              on_result: Callable[[Any], None] = lambda result: None,
+              chunk_elements: int = CHUNK_ELEMENTS) -> None:
     """Run `task(scratch)` for every task on a thread pool, each thread with its own Scratch.
+
+    Each Scratch holds buffers of `chunk_elements`, the largest block the
+    tasks were split into.
 
     numpy (including the page faults of mapped reads inside its loops) and
     os.pwrite release the GIL, so threads overlap reads, arithmetic and
@@ -731,7 +753,7 @@ def run_tasks(tasks: Iterable[Callable[[Scratch], Any]], *, threads: int | None 
 
     def run(batch: list[Callable[[Scratch], Any]]) -> list[Any]:
         if not hasattr(local, "scratch"):
-            local.scratch = Scratch()
+            local.scratch = Scratch(chunk_elements)
             scratches.append(local.scratch)
         return [task(local.scratch) for task in batch]
 

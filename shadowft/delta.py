@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from shadowft.checkpoint import (
+    CHUNK_ELEMENTS,
     BackgroundDigests,
     Block,
     Checkpoint,
@@ -44,6 +45,7 @@ from shadowft.checkpoint import (
     TensorInfo,
     blocks,
     byte_ranges,
+    check_chunk_elements,
     compute_dtype,
     copy_bytes,
     dtype_code,
@@ -409,14 +411,17 @@ class Delta:
     # ------------------------------------------------------------------ saving
 
     def save(self, out: Path, *, dtype: str = "float32", max_shard_size: int | str = "5GB",
-             threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+             threads: int | None = None, progress: bool = True,
+             chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, Any]:
         """Write this delta as a directory `Delta.load` reads back; returns its manifest.
 
         Dense updates are stored in `dtype` (float32 by default: the exact
         float32 difference, so grafting from the saved delta equals grafting
-        from the models). LoRA factors are copied bit for bit.
+        from the models). LoRA factors are copied bit for bit. `chunk_elements`
+        is the largest streamed block (see `check_chunk_elements`).
         """
         code = dtype_code(dtype)
+        chunk = check_chunk_elements(chunk_elements)
         _refuse_overwriting_inputs(Path(out), [root for root, _ in self.inputs.values()])
         digests = BackgroundDigests(f for _, files in self.inputs.values() for f in files)
         planned: list[tuple[OutputTensor, TensorInfo | DeltaEntry]] = []
@@ -442,10 +447,10 @@ class Delta:
         def tasks(writer: SafetensorsWriter) -> Iterator[Callable[[Scratch], int]]:
             for tensor, source in planned:
                 if isinstance(source, TensorInfo):
-                    for byte0, byte1 in byte_ranges(source.nbytes):
+                    for byte0, byte1 in byte_ranges(source.nbytes, chunk * 8):
                         yield functools.partial(copy_bytes, source, byte0, byte1, writer, tensor.name)
                 else:
-                    for block in blocks(0, source.rows, math.prod(source.shape[1:])):
+                    for block in blocks(0, source.rows, math.prod(source.shape[1:]), chunk):
                         yield functools.partial(_save_block, source, block, tensor, writer)
 
         try:
@@ -453,7 +458,7 @@ class Delta:
                 writer = SafetensorsWriter(tmp, [t for t, _ in planned], prefix="delta",
                                            max_shard_bytes=parse_size(max_shard_size))
                 with writer, progress_bar(writer.total_bytes, "extract-delta", progress) as bar:
-                    run_tasks(tasks(writer), threads=threads, on_result=bar.update)
+                    run_tasks(tasks(writer), threads=threads, on_result=bar.update, chunk_elements=chunk)
                 manifest = {
                     "format": DELTA_FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
                     "dtype": torch_dtype_name(code),
@@ -692,12 +697,14 @@ def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
 def extract_delta(base: Path, out: Path, *, tuned: Path | None = None, adapter: Path | None = None,
                   preset: str = "all", include: Iterable[str] = (), exclude: Iterable[str] = (),
                   vocab_mismatch: str = "error", dtype: str = "float32", max_shard_size: int | str = "5GB",
-                  allow_pickle: bool = False, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+                  allow_pickle: bool = False, threads: int | None = None, progress: bool = True,
+                  chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, Any]:
     """Write the update of `tuned` (full fine-tuning) or `adapter` (LoRA) relative to `base` to `out`.
 
     `out` becomes a directory of ``delta*.safetensors`` (+ index when sharded)
     and ``manifest.json`` (kind, per-module LoRA scaling, sources with
-    sha256, selection, dtype). Returns the manifest.
+    sha256, selection, dtype). Returns the manifest. `chunk_elements` is the
+    largest streamed block (see `shadowft.checkpoint.check_chunk_elements`).
     """
     if (tuned is None) == (adapter is None):
         raise DeltaError("give exactly one of tuned (a fully fine-tuned model) or adapter (a LoRA adapter)")
@@ -705,7 +712,8 @@ def extract_delta(base: Path, out: Path, *, tuned: Path | None = None, adapter: 
     opener = Delta.from_models if tuned is not None else Delta.from_adapter
     with opener(base, tuned if tuned is not None else adapter, selection=selection,
                 vocab_mismatch=vocab_mismatch, allow_pickle=allow_pickle) as delta:
-        return delta.save(out, dtype=dtype, max_shard_size=max_shard_size, threads=threads, progress=progress)
+        return delta.save(out, dtype=dtype, max_shard_size=max_shard_size, threads=threads, progress=progress,
+                          chunk_elements=chunk_elements)
 
 
 # ---------------------------------------------------------------------- graft
@@ -726,7 +734,7 @@ class _Planned:
 def graft(instruct: Path, delta: Path | Delta, out: Path, *, alpha: float = 1.0, preset: str = "all",
           include: Iterable[str] = (), exclude: Iterable[str] = (), vocab_mismatch: str = "error",
           dtype: str | None = None, max_shard_size: int | str = "5GB", allow_pickle: bool = False,
-          threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+          threads: int | None = None, progress: bool = True, chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, Any]:
     """Write W_instruct + alpha * Delta to `out` as a model transformers loads; returns the manifest.
 
     `delta` is a directory from `extract_delta` or a `Delta` (e.g. from
@@ -735,11 +743,13 @@ def graft(instruct: Path, delta: Path | Delta, out: Path, *, alpha: float = 1.0,
     the output dtype of floating-point tensors (default: instruct's, per
     tensor). Config, tokenizer and generation files come from `instruct`;
     ``shadowft_manifest.json`` records inputs (sha256), alpha, policy,
-    per-tensor actions and versions.
+    per-tensor actions and versions. `chunk_elements` is the largest streamed
+    block (see `shadowft.checkpoint.check_chunk_elements`).
     """
     _check_vocab_policy(vocab_mismatch)
     if not math.isfinite(alpha):
         raise DeltaError(f"alpha must be a finite number, got {alpha!r}")
+    chunk = check_chunk_elements(chunk_elements)
     selection = Selection(preset, tuple(include), tuple(exclude))
     out_code = dtype_code(dtype) if dtype is not None else None
     opened = Delta.load(delta) if not isinstance(delta, Delta) else None
@@ -747,7 +757,8 @@ def graft(instruct: Path, delta: Path | Delta, out: Path, *, alpha: float = 1.0,
         with Checkpoint(instruct, allow_pickle=allow_pickle) as instruct_ckpt:
             return _graft(instruct_ckpt, opened or delta, Path(out), alpha=alpha, selection=selection,
                           vocab_mismatch=vocab_mismatch, out_code=out_code,
-                          max_shard_bytes=parse_size(max_shard_size), threads=threads, progress=progress)
+                          max_shard_bytes=parse_size(max_shard_size), threads=threads, progress=progress,
+                          chunk=chunk)
     finally:
         if opened is not None:
             opened.close()
@@ -755,7 +766,7 @@ def graft(instruct: Path, delta: Path | Delta, out: Path, *, alpha: float = 1.0,
 
 def _graft(instruct: Checkpoint, delta: Delta, out: Path, *, alpha: float, selection: Selection,
            vocab_mismatch: str, out_code: str | None, max_shard_bytes: int, threads: int | None,
-           progress: bool) -> dict[str, Any]:
+           progress: bool, chunk: int) -> dict[str, Any]:
     plan = _plan_graft(instruct, delta, alpha=alpha, selection=selection,
                        vocab_mismatch=vocab_mismatch, out_code=out_code)
     model_files = _model_files(instruct.path) if instruct.path.is_dir() else []
@@ -769,15 +780,15 @@ def _graft(instruct: Checkpoint, delta: Delta, out: Path, *, alpha: float, selec
         for item in plan:
             source, cols = item.source, item.source.cols
             if item.entry is not None:
-                for block in blocks(0, item.graft_rows, cols):
+                for block in blocks(0, item.graft_rows, cols, chunk):
                     yield functools.partial(_graft_block, item, block, update_scale, writer)
             kept_from_row = item.graft_rows if item.entry is not None else 0
             if item.out_dtype == source.dtype:
                 offset = kept_from_row * cols * source.itemsize
-                for byte0, byte1 in byte_ranges(source.nbytes - offset):
+                for byte0, byte1 in byte_ranges(source.nbytes - offset, chunk * 8):
                     yield functools.partial(copy_bytes, source, offset + byte0, offset + byte1, writer, item.name)
             else:
-                for block in blocks(kept_from_row, source.rows, cols):
+                for block in blocks(kept_from_row, source.rows, cols, chunk):
                     yield functools.partial(_graft_block, item, block, None, writer)
 
     try:
@@ -785,7 +796,7 @@ def _graft(instruct: Checkpoint, delta: Delta, out: Path, *, alpha: float, selec
             writer = SafetensorsWriter(tmp, [_output_of(item) for item in plan], prefix="model",
                                        max_shard_bytes=max_shard_bytes)
             with writer, progress_bar(writer.total_bytes, "graft", progress) as bar:
-                run_tasks(tasks(writer), threads=threads, on_result=bar.update)
+                run_tasks(tasks(writer), threads=threads, on_result=bar.update, chunk_elements=chunk)
             for file in model_files:
                 shutil.copyfile(file, tmp / file.name)
             if out_code is not None and (tmp / "config.json").is_file():

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from shadowft.checkpoint import (
+    CHUNK_ELEMENTS,
     Block,
     Checkpoint,
     CheckpointError,
     Scratch,
     TensorInfo,
     blocks,
+    check_chunk_elements,
     compute_dtype,
     is_vocab_indexed,
     progress_bar,
@@ -45,7 +47,7 @@ def layer_index(name: str) -> int | None:
 
 
 def similarity(a: Path, b: Path, out_csv: Path, *, allow_pickle: bool = False, threads: int | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, Any]:
     """Write sigma per tensor, per layer and overall to `out_csv`; return a summary.
 
     The CSV has columns level (tensor | layer | overall), name, layer, numel,
@@ -53,7 +55,10 @@ def similarity(a: Path, b: Path, out_csv: Path, *, allow_pickle: bool = False, t
     model, or not floating point, are skipped and listed in the summary. When
     vocabulary sizes differ, embeddings and lm_head are compared over their
     shared rows; any other shape difference is an error naming the tensor.
+    `chunk_elements` is the largest streamed block (see
+    `shadowft.checkpoint.check_chunk_elements`).
     """
+    chunk = check_chunk_elements(chunk_elements)
     with Checkpoint(a, allow_pickle=allow_pickle) as first, Checkpoint(b, allow_pickle=allow_pickle) as second:
         pairs: list[tuple[TensorInfo, TensorInfo, int]] = []
         skipped = {}
@@ -69,7 +74,7 @@ def similarity(a: Path, b: Path, out_csv: Path, *, allow_pickle: bool = False, t
 
         def tasks():
             for index, (left, right, rows) in enumerate(pairs):
-                for block in blocks(0, rows, left.cols):
+                for block in blocks(0, rows, left.cols, chunk):
                     yield functools.partial(_block_sums, index, left, right, block)
 
         def accumulate(result: tuple[int, float, float, float, int]) -> None:
@@ -79,7 +84,7 @@ def similarity(a: Path, b: Path, out_csv: Path, *, allow_pickle: bool = False, t
 
         total = sum(rows * left.cols * (left.itemsize + right.itemsize) for left, right, rows in pairs)
         with progress_bar(total, "similarity", progress) as bar:
-            run_tasks(tasks(), threads=threads, on_result=accumulate)
+            run_tasks(tasks(), threads=threads, on_result=accumulate, chunk_elements=chunk)
         only_in_a = sorted(first.tensors.keys() - second.tensors.keys())
         only_in_b = sorted(second.tensors.keys() - first.tensors.keys())
 
