@@ -86,6 +86,9 @@ def test_similarity_matches_the_paper_formula(llama, tmp_path):
     assert summary["overall_sigma"] == pytest.approx(sum(in_layers) / len(in_layers), rel=1e-5)
     layer_rows = {int(r["layer"]): float(r["sigma"]) for r in rows if r["level"] == "layer"}
     assert layer_rows == pytest.approx(summary["layers"]) and sorted(layer_rows) == [0, 1]
+    for layer in (0, 1):  # a layer's sigma is the mean of its tensors' sigma
+        own = [value for name, value in expected.items() if name.startswith(f"model.layers.{layer}.")]
+        assert summary["layers"][layer] == pytest.approx(sum(own) / len(own), rel=1e-5)
     assert [r["level"] for r in rows].count("overall") == 1 and 0 < summary["overall_sigma"] < 0.2
 
 
