@@ -5,6 +5,9 @@ once. With rank 1 the product has a single term, so any correct implementation
 is bit-identical. With rank > 1 the r products are summed inside a matrix
 multiply whose order differs between numpy's BLAS and torch, so the float32
 update may differ in its last bit and the rounded result by at most one ulp.
+One ulp also admits truncating instead of rounding, so each such test also checks
+the output against the exact update: every element must be the correct rounding
+of a value within the float32 error bound (`assert_rounded_from_exact`).
 """
 
 import json
@@ -14,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from chunk_fixtures import admissible_range, assert_correctly_rounded
 from delta_fixtures import (  # noqa: F401
     LORA_TARGETS,
     _private_hash_cache,
@@ -68,16 +72,41 @@ def lora_oracle(instruct, adapter, scaling: dict[str, float], alpha=1.0) -> dict
     return weights
 
 
+def assert_rounded_from_exact(ours, instruct, adapter, scaling: dict[str, float], alpha=1.0) -> None:
+    """Every LoRA target of `scaling` is, element by element, a correct rounding of the exact (float64)
+    W_I + alpha * s * B @ A (see chunk_fixtures.admissible_range), and the bound pins almost every
+    element to one value: 1 ulp admits truncation, this does not."""
+    weights, factors = load_tensors(instruct), load_file(adapter / "adapter_model.safetensors")
+    transposed_layers = bool(read_json(adapter / "adapter_config.json").get("fan_in_fan_out"))
+    pinned = count = 0
+    for name, scale in scaling.items():
+        module = PREFIX + name.removesuffix(".weight")
+        embedding = f"{module}.lora_embedding_A" in factors
+        a, b = ((factors[f"{module}.lora_embedding_A"], factors[f"{module}.lora_embedding_B"]) if embedding
+                else (factors[f"{module}.lora_A.weight"], factors[f"{module}.lora_B.weight"]))
+        update = b.double() @ a.double()
+        magnitude = b.double().abs() @ a.double().abs()
+        if embedding or transposed_layers:
+            update, magnitude = update.T, magnitude.T
+        weight = weights[name].double()
+        low, high = admissible_range(weight + alpha * scale * update, weight.abs() + abs(alpha * scale) * magnitude,
+                                     rank=a.shape[0], out=weights[name].dtype)
+        pinned += assert_correctly_rounded(ours[name], low, high, name) * weight.numel()
+        count += weight.numel()
+    assert pinned / count > 0.99
+
+
 def graft_adapter(base, instruct, adapter, out, **options):
     extract_delta(base, out.parent / f"{out.name}-delta", adapter=adapter, progress=False)
     return graft(instruct, out.parent / f"{out.name}-delta", out, progress=False, **options)
 
 
 def test_matches_peft_merge_and_unload(llama, tmp_path):
-    graft_adapter(llama.base, llama.instruct, llama.adapter, tmp_path / "out")
+    manifest = graft_adapter(llama.base, llama.instruct, llama.adapter, tmp_path / "out")
     ours, theirs = load_tensors(tmp_path / "out"), peft_merged(llama.instruct, llama.adapter)
     assert sorted(ours) == sorted(n for n in theirs if n != "lm_head.weight" or "lm_head.weight" in ours)
     assert max(ulps(ours[n], theirs[n]) for n in ours) <= 1  # rank 4: summation order, see module docstring
+    assert_rounded_from_exact(ours, llama.instruct, llama.adapter, manifest["delta"]["scaling"])
 
 
 @pytest.mark.slow
@@ -88,10 +117,11 @@ def test_matches_llamafactory_export(llama, tmp_path):
                     "--adapter_name_or_path", str(llama.adapter), "--template", "default",
                     "--finetuning_type", "lora", "--export_dir", str(tmp_path / "exported")],
                    check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    graft_adapter(llama.base, llama.instruct, llama.adapter, tmp_path / "out")
+    manifest = graft_adapter(llama.base, llama.instruct, llama.adapter, tmp_path / "out")
     ours, theirs = load_tensors(tmp_path / "out"), load_tensors(tmp_path / "exported")
     assert sorted(ours) == sorted(theirs)
     assert max(ulps(ours[n], theirs[n]) for n in ours) <= 1  # rank 4: summation order, see module docstring
+    assert_rounded_from_exact(ours, llama.instruct, llama.adapter, manifest["delta"]["scaling"])
 
 
 def test_rank_one_is_bit_identical_to_the_oracle(llama, tmp_path):
@@ -118,6 +148,7 @@ def test_scaling_follows_rslora_and_rank_and_alpha_patterns(llama, tmp_path):
     graft(llama.instruct, tmp_path / "delta", tmp_path / "out", progress=False)
     ours, theirs = load_tensors(tmp_path / "out"), peft_merged(llama.instruct, adapter)
     assert max(ulps(ours[n], theirs[n]) for n in ours) <= 1
+    assert_rounded_from_exact(ours, llama.instruct, adapter, scaling)
 
 
 def test_bfloat16_factors(llama, tmp_path):
@@ -138,6 +169,7 @@ def test_bfloat16_factors(llama, tmp_path):
     assert max(ulps(ours[n], expected[n]) for n in ours) <= 1
     theirs = peft_merged(llama.instruct, tmp_path / "adapter")
     assert max(ulps(ours[n], theirs[n]) for n in ours) <= 1
+    assert_rounded_from_exact(ours, llama.instruct, tmp_path / "adapter", manifest["delta"]["scaling"])
 
 
 def test_graft_straight_from_the_adapter_equals_the_saved_delta(llama, tmp_path):
@@ -162,6 +194,7 @@ def test_modules_to_save_and_embedding_lora(llama, tmp_path):
     embed = "model.embed_tokens.weight"
     expected_embed = (inst[embed].float() + ((b @ a).T * scale)).bfloat16()
     assert ulps(ours[embed], expected_embed) <= 1
+    assert_rounded_from_exact(ours, llama.instruct, adapter, manifest["delta"]["scaling"])
     head = "lm_head.weight"
     expected_head = (inst[head].float() + (factors[PREFIX + head].float() - B[head].float())).bfloat16()
     assert torch.equal(ours[head].view(torch.int16), expected_head.view(torch.int16))
@@ -276,7 +309,8 @@ def test_tied_qwen2_pair(tmp_path):
     base = save(random_model(qwen2_config(), seed=20), tmp_path / "base")
     instruct = save(random_model(qwen2_config(), seed=21), tmp_path / "instruct", "30KB")
     adapter = lora_adapter(base, tmp_path / "adapter", seed=22)
-    graft_adapter(base, instruct, adapter, tmp_path / "out")
+    manifest = graft_adapter(base, instruct, adapter, tmp_path / "out")
     ours, theirs = load_tensors(tmp_path / "out"), peft_merged(instruct, adapter)
     assert "lm_head.weight" not in ours
     assert max(ulps(ours[n], theirs[n]) for n in ours) <= 1
+    assert_rounded_from_exact(ours, instruct, adapter, manifest["delta"]["scaling"])
