@@ -161,9 +161,16 @@ def test_model_options():
     assert "meta_template" not in model, "OpenCompass's own prompt format unless a benchmark asks"
 
 
-@pytest.mark.parametrize("options", [{"dtype": "fp8"}, {"num_gpus": -1}, {"batch_size": 0}])
-def test_bad_model_options(options):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"dtype": "fp8"}, r"^dtype: 'fp8' is not one of auto, float32, bfloat16, float16$"),
+        ({"num_gpus": -1}, r"^num_gpus must be >= 0 and batch_size >= 1 \(got -1, 8\)$"),
+        ({"batch_size": 0}, r"^num_gpus must be >= 0 and batch_size >= 1 \(got 0, 0\)$"),
+    ],
+)
+def test_bad_model_options(options, message):
+    with pytest.raises(ValueError, match=message):
         model_config("m", **options)
 
 
