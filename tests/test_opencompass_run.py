@@ -2,7 +2,9 @@
 
 A random model answers nothing right, so the exact-match benchmark is made of the answers
 the model gives (greedy decoding in transformers, here): it must score 100, and the same
-answers shuffled must score lower.
+answers shuffled must score exactly the share that the shuffle left equal. The standard
+GSM8K run uses a model whose answer is known in advance (opencompass_fixtures), so its
+score is known too.
 """
 
 import json
@@ -12,6 +14,7 @@ import subprocess
 
 import pytest
 from conftest import ROOT, VENVS
+from opencompass_fixtures import constant_answer_model
 
 from shadowft.opencompass import RUN_CONFIG_FILE, RUN_LOG_FILE, read_scores
 
@@ -171,6 +174,9 @@ def test_shuffled_answers_score_lower(tmp_path, demo, model_answers):
     result = evaluate(tmp_path, demo / "init", benchmark)
     assert result.returncode == 0, result.stderr
     (row,) = read_scores(tmp_path / "out" / "scores.csv")
+    # the model still answers answers[i]; it is right where the shuffled answer is the same text
+    still_right = sum(answer == expected for answer, (_, expected) in zip(answers, shuffled, strict=True))
+    assert row["score"] == pytest.approx(100 * still_right / NUM_QUESTIONS)
     assert row["score"] < 100.0
     assert row["num_examples"] == NUM_QUESTIONS
 
@@ -195,9 +201,12 @@ def test_broken_model_fails_naming_the_log(tmp_path, demo, model_answers):
     assert not (tmp_path / "out").exists(), "no scores from a failed run"
 
 
-def test_standard_dataset_from_the_data_cache(tmp_path, demo):
+def test_standard_dataset_from_the_data_cache(tmp_path):
     # A two-question GSM8K in OpenCompass's cache layout: the standard config, its
-    # prompts and its evaluator run end to end, offline.
+    # prompts and its evaluator run end to end, offline. The model answers "4 4 4 4" to
+    # everything, which GSM8K's answer extraction reads as 4: right for the first
+    # question, wrong for the second.
+    model = constant_answer_model(tmp_path / "model", "4")
     gsm8k = tmp_path / "cache" / "data" / "gsm8k"
     gsm8k.mkdir(parents=True)
     for split in ("train", "test"):
@@ -206,11 +215,14 @@ def test_standard_dataset_from_the_data_cache(tmp_path, demo):
             [("What is 2 plus 2?", "2 + 2 = 4\n#### 4"), ("What is 3 plus 4?", "3 + 4 = 7\n#### 7")],
         )
     benchmark = {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "max_out_len": 4}
-    result = evaluate(tmp_path, demo / "init", benchmark, "--data-cache", str(tmp_path / "cache"))
+    result = evaluate(tmp_path, model, benchmark, "--data-cache", str(tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
 
     (row,) = read_scores(tmp_path / "out" / "scores.csv")
     assert (row["benchmark"], row["dataset"], row["metric"], row["num_examples"]) == ("gsm8k", "gsm8k", "accuracy", 2)
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())["gsm8k"]
+    assert [record["prediction"] for record in predictions.values()] == ["4 4 4 4"] * 2, "the premise"
+    assert row["score"] == 50.0
     config = json.loads((run_dir(tmp_path) / RUN_CONFIG_FILE).read_text())
     assert config["datasets"][0]["infer_cfg"]["inferencer"]["max_out_len"] == 4
     assert "meta_template" not in config["models"][0], "standard benchmarks keep OpenCompass's prompt format"
