@@ -2,9 +2,24 @@
 import json
 import re
 
+from functools import lru_cache
+
+from snakemake.common.tbdstring import TBDString
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from shadowft.config import alpha_label, variants
+from shadowft.llamafactory import PAPER_DEFAULTS
+from shadowft.opencompass import DEFAULT_MAX_OUT_LEN
+from shadowft.resources import (
+    ENGINE_THREADS,
+    NODE_RESOURCE_KEYS,
+    Workload,
+    count_parameters,
+    dataset_tokens,
+    local_node,
+    node_from_resources,
+    size_job,
+)
 
 
 PAIRS = sorted(config["pairs"])
@@ -182,3 +197,143 @@ def similarity_files():
 
 def final_outputs():
     return ["results/summary.csv", "results/summary.md", "results/plots/scores.png"]
+
+
+# Job sizes. The node the jobs run on is what the profile's default-resources describe
+# (node_gpus, node_cpus, ...: profiles/slurm/), or this machine when they say nothing.
+# Each sized resource is computed from the parameter count of the job's model, read from
+# its checkpoint; while that model does not exist yet (a dry run before the download)
+# the value is Snakemake's <TBD>, and the scheduler computes it once the input is there.
+@lru_cache(maxsize=1)
+def cluster_node():
+    """The node jobs are sized for: the profile's description, else this machine."""
+    defaults = workflow.resource_settings.default_resources
+    described = {}
+    if defaults is not None:
+        described = {key: defaults[key].value for key in NODE_RESOURCE_KEYS if key in defaults}
+    return node_from_resources(described) or local_node()
+
+
+def profile_describes_node():
+    defaults = workflow.resource_settings.default_resources
+    return defaults is not None and any(key in defaults for key in NODE_RESOURCE_KEYS)
+
+
+def tool_threads():
+    """Threads of a training or evaluation job: one GPU's share of a cluster node's CPUs.
+
+    Locally, one: on a laptop these jobs are the demo's, mostly start-up and small matrices,
+    where two one-thread jobs side by side beat one two-thread job (measured on 2 cores).
+    """
+    node = cluster_node()
+    if not profile_describes_node():
+        return 1
+    return node.cpus_per_gpu if node.gpus else node.cpus
+
+
+def engine_threads():
+    """Threads of the delta engine's jobs (extract, graft, similarity)."""
+    return min(ENGINE_THREADS, cluster_node().cpus)
+
+
+@lru_cache(maxsize=None)
+def _parameters_of(folder, modified):
+    return count_parameters(Path(folder))
+
+
+def parameters_of(folder):
+    """The parameter count of a model folder, or None while the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return _parameters_of(str(folder.resolve()), folder.stat().st_mtime_ns)
+
+
+def pair_planning_model(pair):
+    """Where a pair's base model can be sized before it is downloaded: its local source folder."""
+    name = config["pairs"][pair]["base"]
+    spec = config["models"][name]
+    if not os.path.isdir(model_dir(name)) and spec["source"] == "local":
+        return spec["path"]
+    return model_dir(name)
+
+
+# The input that holds the model each sized rule works on.
+SIZED_MODEL_INPUT = {
+    "demo_train": "model",
+    "train": "model",
+    "merge_adapter": "model",
+    "evaluate": "model",
+    "extract_delta": "base",
+    "graft": "instruct",
+    "similarity": "base",
+}
+
+
+def job_workload(rulename, wildcards):
+    if rulename == "train":
+        return Workload.training(wildcards.tuning)
+    return {
+        "demo_train": Workload.TRAIN_FULL,
+        "merge_adapter": Workload.MERGE,
+        "evaluate": Workload.EVALUATE,
+    }.get(rulename, Workload.ENGINE)
+
+
+def job_parameters(rulename, wildcards, input):
+    """The size of a job's model: its own input, else (planning) the pair's base, the same architecture."""
+    own = parameters_of(input[SIZED_MODEL_INPUT[rulename]])
+    if own is not None or "pair" not in wildcards.keys():
+        return own
+    return parameters_of(pair_planning_model(wildcards.pair))
+
+
+def job_tokens(rulename, wildcards, input):
+    """What a job processes, for its wall time: training data times epochs, or generated tokens."""
+    if rulename in ("train", "demo_train"):
+        epochs = 1.0
+        if rulename == "train":
+            overrides = training_parameters(wildcards)["overrides"]
+            epochs = float(overrides.get("num_train_epochs", PAPER_DEFAULTS["num_train_epochs"]))
+        return dataset_tokens(Path(input.dataset)) * epochs if os.path.isdir(input.dataset) else 0.0
+    if rulename == "evaluate":
+        spec = config["evaluation"]["benchmarks"][wildcards.benchmark]
+        questions_file = Path(input.data) / "eval.jsonl"
+        # A standard benchmark's size is not known before it is prefetched: assume 1,000 questions.
+        questions = sum(1 for _ in open(questions_file)) if questions_file.is_file() else 1000
+        return questions * spec.get("max_out_len", DEFAULT_MAX_OUT_LEN)
+    return 0.0
+
+
+def job_size(rulename, wildcards, input, attempt):
+    """The JobResources of one job, or None while its model does not exist yet."""
+    parameters = job_parameters(rulename, wildcards, input)
+    if parameters is None:
+        return None
+    workload = job_workload(rulename, wildcards)
+    tokens = job_tokens(rulename, wildcards, input)
+    return size_job(workload, parameters, cluster_node(), attempt=attempt, tokens=tokens)
+
+
+def sized_gpu(wildcards, input, attempt, rulename):
+    """GPUs of a job in all, spread evenly over its nodes (0 for CPU work), from its model's size."""
+    size = job_size(rulename, wildcards, input, attempt)
+    return TBDString() if size is None else size.gpu
+
+
+def sized_nodes(wildcards, input, attempt, rulename):
+    size = job_size(rulename, wildcards, input, attempt)
+    return TBDString() if size is None else size.nodes
+
+
+def sized_mem_mb(wildcards, input, attempt, rulename):
+    """Host memory per node, growing with the attempt."""
+    size = job_size(rulename, wildcards, input, attempt)
+    return TBDString() if size is None else size.mem_mb
+
+
+def sized_runtime(wildcards, input, attempt, rulename):
+    """Wall time in minutes, growing with the attempt."""
+    size = job_size(rulename, wildcards, input, attempt)
+    return TBDString() if size is None else size.runtime
+

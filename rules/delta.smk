@@ -13,7 +13,10 @@ rule extract_delta:
         "logs/delta/{pair}/{tuning}/extract.log",
     benchmark:
         "benchmarks/delta/{pair}/{tuning}/extract.tsv"
-    threads: 4
+    resources:
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: engine_threads()
     conda:
         "../envs/core.yaml"
     script:
@@ -34,7 +37,10 @@ rule graft:
         "logs/delta/{pair}/{tuning}/graft_a{alpha}.log",
     benchmark:
         "benchmarks/delta/{pair}/{tuning}/graft_a{alpha}.tsv"
-    threads: 4
+    resources:
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: engine_threads()
     conda:
         "../envs/core.yaml"
     script:
@@ -52,7 +58,10 @@ rule similarity:
         "logs/delta/{pair}/similarity.log",
     benchmark:
         "benchmarks/delta/{pair}/similarity.tsv"
-    threads: 4
+    resources:
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: engine_threads()
     conda:
         "../envs/core.yaml"
     script:

@@ -18,6 +18,11 @@ rule build_demo:
         "../scripts/build_demo.py"
 
 
+# Writing a step's YAML takes a moment: not worth a cluster job.
+localrules:
+    demo_training_config,
+
+
 rule demo_training_config:
     input:
         model=demo_step_model_dir,
@@ -48,8 +53,15 @@ rule demo_train:
         "logs/demo/{step}_train.log",
     benchmark:
         "benchmarks/demo/{step}_train.tsv"
-    threads: 4
+    resources:
+        gpu=sized_gpu,
+        nodes=sized_nodes,
+        cpus_per_gpu=cluster_node().cpus_per_gpu,
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: tool_threads()
     conda:
         "../envs/train.yaml"
     shell:
-        "{params.python} -m shadowft.llamafactory train {input.config} {output} > {log} 2>&1"
+        "{params.python} -m shadowft.llamafactory train {input.config} {output}"
+        " --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"

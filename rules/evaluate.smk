@@ -16,10 +16,15 @@ rule evaluate:
         "logs/evaluate/{pair}/{variant}/{benchmark}.log",
     benchmark:
         "benchmarks/evaluate/{pair}/{variant}/{benchmark}.tsv"
-    threads: 4
+    resources:
+        gpu=sized_gpu,
+        cpus_per_gpu=cluster_node().cpus_per_gpu,
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: tool_threads()
     conda:
         "../envs/eval.yaml"
     shell:
         "{params.python} -m shadowft.opencompass evaluate --model {input.model}"
         " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir}"
-        " --scores {output} > {log} 2>&1"
+        " --num-gpus {resources.gpu} --scores {output} > {log} 2>&1"

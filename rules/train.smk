@@ -4,6 +4,11 @@
 # job, and the rerun resumes from them.
 
 
+# Writing a run's YAML takes a moment: not worth a cluster job.
+localrules:
+    training_config,
+
+
 rule training_config:
     input:
         model=trained_model_dir,
@@ -33,11 +38,18 @@ rule train:
         "logs/train/{pair}/{tuning}/{role}.log",
     benchmark:
         "benchmarks/train/{pair}/{tuning}/{role}.tsv"
-    threads: 4
+    resources:
+        gpu=sized_gpu,
+        nodes=sized_nodes,
+        cpus_per_gpu=cluster_node().cpus_per_gpu,
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: tool_threads()
     conda:
         "../envs/train.yaml"
     shell:
-        "{params.python} -m shadowft.llamafactory train {input.config} {output} > {log} 2>&1"
+        "{params.python} -m shadowft.llamafactory train {input.config} {output}"
+        " --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"
 
 
 # A LoRA run's adapter merged into the model it was trained on, for evaluation:
@@ -55,6 +67,10 @@ rule merge_adapter:
         "logs/train/{pair}/lora/{role}_merge.log",
     benchmark:
         "benchmarks/train/{pair}/lora/{role}_merge.tsv"
+    resources:
+        mem_mb=sized_mem_mb,
+        runtime=sized_runtime,
+    threads: tool_threads()
     conda:
         "../envs/train.yaml"
     shell:

@@ -327,6 +327,8 @@ def evaluate(
         "--debug",
     ]
     log.info("OpenCompass: %s on %s, log %s", model_dir, spec["name"], log_path)
+    # Which devices the job was given (SLURM sets CUDA_VISIBLE_DEVICES for a GPU job).
+    log.info("devices: %d GPU(s), CUDA_VISIBLE_DEVICES=%s", num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     started = time.monotonic()
     # OpenCompass writes scratch files (tmp/, .cache/) into its working directory.
     with open(log_path, "w", encoding="utf-8") as log_file:

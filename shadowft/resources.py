@@ -137,7 +137,8 @@ class Node:
 
 @dataclass(frozen=True)
 class JobResources:
-    """What one job asks for. ``gpu`` and ``mem_mb`` are per node."""
+    """What one job asks for, in the SLURM executor's terms: ``gpu`` GPUs in all, spread
+    evenly over ``nodes`` nodes (sbatch --gpus with --nodes), ``mem_mb`` on each node."""
 
     gpu: int
     nodes: int
@@ -145,8 +146,8 @@ class JobResources:
     runtime: int  # minutes
 
     @property
-    def total_gpus(self) -> int:
-        return self.gpu * self.nodes
+    def gpus_per_node(self) -> int:
+        return self.gpu // self.nodes
 
 
 def size_job(
@@ -190,7 +191,7 @@ def size_job(
             )
         mem_mb = node.mem_mb  # a retry asks for all there is, not for the impossible
     return JobResources(
-        gpu=gpus_per_node,
+        gpu=gpus_per_node * nodes,
         nodes=nodes,
         mem_mb=mem_mb,
         runtime=_runtime_minutes(workload, scaling, parameters, tokens, max(total_gpus, 1), attempt, node),

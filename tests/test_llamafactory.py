@@ -160,9 +160,9 @@ def fake_llamafactory(monkeypatch):
     """Stand in for LLaMA-Factory: record the launch, write what a LoRA run leaves in output_dir."""
     launches = []
 
-    def launch(config_yaml, args, nproc_per_node):
+    def launch(config_yaml, args, launch, nodes):
         work = Path(args["output_dir"])
-        launches.append(sorted(p.name for p in work.iterdir()))
+        launches.append((sorted(p.name for p in work.iterdir()), launch, nodes, args))
         make_checkpoint(work, 8)
         (work / "adapter_model.safetensors").write_bytes(b"final")
         (work / "adapter_config.json").write_text("{}")
@@ -180,11 +180,13 @@ def write_config(tmp_path):
 
 
 def test_run_training_publishes_the_final_files_and_drops_checkpoints(tmp_path, fake_llamafactory):
-    result = lf.run_training(write_config(tmp_path), tmp_path / "model")
+    result = lf.run_training(write_config(tmp_path), tmp_path / "model", gpus=0)
     assert result["resumed_from"] is None
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        lf.LAUNCH_RECORD_FILE,
+        lf.EFFECTIVE_ARGUMENTS_FILE,
         "trainer_log.jsonl",
     ]
     assert not (tmp_path / "work").exists()
@@ -193,19 +195,77 @@ def test_run_training_publishes_the_final_files_and_drops_checkpoints(tmp_path, 
 
 def test_run_training_reports_the_checkpoint_it_resumes_from(tmp_path, fake_llamafactory, capsys):
     make_checkpoint(tmp_path / "work", 4)
-    result = lf.run_training(write_config(tmp_path), tmp_path / "model")
+    result = lf.run_training(write_config(tmp_path), tmp_path / "model", gpus=0)
     assert result["resumed_from"] == "checkpoint-4"
-    assert fake_llamafactory == [["checkpoint-4"]]
+    assert [listing for listing, *_ in fake_llamafactory] == [["checkpoint-4", lf.EFFECTIVE_ARGUMENTS_FILE]]
     assert "resuming" in capsys.readouterr().err
 
 
 def test_run_training_keeps_checkpoints_when_no_weights_come_out(tmp_path, monkeypatch):
-    def launch(config_yaml, args, nproc_per_node):
+    def launch(config_yaml, args, launch, nodes):
         make_checkpoint(Path(args["output_dir"]), 8)
 
     monkeypatch.setattr(lf, "check_arguments", lambda args, **kwargs: None)
     monkeypatch.setattr(lf, "_launch_training", launch)
     with pytest.raises(RuntimeError, match="no model weights"):
-        lf.run_training(write_config(tmp_path), tmp_path / "model")
+        lf.run_training(write_config(tmp_path), tmp_path / "model", gpus=0)
     assert (tmp_path / "work" / "checkpoint-8").is_dir()
     assert not (tmp_path / "model").exists()
+
+
+def test_one_device_trains_in_process_without_deepspeed(tmp_path, fake_llamafactory):
+    record = lf.run_training(write_config(tmp_path), tmp_path / "model", gpus=1)
+    (_, launch, nodes, args), = fake_llamafactory
+    assert (launch.world_size, launch.in_process, nodes) == (1, True, 1)
+    assert "deepspeed" not in args
+    assert record["deepspeed"] is None and record["processes_per_node"] == 1
+    published = json.loads((tmp_path / "model" / lf.LAUNCH_RECORD_FILE).read_text())
+    assert published == record
+
+
+def write_full_config(tmp_path, **overrides):
+    config = tmp_path / "train_base.yaml"
+    arguments = lf.training_arguments(**{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="full", overrides=overrides)
+    lf.write_yaml(arguments, config)
+    return config
+
+
+def test_full_tuning_on_several_gpus_shards_with_zero3_recorded_beside_the_model(tmp_path, fake_llamafactory):
+    from shadowft.launch import ZERO3_CONFIG
+
+    record = lf.run_training(write_full_config(tmp_path), tmp_path / "model", gpus=4)
+    (listing, launch, nodes, args), = fake_llamafactory
+    assert (launch.nproc_per_node, launch.in_process, nodes) == (4, False, 1)
+    assert args["deepspeed"] == str(tmp_path / "work" / lf.DEEPSPEED_CONFIG_FILE)
+    assert lf.DEEPSPEED_CONFIG_FILE in listing
+    assert record["deepspeed"] == args["deepspeed"]
+    assert json.loads((tmp_path / "model" / lf.DEEPSPEED_CONFIG_FILE).read_text()) == ZERO3_CONFIG
+    effective = lf.read_yaml(tmp_path / "model" / lf.EFFECTIVE_ARGUMENTS_FILE)
+    assert effective == args
+    # The tracked YAML stays what the config made it: the launch's addition is in the record.
+    assert "deepspeed" not in lf.read_yaml(tmp_path / "train_base.yaml")
+
+
+def test_a_deepspeed_choice_in_the_hyperparameters_wins(tmp_path, fake_llamafactory):
+    lf.run_training(write_full_config(tmp_path, deepspeed=None), tmp_path / "model", gpus=4)
+    (listing, _, _, args), = fake_llamafactory
+    assert args["deepspeed"] is None and lf.DEEPSPEED_CONFIG_FILE not in listing
+
+
+def test_several_nodes_start_one_launcher_per_node_through_srun(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "run", lambda command, **kwargs: calls.append(command))
+    config = tmp_path / "args.yaml"
+    lf._launch_training(config, {}, lf.Launch(nnodes=1, nproc_per_node=8), nodes=3)
+    (command,) = calls
+    assert command[:7] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--overlap", "--kill-on-bad-exit=1", "--gpus-per-node=8"]
+    assert command[7:] == [lf.sys.executable, "-m", "shadowft.llamafactory", "node-launch", str(config), "--nodes", "3", "--gpus-per-node", "8"]
+
+
+def test_gpus_are_spread_evenly_over_the_nodes(tmp_path, fake_llamafactory):
+    lf.run_training(write_full_config(tmp_path), tmp_path / "model", gpus=24, nodes=3)
+    (_, launch, nodes, args), = fake_llamafactory
+    assert (launch.nproc_per_node, nodes) == (8, 3)
+    assert args["deepspeed"].endswith(lf.DEEPSPEED_CONFIG_FILE)
+    with pytest.raises(ValueError, match="5 GPUs over 2 nodes"):
+        lf.run_training(write_full_config(tmp_path), tmp_path / "model2", gpus=5, nodes=2)

@@ -44,8 +44,8 @@ def test_lora_shards_only_when_one_gpu_cannot_hold_the_base_weights():
 def test_a_model_too_large_for_one_node_spans_nodes_for_full_tuning_only():
     size = size_job(Workload.TRAIN_FULL, 70_000_000_000, H100_NODE)
     # 18 x 70e9 = 1173 GiB over 72 - 20 = 52 GiB per GPU: 23 GPUs -> 3 nodes of 8.
-    assert (size.nodes, size.gpu) == (3, 8)
-    assert size.total_gpus >= math.ceil(18 * 70e9 / ((USABLE_GIB - 20) * GIB))
+    assert (size.nodes, size.gpus_per_node, size.gpu) == (3, 8, 24)
+    assert size.gpu >= math.ceil(18 * 70e9 / ((USABLE_GIB - 20) * GIB))
     one_node = Node(gpus=8, cpus=64, mem_mb=512000, gpu_mem_mb=81920, max_nodes=1)
     with pytest.raises(SizingError, match=r"70\.00 B-parameter model needs 23 GPUs \(3 nodes\).*at most 1 node"):
         size_job(Workload.TRAIN_FULL, 70_000_000_000, one_node)

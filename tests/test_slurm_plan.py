@@ -1,0 +1,126 @@
+"""`snakemake --profile slurm -n` on a real-size pair: what each job would ask SLURM for.
+
+The pair is two 4.02 B-parameter checkpoints whose tensor data are file holes (headers
+real, bytes free), given as local models, so the plan reads their size before any job runs.
+"""
+
+import json
+import math
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT, snakemake
+from model_fixtures import write_sparse_model
+from shadowft.resources import GIB, MIB, Workload, node_from_resources, size_job
+
+PARAMETERS = 4_022_468_096
+PROFILE = ROOT / "profiles" / "slurm"
+DATASET_BYTES = 3_000_000
+QUESTIONS, MAX_OUT_LEN = 200, 512
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan4b")
+    write_sparse_model(root / "base", PARAMETERS)
+    write_sparse_model(root / "instruct", PARAMETERS)
+    data = root / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"sft": {"file_name": "train.json", "formatting": "sharegpt"}}))
+    (data / "train.json").write_bytes(b" " * (DATASET_BYTES - 100))
+    (data / "eval.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(QUESTIONS)))
+    config = {
+        "models": {
+            "q4-base": {"source": "local", "path": str(root / "base")},
+            "q4-instruct": {"source": "local", "path": str(root / "instruct")},
+        },
+        "pairs": {"q4": {"base": "q4-base", "instruct": "q4-instruct", "template": "qwen3"}},
+        "datasets": {"sft": {"source": "local", "path": str(data)}},
+        "training": {"dataset": "sft", "tunings": ["lora", "full"]},
+        "evaluation": {"benchmarks": {"held_out": {"kind": "custom", "dataset": "sft", "max_out_len": MAX_OUT_LEN}}},
+    }
+    config_file = root / "q4.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    workdir = root / "work"
+    workdir.mkdir()
+    output = snakemake(workdir, "-n", "--profile", str(PROFILE), "--configfile", str(config_file)).stdout
+    jobs = {}
+    for block in output.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.MULTILINE)
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
+        if rule and resources:
+            values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+            jobs[(rule.group(1), wildcards.group(1) if wildcards else "")] = values
+    print(output[-2500:])
+    return jobs, data
+
+
+def node():
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    return node_from_resources(profile["default-resources"])
+
+
+def requested(jobs, rule, wildcards):
+    values = jobs[(rule, wildcards)]
+    return {key: values.get(key) for key in ("gpu", "nodes", "mem_mb", "runtime", "cpus_per_gpu")}
+
+
+def test_full_tuning_asks_for_two_gpus_and_lora_for_one(plan):
+    jobs, data = plan
+    full = requested(jobs, "train", "pair=q4, tuning=full, role=base")
+    lora = requested(jobs, "train", "pair=q4, tuning=lora, role=instruct")
+    # 18 bytes x 4.02e9 = 67.4 GiB of ZeRO-3 state; an 80 GB card holds 72 GiB less a 6.8 GiB reserve.
+    assert (full["gpu"], full["nodes"]) == ("2", "1")
+    assert (lora["gpu"], lora["nodes"]) == ("1", "1")
+    # A GPU's share of the node's 64 CPUs.
+    assert full["cpus_per_gpu"] == lora["cpus_per_gpu"] == "8"
+    # Host memory: 4 GiB, 4 GiB per GPU, 4 bytes a parameter.
+    assert int(full["mem_mb"]) == math.ceil((12 * GIB + 4 * PARAMETERS) / MIB)
+    assert int(lora["mem_mb"]) == math.ceil((8 * GIB + 4 * PARAMETERS) / MIB)
+    # Time: 8 (full) or 6 (LoRA) FLOP a parameter a token over the data's tokens at 1e14 FLOP/s
+    # per GPU, doubled, plus 20 minutes of start-up.
+    tokens = sum(path.stat().st_size for path in data.iterdir()) / 3  # about 3 bytes a token
+    assert int(full["runtime"]) == 20 + math.ceil(2 * 8 * PARAMETERS * tokens / (2 * 1e14) / 60)
+    assert int(lora["runtime"]) == 20 + math.ceil(2 * 6 * PARAMETERS * tokens / 1e14 / 60)
+
+
+def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
+    jobs, data = plan
+    tokens = sum(path.stat().st_size for path in data.iterdir()) / 3
+    for (rule, wildcards), values in jobs.items():
+        workload = {
+            "train": Workload.training(wildcards.split("tuning=")[-1].split(",")[0]) if rule == "train" else None,
+            "evaluate": Workload.EVALUATE,
+            "merge_adapter": Workload.MERGE,
+            "extract_delta": Workload.ENGINE,
+            "graft": Workload.ENGINE,
+            "similarity": Workload.ENGINE,
+        }.get(rule)
+        if workload is None:
+            continue
+        job_tokens = {Workload.EVALUATE: QUESTIONS * MAX_OUT_LEN}.get(workload, tokens if rule == "train" else 0.0)
+        expected = size_job(workload, PARAMETERS, node(), tokens=job_tokens)
+        assert int(values["mem_mb"]) == expected.mem_mb, (rule, wildcards)
+        assert int(values["runtime"]) == expected.runtime, (rule, wildcards)
+        assert int(values.get("gpu", 0)) == expected.gpu, (rule, wildcards)
+        assert int(values["mem_mb"]) <= node().mem_mb
+
+
+def test_cpu_jobs_ask_for_no_gpu_and_evaluation_for_one(plan):
+    jobs, _ = plan
+    for (rule, wildcards), values in jobs.items():
+        if rule in ("extract_delta", "graft", "similarity"):
+            assert "gpu" not in values and values["mem_mb"] == "2048", (rule, values)
+        if rule == "merge_adapter":
+            assert "gpu" not in values, values
+        if rule == "evaluate":
+            assert values["gpu"] == "1", (wildcards, values)
+
+
+def test_downloads_run_on_the_login_node(plan):
+    jobs, _ = plan
+    downloads = [key for key in jobs if key[0] == "download_model"]
+    assert len(downloads) == 2

@@ -1,0 +1,155 @@
+"""The demo through a real SLURM cluster (.ci/slurm starts one): every job but the local ones
+goes through sbatch, the GPU rules are granted the fake GPUs, a job killed mid-run is
+reported with its SLURM log and resumed by a rerun that redoes nothing else, and the
+grafted models are bit-identical to a local run's."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import ROOT, snakemake
+from test_workflow import planned_jobs
+
+pytestmark = pytest.mark.slow
+
+PROFILES = ("--profile", str(ROOT / "profiles" / "slurm"), "--profile", str(ROOT / "tests" / "slurm_ci_profile.yaml"))
+LOCAL_RULES = {"demo_training_config", "training_config", "all"}
+GPU_RULES = {"demo_train", "train", "evaluate"}
+# The job the test kills: the baseline's full fine-tune, whose only dependants are its
+# evaluations and the report.
+KILLED_RULE, KILLED_WILDCARDS = "train", "demo_full_instruct"
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)")
+
+
+def cluster_or_skip():
+    """Skip where no SLURM runs; in CI, where .ci/run starts one, fail instead."""
+    problem = None
+    if shutil.which("sbatch") is None:
+        problem = "sbatch is not installed (.ci/slurm install)"
+    else:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0 or not {"idle", "mixed", "allocated"} & set(probe.stdout.split()):
+            problem = f"no SLURM node is up (.ci/slurm start): {probe.stdout.strip() or probe.stderr.strip()}"
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI runs the SLURM tests, but {problem}")
+    if problem:
+        pytest.skip(problem)
+
+
+def squeue_jobs():
+    """(job id, state, comment) of the queued and running jobs; the plugin puts rule and wildcards in the comment."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%k"], capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split("|", 2)) for line in out.splitlines() if line.strip()]
+
+
+def submissions(output):
+    """(SLURM job id, rule, wildcards folder) of every job a Snakemake run submitted."""
+    return [(int(job), rule, wildcards) for job, rule, wildcards in SUBMITTED.findall(output)]
+
+
+def job_details(job_id):
+    out = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"(\w+(?:/\w+)?)=(\S*)", out))
+
+
+def state_dict(folder):
+    tensors = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    cluster_or_skip()
+    workdir = tmp_path_factory.mktemp("slurm")
+    plan = planned_jobs(snakemake(workdir, "-n", *PROFILES).stdout)
+
+    started = time.monotonic()
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(ROOT / "config" / "config.yaml"), *PROFILES]
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    killed = None
+    try:
+        while first.poll() is None and killed is None:
+            for job_id, state, comment in squeue_jobs():
+                if state == "RUNNING" and comment.strip() == f"rule_{KILLED_RULE}_wildcards_{KILLED_WILDCARDS}":
+                    time.sleep(3)  # let it get into training
+                    subprocess.run(["scancel", job_id], check=True)
+                    killed = int(job_id)
+            time.sleep(0.5)
+        first_output, _ = first.communicate(timeout=1800)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    first_seconds = time.monotonic() - started
+
+    replan = planned_jobs(snakemake(workdir, "-n", *PROFILES).stdout)
+    started = time.monotonic()
+    second = snakemake(workdir, *PROFILES, timeout=1800)
+    print(f"SLURM demo: first run {first_seconds:.0f} s (one job killed), resume {time.monotonic() - started:.0f} s")
+    return {
+        "workdir": workdir, "plan": plan, "replan": replan, "killed": killed,
+        "first": first, "first_output": first_output, "second_output": second.stdout + second.stderr,
+    }
+
+
+def test_the_killed_job_fails_the_run_naming_its_slurm_log(slurm_run):
+    assert slurm_run["killed"] is not None, "the job to kill never ran:\n" + slurm_run["first_output"][-3000:]
+    assert slurm_run["first"].returncode != 0
+    log = f"slurm_logs/rule_{KILLED_RULE}/{KILLED_WILDCARDS}/{slurm_run['killed']}.log"
+    assert re.search(rf"Error in rule {KILLED_RULE}:(.|\n)*{re.escape(log)}", slurm_run["first_output"]), slurm_run["first_output"][-4000:]
+
+
+def test_the_rerun_redoes_only_the_killed_job_and_its_dependants(slurm_run):
+    benchmarks = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["evaluation"]["benchmarks"]
+    assert slurm_run["replan"] == {KILLED_RULE: 1, "evaluate": len(benchmarks), "report": 1, "all": 1}
+
+
+def test_every_cluster_job_went_through_sbatch(slurm_run):
+    submitted = submissions(slurm_run["first_output"]) + submissions(slurm_run["second_output"])
+    jobs = {(rule, wildcards) for _, rule, wildcards in submitted}
+    expected = sum(count for rule, count in slurm_run["plan"].items() if rule not in LOCAL_RULES)
+    assert len(jobs) == expected
+    assert not {rule for rule, _ in jobs} & LOCAL_RULES
+    # The killed job was submitted twice: once killed, once resumed.
+    assert sum(1 for _, rule, wildcards in submitted if (rule, wildcards) == (KILLED_RULE, KILLED_WILDCARDS)) == 2
+
+
+def test_gpu_rules_asked_for_a_gpu_and_slurm_granted_one(slurm_run):
+    workdir = slurm_run["workdir"]
+    submitted = submissions(slurm_run["first_output"]) + submissions(slurm_run["second_output"])
+    for job_id, rule, wildcards in submitted:
+        details = job_details(job_id)
+        if rule in GPU_RULES:
+            assert details.get("TresPerJob") == "gres:gpu:1", (rule, wildcards, details)
+        else:
+            assert "gpu" not in details.get("TresPerJob", ""), (rule, wildcards, details)
+        assert details["JobState"] == ("CANCELLED" if job_id == slurm_run["killed"] else "COMPLETED"), (rule, details)
+    # Inside the job, the device SLURM granted is what the tools see.
+    train_log = (workdir / "logs" / "train" / "demo" / "lora" / "base.log").read_text()
+    assert re.search(r"shadowft: devices CUDA_VISIBLE_DEVICES=[01]\b", train_log)
+    eval_logs = list((workdir / "logs" / "evaluate").rglob("*.log"))
+    assert eval_logs and all(re.search(r"devices: 1 GPU\(s\), CUDA_VISIBLE_DEVICES=[01]\b", log.read_text()) for log in eval_logs)
+
+
+def test_grafts_and_scores_equal_a_local_run(slurm_run, demo_run):
+    for tuning in ("lora", "full"):
+        on_cluster = state_dict(slurm_run["workdir"] / "results" / "demo" / tuning / "shadow_a1")
+        local = state_dict(demo_run / "results" / "demo" / tuning / "shadow_a1")
+        assert on_cluster.keys() == local.keys()
+        for name, tensor in local.items():
+            assert torch.equal(on_cluster[name], tensor), (tuning, name)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(slurm_run["workdir"] / "results" / "summary.csv"), pd.read_csv(demo_run / "results" / "summary.csv")
+    )
