@@ -7,6 +7,7 @@ from functools import lru_cache
 from snakemake.common.tbdstring import TBDString
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from shadowft import demo
 from shadowft.config import alpha_label, variants
 from shadowft.llamafactory import PAPER_DEFAULTS
 from shadowft.opencompass import DEFAULT_MAX_OUT_LEN
@@ -68,7 +69,7 @@ def dataset_dir(name):
     """Where a dataset of `config["datasets"]` lives: a LLaMA-Factory dataset folder."""
     spec = config["datasets"][name]
     if spec["source"] == "demo":
-        return "data/demo/task"
+        return f"data/demo/{demo.DATASET_FOLDERS[name]}"
     return spec["path"]
 
 
@@ -113,6 +114,7 @@ def training_parameters(wildcards):
         "stage": "sft",
         "output_dir": f"results/{wildcards.pair}/{wildcards.tuning}/train_{wildcards.role}/work",
         "overrides": {**hyperparameters.get("common", {}), **hyperparameters.get(wildcards.tuning, {})},
+        "seed": config["seed"],
     }
 
 
@@ -126,12 +128,18 @@ def demo_step_name(wildcards):
     return "pretrain" if wildcards.step == "base" else "instruct"
 
 
+def demo_step_dataset_dir(wildcards):
+    """Base is pre-trained on the corpus, instruct tuned on the chat set."""
+    return "data/demo/pretrain" if wildcards.step == "base" else "data/demo/chat"
+
+
 def demo_step_paths(wildcards):
-    """Where a demo-building step reads and writes; the step's recipe is shadowft's."""
+    """Where a demo-building step reads and writes, and its seed; the step's recipe is shadowft's."""
     return {
         "model_dir": demo_step_model_dir(wildcards),
-        "dataset_dir": "data/demo/pretrain",
+        "dataset_dir": demo_step_dataset_dir(wildcards),
         "output_dir": f"data/demo/{wildcards.step}/work",
+        "seed": config["seed"],
     }
 
 

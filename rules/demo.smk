@@ -1,15 +1,17 @@
 # The embedded demo: a tiny base/instruct pair and a synthetic task, built here.
 # BASE is a random-init model pre-trained on a synthetic corpus; INSTRUCT is that base
 # after instruction tuning on a chat set, so the pair mirrors the paper's in miniature.
+# The chat set's held-out questions and the task's are the demo's two benchmarks.
 
 
 rule build_demo:
     output:
         init=directory("data/demo/init"),
         pretrain=directory("data/demo/pretrain"),
+        chat=directory("data/demo/chat"),
         task=directory("data/demo/task"),
     params:
-        seed=config["demo"]["seed"],
+        seed=config["seed"],
     log:
         "logs/demo/build.log",
     conda:
@@ -26,7 +28,7 @@ localrules:
 rule demo_training_config:
     input:
         model=demo_step_model_dir,
-        dataset="data/demo/pretrain",
+        dataset=demo_step_dataset_dir,
     output:
         "data/demo/{step}.yaml",
     params:
@@ -44,7 +46,7 @@ rule demo_train:
     input:
         config="data/demo/{step}.yaml",
         model=demo_step_model_dir,
-        dataset="data/demo/pretrain",
+        dataset=demo_step_dataset_dir,
     output:
         directory("data/demo/{step}/model"),
     params:

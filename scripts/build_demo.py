@@ -1,4 +1,4 @@
-"""Rule build_demo: the tiny random-init model, its tokenizer and the synthetic data."""
+"""Rule build_demo: the tiny random-init model, its tokenizer and the synthetic datasets."""
 
 import sys
 
@@ -14,6 +14,7 @@ raise_on_sigterm()
 build_demo(
     Path(snakemake.output.init),
     Path(snakemake.output.pretrain),
+    Path(snakemake.output.chat),
     Path(snakemake.output.task),
     seed=snakemake.params.seed,
 )

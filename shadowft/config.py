@@ -13,6 +13,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from shadowft import demo
+
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
 
@@ -75,6 +77,12 @@ def _check_references(config: dict) -> None:
                 problems.append(f"pairs.{pair}.{role}: '{spec[role]}' is not a key of models")
         if spec["base"] == spec["instruct"]:
             problems.append(f"pairs.{pair}: base and instruct are the same model '{spec['base']}'")
+    for name, spec in datasets.items():
+        if spec["source"] == "demo" and name not in demo.DATASET_FOLDERS:
+            problems.append(
+                f"datasets.{name}: the demo builds only {', '.join(sorted(demo.DATASET_FOLDERS))}; "
+                "a dataset with source demo must have one of these names"
+            )
     if config["training"]["dataset"] not in datasets:
         problems.append(f"training.dataset: '{config['training']['dataset']}' is not a key of datasets")
     for name, benchmark in config["evaluation"]["benchmarks"].items():

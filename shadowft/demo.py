@@ -6,13 +6,20 @@ fine-tune are then made by LLaMA-Factory through `shadowft.llamafactory`, like a
 - ``init``: a randomly initialised Qwen2 (~170k parameters) with a byte-level BPE tokenizer
   trained here on the demo's texts, ChatML special tokens and chat template.
 - ``pretrain``: BASE is ``init`` pre-trained (stage pt) on ``demo_corpus``, plain text holding
-  the knowledge: letter order, successor facts, words repeated and "moved one step on", and a
-  few chat transcripts (web text has those; real base models know the format a little).
-  INSTRUCT is BASE after a short full SFT on ``demo_chat``, general instruction following
-  (copy, first letter, last letter): a small update, as between real pairs (sigma ~4%).
+  the knowledge: letter order, successor facts, words repeated, their first and last letters
+  and "moved one step on", and a few chat transcripts of another kind of question ("Letters
+  from c to f" -> "c d e f"; web text holds chat logs, real base models know the format a
+  little). Facts in prose, never the questions the benchmarks ask.
+- ``chat``: ``demo_chat``, general instruction following (copy, first letter, last letter).
+  INSTRUCT is BASE after a short full SFT on it: a small update, as between real pairs.
+  ``eval.jsonl`` holds held-out single-turn questions of these skills (words no chat example
+  uses): the benchmark of what instruction tuning gave INSTRUCT and BASE lacks.
 - ``task``: ``demo_task``, the fine-tuning target "Shift: c a f b" -> "d b g c" (every letter
   one step on). No chat example asks for it, so neither BASE nor INSTRUCT answers it before
   tuning. ``eval.jsonl`` holds held-out questions (disjoint words) with exact-match answers.
+
+Every variant is scored on both benchmarks: the task shows what fine-tuning gains, the chat
+skills what it keeps of instruction tuning (the paper's two halves).
 
 Module top level is stdlib-only: the train environment imports the names below without torch.
 """
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from shadowft.io import atomic_directory
@@ -34,6 +41,8 @@ CORPUS_DATASET = "demo_corpus"
 CHAT_DATASET = "demo_chat"
 TASK_DATASET = "demo_task"
 EVAL_FILE = "eval.jsonl"
+# The folder (under data/demo/) of each dataset the workflow may name with `source: demo`.
+DATASET_FOLDERS = {CHAT_DATASET: "chat", TASK_DATASET: "task"}
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -50,7 +59,7 @@ ALPHABET = "abcdefghij"
 # Fixed-length words: each answer letter sits at a fixed distance from its source letter, which
 # a two-layer model learns in a few hundred steps; mixed lengths needed several times more.
 WORD_LENGTH = 4
-SIZES = {"corpus": 6000, "chat": 2400, "task_train": 2000, "task_eval": 100}
+SIZES = {"corpus": 6000, "chat": 2400, "chat_eval": 200, "task_train": 2000, "task_eval": 200}
 # A ceiling: the whitespace-isolated pieces of the demo's texts run out of merges below it.
 TOKENIZER_MAX_VOCAB = 384
 MODEL_SHAPE = {
@@ -75,8 +84,8 @@ CHAT_SKILLS: dict[str, Callable[[str], str]] = {
 }
 
 
-def build_demo(init_dir: Path, pretrain_dir: Path, task_dir: Path, *, seed: int = 0) -> None:
-    """Write the demo's initial model, pre-training/chat datasets and task datasets.
+def build_demo(init_dir: Path, pretrain_dir: Path, chat_dir: Path, task_dir: Path, *, seed: int = 0) -> None:
+    """Write the demo's initial model and its three datasets: pre-training, chat, task.
 
     Same seed, same bytes: data files and tokenizer are byte-identical, weights are equal.
     Each directory is replaced atomically.
@@ -84,18 +93,20 @@ def build_demo(init_dir: Path, pretrain_dir: Path, task_dir: Path, *, seed: int 
     rng = random.Random(seed)
     corpus = _corpus(rng)
     chat = [_chat_conversation(rng) for _ in range(SIZES["chat"])]
+    chat_eval = _chat_held_out(rng, chat)
     task_train, task_eval = _task_split(rng)
 
     with atomic_directory(Path(pretrain_dir)) as tmp:
         _write_jsonl(tmp / "corpus.jsonl", ({"text": text} for text in corpus))
-        _write_jsonl(tmp / "chat.jsonl", chat)
         _write_json(
             tmp / "dataset_info.json",
-            {
-                CORPUS_DATASET: {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}},
-                CHAT_DATASET: _sharegpt_entry("chat.jsonl"),
-            },
+            {CORPUS_DATASET: {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}},
         )
+
+    with atomic_directory(Path(chat_dir)) as tmp:
+        _write_jsonl(tmp / "train.jsonl", chat)
+        _write_jsonl(tmp / EVAL_FILE, ({"question": q, "answer": a} for q, a in chat_eval))
+        _write_json(tmp / "dataset_info.json", {CHAT_DATASET: _sharegpt_entry("train.jsonl")})
 
     with atomic_directory(Path(task_dir)) as tmp:
         _write_jsonl(tmp / "train.jsonl", (_conversation([(q, a)]) for q, a in task_train))
@@ -115,12 +126,18 @@ def _random_word(rng: random.Random, letters: str = ALPHABET) -> str:
 
 
 def _corpus(rng: random.Random) -> list[str]:
-    """Plain-text "web pages": the knowledge that chat and task tuning later draw on."""
+    """Plain-text "web pages": the knowledge that chat and task tuning later draw on.
+
+    Each skill that tuning asks for (copy, first and last letter, shift) is here as a fact in
+    prose, never as an instruction: BASE knows, tuning teaches it to answer when asked.
+    """
+
+    def letter_run() -> str:
+        start = rng.randrange(len(ALPHABET) - 2)
+        return ALPHABET[start : rng.randrange(start + 3, len(ALPHABET) + 1)]
 
     def run() -> str:
-        start = rng.randrange(len(ALPHABET) - 2)
-        stop = rng.randrange(start + 3, len(ALPHABET) + 1)
-        return "the letters " + " ".join(ALPHABET[start:stop]) + " come in this order ."
+        return "the letters " + " ".join(letter_run()) + " come in this order ."
 
     def successor() -> str:
         i = rng.randrange(len(ALPHABET) - 1)
@@ -130,15 +147,27 @@ def _corpus(rng: random.Random) -> list[str]:
         word = _random_word(rng)
         return f"{word} , once more : {word} ."
 
+    def first() -> str:
+        word = _random_word(rng)
+        return f"the first letter of {word} is {word[0]} ."
+
+    def last() -> str:
+        word = _random_word(rng)
+        return f"the last letter of {word} is {word[-1]} ."
+
     def stepped() -> str:
         word = _random_word(rng, ALPHABET[:-1])
         return f"{word} moved one step on is {shift(word)} ."
 
     def transcript() -> str:
-        # Web text holds chat logs too; real base models know the chat format a little.
-        return _render_chatml(_chat_conversation(rng)["conversations"])
+        # Web text holds chat logs too; real base models know the chat format a little. These
+        # ask for a run of letters, a question no benchmark asks: the chat skills that the
+        # instruct step teaches stay its own.
+        letters = letter_run()
+        question = f"Letters from {letters[0]} to {letters[-1]}"
+        return _render_chatml(_conversation([(question, " ".join(letters))])["conversations"])
 
-    kinds = (run, successor, repeated, stepped, transcript)
+    kinds = (run, successor, repeated, first, last, stepped, transcript)
     return [rng.choice(kinds)() for _ in range(SIZES["corpus"])]
 
 
@@ -150,6 +179,20 @@ def _chat_conversation(rng: random.Random) -> dict:
         word = _random_word(rng)
         turns.append((f"{skill}: {word}", CHAT_SKILLS[skill](word)))
     return _conversation(turns)
+
+
+def _chat_held_out(rng: random.Random, chat: list[dict]) -> list[tuple[str, str]]:
+    """Held-out single-turn questions of the chat skills, in equal shares, on words no chat example uses."""
+    seen = {turn["value"].split(": ", 1)[1] for record in chat for turn in record["conversations"][::2]}
+    skills = sorted(CHAT_SKILLS)
+    words: dict[str, None] = {}
+    while len(words) < SIZES["chat_eval"]:
+        word = _random_word(rng)
+        if word not in seen:
+            words.setdefault(word)
+    return [
+        (f"{skills[i % len(skills)]}: {word}", CHAT_SKILLS[skills[i % len(skills)]](word)) for i, word in enumerate(words)
+    ]
 
 
 def _task_split(rng: random.Random) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -247,3 +290,61 @@ def _random_model(tokenizer, seed: int):
         bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext, do_sample=False
     )
     return model
+
+
+def seed_spread(summaries: Mapping[int, Path]):
+    """Scores of the same experiment run with several seeds, and how far they move.
+
+    `summaries` maps each seed to the `results/summary.csv` of its run. Returns a frame with
+    one row per (pair, variant, benchmark) in the first run's (report) order, a column per
+    seed, then ``mean``, ``min``, ``max`` and ``spread`` (max - min). Every run must hold the
+    same scores.
+    """
+    import pandas as pd
+
+    if len(summaries) < 2:
+        raise ValueError("seed_spread: give at least two runs")
+    columns = {}
+    for seed, path in summaries.items():
+        summary = pd.read_csv(path)
+        scores = summary.groupby(["pair", "variant", "benchmark"], sort=False)["score"].mean()
+        if columns and set(scores.index) != set(next(iter(columns.values())).index):
+            raise ValueError(f"seed_spread: {path} (seed {seed}) does not hold the same variants and benchmarks")
+        columns[seed] = scores
+    per_seed = pd.DataFrame(columns)
+    return per_seed.assign(mean=per_seed.mean(axis=1), min=per_seed.min(axis=1), max=per_seed.max(axis=1)).assign(
+        spread=lambda table: table["max"] - table["min"]
+    )
+
+
+def render_seed_spread(table, *, digits: int = 1) -> str:
+    """`seed_spread`'s table as Markdown, variants by their report labels."""
+    from shadowft.report import Variant
+
+    header = ["Pair", "Variant", "Benchmark", *(f"seed {c}" if isinstance(c, int) else str(c) for c in table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "| :-- | :-- | :-- | " + " | ".join("--:" for _ in table.columns) + " |"]
+    for (pair, variant, benchmark), row in table.iterrows():
+        cells = [f"{value:.{digits}f}" for value in row]
+        lines.append("| " + " | ".join([pair, Variant.parse(variant).label, benchmark, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m shadowft.demo", description="How far the scores of runs with different seeds lie apart."
+    )
+    parser.add_argument("runs", nargs="+", metavar="SEED=RUN_DIR", help="a seed and the working directory of its run")
+    options = parser.parse_args(None if argv is None else list(argv))
+    summaries = {}
+    for run in options.runs:
+        seed, sep, folder = run.partition("=")
+        if not sep or not seed.lstrip("-").isdigit():
+            parser.error(f"{run!r}: expected SEED=RUN_DIR")
+        summaries[int(seed)] = Path(folder) / "results" / "summary.csv"
+    print(render_seed_spread(seed_spread(summaries)), end="")
+
+
+if __name__ == "__main__":
+    main()

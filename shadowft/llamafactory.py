@@ -78,9 +78,10 @@ RUN_DEFAULTS: dict[str, Any] = {
     "ddp_timeout": 180000000,
 }
 
-# Set by the arguments of `training_arguments`; an override would desynchronise the workflow's paths.
+# Set by the arguments of `training_arguments`; an override would desynchronise the workflow's paths
+# (or, for the seed, the experiment's one seed, which the demo build shares).
 MANAGED_KEYS = frozenset(
-    {"model_name_or_path", "dataset_dir", "dataset", "template", "finetuning_type", "stage", "output_dir"}
+    {"model_name_or_path", "dataset_dir", "dataset", "template", "finetuning_type", "stage", "output_dir", "seed"}
 )
 
 # The embedded demo (shadowft.demo) on 2 CPU cores: each call trains for seconds, the pair
@@ -99,7 +100,7 @@ _DEMO_COMMON: dict[str, Any] = {
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     # Packed into 64-token blocks: short documents, twice the optimizer steps per token.
     "pretrain": {**_DEMO_COMMON, "cutoff_len": 64, "num_train_epochs": 3.0, "learning_rate": 3.0e-3},
-    "instruct": {**_DEMO_COMMON, "num_train_epochs": 1.0, "learning_rate": 3.0e-4},
+    "instruct": {**_DEMO_COMMON, "num_train_epochs": 3.0, "learning_rate": 3.0e-4},
 }
 # How the demo pair is made, step by step: (stage, tuning, dataset) for `demo_pair_arguments`.
 DEMO_PAIR_STEPS: dict[str, tuple[str, str, str]] = {
@@ -139,8 +140,12 @@ def training_arguments(
     output_dir: str | os.PathLike,
     stage: str = "sft",
     overrides: Mapping[str, Any] | None = None,
+    seed: int = RUN_DEFAULTS["seed"],
 ) -> dict[str, Any]:
     """The LLaMA-Factory argument dict: run mechanics, paper defaults, then `overrides`.
+
+    `seed` seeds everything random in the run (initialisation of LoRA weights, data order,
+    dropout): the workflow passes the experiment's `seed`.
 
     Keys are checked against LLaMA-Factory's own dataclasses by `check_arguments` in the train
     environment (this function runs in the core one, without LLaMA-Factory).
@@ -149,6 +154,8 @@ def training_arguments(
         raise ValueError(f"tuning must be one of {', '.join(TUNINGS)}, got {tuning!r}")
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
     overrides = dict(overrides or {})
     for key in overrides:
         if not isinstance(key, str):
@@ -157,7 +164,7 @@ def training_arguments(
     if managed:
         raise ValueError(
             f"LLaMA-Factory override(s) {', '.join(managed)} are set by the workflow (model, dataset, "
-            "template, tuning, stage, output path) and cannot be overridden"
+            "template, tuning, stage, output path; the seed by the config's top-level `seed`) and cannot be overridden"
         )
     return {
         **RUN_DEFAULTS,
@@ -171,11 +178,17 @@ def training_arguments(
         "finetuning_type": tuning,
         "stage": stage,
         "output_dir": os.fspath(output_dir),
+        "seed": seed,
     }
 
 
 def demo_pair_arguments(
-    step: str, *, model_dir: str | os.PathLike, dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
+    step: str,
+    *,
+    model_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    seed: int = RUN_DEFAULTS["seed"],
 ) -> dict[str, Any]:
     """Arguments of one step that makes the demo pair: "pretrain" (init -> BASE), "instruct" (BASE -> INSTRUCT)."""
     stage, tuning, dataset = DEMO_PAIR_STEPS[step]
@@ -188,6 +201,7 @@ def demo_pair_arguments(
         output_dir=output_dir,
         stage=stage,
         overrides=DEMO_OVERRIDES[step],
+        seed=seed,
     )
 
 

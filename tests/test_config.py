@@ -19,7 +19,7 @@ def test_demo_config_is_valid_and_gains_defaults(demo_config):
     del demo_config["graft"]
     validate_config(demo_config)
     assert demo_config["graft"] == {"alphas": [1.0], "preset": "official", "vocab_mismatch": "error"}
-    assert demo_config["demo"] == {"seed": 0}
+    assert demo_config["seed"] == 0
 
 
 def test_hub_model_gains_revision_default(demo_config):
@@ -44,6 +44,8 @@ def test_hub_model_gains_revision_default(demo_config):
         (lambda c: c["models"]["demo-base"].update(repo="a/b"), "models.demo-base"),
         (lambda c: c["models"].update(x={"source": "hub"}), "models.x"),
         (lambda c: c["training"].update(dataset="missing"), "training.dataset"),
+        (lambda c: c["datasets"].update(demo_other={"source": "demo"}), "datasets.demo_other"),
+        (lambda c: c.update(seed="0"), "seed"),
         (lambda c: c["evaluation"]["benchmarks"]["demo_task"].update(kind="mmlu"), "evaluation.benchmarks.demo_task.kind"),
         (lambda c: c["pairs"].update({"bad/name": c["pairs"]["demo"]}), "pairs"),
     ],

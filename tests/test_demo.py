@@ -10,14 +10,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from shadowft import demo
 
 DATA_FILES = {
-    "pretrain": ["chat.jsonl", "corpus.jsonl", "dataset_info.json"],
+    "pretrain": ["corpus.jsonl", "dataset_info.json"],
+    "chat": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
     "task": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
 }
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 
 
 def build(root, seed=0):
-    demo.build_demo(root / "init", root / "pretrain", root / "task", seed=seed)
+    demo.build_demo(root / "init", root / "pretrain", root / "chat", root / "task", seed=seed)
     return root
 
 
@@ -49,7 +50,8 @@ def test_same_seed_gives_the_same_bytes_and_weights(built, tmp_path):
 
 def test_another_seed_gives_other_data_and_weights(built, tmp_path):
     other = build(tmp_path, seed=1)
-    assert (other / "task" / "eval.jsonl").read_bytes() != (built / "task" / "eval.jsonl").read_bytes()
+    for folder in ("chat", "task"):
+        assert (other / folder / "eval.jsonl").read_bytes() != (built / folder / "eval.jsonl").read_bytes()
     first, second = load_file(built / "init" / "model.safetensors"), load_file(other / "init" / "model.safetensors")
     assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], second["model.layers.0.mlp.up_proj.weight"])
 
@@ -59,22 +61,26 @@ def test_rebuilding_replaces_the_folders_whole(tmp_path):
     (tmp_path / "task" / "stale.jsonl").write_text("{}\n")
     build(tmp_path)
     assert sorted(p.name for p in (tmp_path / "task").iterdir()) == DATA_FILES["task"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["init", "pretrain", "task"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat", "init", "pretrain", "task"]
 
 
 def test_dataset_info_registers_the_llamafactory_datasets(built):
     pretrain = json.loads((built / "pretrain" / "dataset_info.json").read_text())
+    chat = json.loads((built / "chat" / "dataset_info.json").read_text())
     task = json.loads((built / "task" / "dataset_info.json").read_text())
-    assert pretrain[demo.CORPUS_DATASET] == {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}
+    assert pretrain == {demo.CORPUS_DATASET: {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}}
     sharegpt = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
-    assert pretrain[demo.CHAT_DATASET] == {"file_name": "chat.jsonl", **sharegpt}
+    assert chat == {demo.CHAT_DATASET: {"file_name": "train.jsonl", **sharegpt}}
     assert task == {demo.TASK_DATASET: {"file_name": "train.jsonl", **sharegpt}}
+    # The workflow finds a `source: demo` dataset in the folder whose dataset_info.json registers it.
+    for name, folder in demo.DATASET_FOLDERS.items():
+        assert name in json.loads((built / folder / "dataset_info.json").read_text())
 
 
 def test_corpus_is_plain_text_and_chats_are_human_gpt_turns(built):
     corpus = read_jsonl(built / "pretrain" / "corpus.jsonl")
     assert len(corpus) == demo.SIZES["corpus"] and all(set(doc) == {"text"} for doc in corpus)
-    for path in (built / "pretrain" / "chat.jsonl", built / "task" / "train.jsonl"):
+    for path in (built / "chat" / "train.jsonl", built / "task" / "train.jsonl"):
         for record in read_jsonl(path):
             roles = [turn["from"] for turn in record["conversations"]]
             assert roles == ["human", "gpt"] * (len(roles) // 2) and roles
@@ -94,8 +100,38 @@ def test_eval_is_held_out_and_answers_are_the_task(built):
 
 
 def test_the_task_is_not_in_the_chat_data(built):
-    chat = (built / "pretrain" / "chat.jsonl").read_text()
+    chat = (built / "chat" / "train.jsonl").read_text()
     assert "Shift" not in chat
+
+
+def test_chat_benchmark_is_held_out_and_answers_are_the_skills(built):
+    trained_words = {
+        turn["value"].split(": ", 1)[1]
+        for record in read_jsonl(built / "chat" / "train.jsonl")
+        for turn in record["conversations"][::2]
+    }
+    held_out = read_jsonl(built / "chat" / "eval.jsonl")
+    assert len(held_out) == demo.SIZES["chat_eval"]
+    skills = [record["question"].split(": ", 1)[0] for record in held_out]
+    words = [record["question"].split(": ", 1)[1] for record in held_out]
+    assert len(set(words)) == len(words) and not trained_words & set(words)
+    # Every skill in equal shares, each answer computed independently of CHAT_SKILLS.
+    assert {skill: skills.count(skill) for skill in set(skills)} == {
+        skill: demo.SIZES["chat_eval"] // 3 + (i < demo.SIZES["chat_eval"] % 3)
+        for i, skill in enumerate(sorted(["Copy", "First letter", "Last letter"]))
+    }
+    by_skill = {"Copy": lambda w: w, "First letter": lambda w: w[0], "Last letter": lambda w: w[-1]}
+    for skill, word, record in zip(skills, words, held_out, strict=True):
+        assert record["answer"] == by_skill[skill](word)
+
+
+def test_base_learns_no_chat_skill_from_its_corpus(built):
+    """The corpus holds chat transcripts (the format), but never a chat skill's question."""
+    corpus = (built / "pretrain" / "corpus.jsonl").read_text()
+    assert demo.IM_START in corpus and "Letters from" in corpus
+    for skill in demo.CHAT_SKILLS:
+        assert f"{skill}:" not in corpus
+    assert "Shift" not in corpus
 
 
 def test_shift_moves_every_letter_one_step_on():
@@ -149,7 +185,8 @@ def test_piecewise_encoding_matches_whole_encoding(tokenizer):
     assert tokenizer(prompt)["input_ids"] + tokenizer(answer)["input_ids"] == tokenizer(prompt + answer)["input_ids"]
 
 
-def test_model_loads_generates_greedily_and_stops_at_im_end(built, tokenizer):
+def test_model_loads_with_im_end_as_eos_and_generates_deterministically(built, tokenizer):
+    # Stopping at <|im_end|> needs a trained model: tests/test_demo_run.py checks it on every variant.
     model = AutoModelForCausalLM.from_pretrained(built / "init")
     assert model.config.model_type == "qwen2"
     assert model.config.vocab_size >= len(tokenizer) and model.config.vocab_size % 64 == 0
@@ -163,3 +200,36 @@ def test_model_loads_generates_greedily_and_stops_at_im_end(built, tokenizer):
     )
     first = model.generate(prompt, max_new_tokens=4)
     assert torch.equal(first, model.generate(prompt, max_new_tokens=4))
+
+
+def write_summary(path, scores):
+    rows = ["pair,variant,tuning,alpha,benchmark,dataset,metric,score,num_examples"]
+    rows += [f"demo,{variant},,,{benchmark},{benchmark},exact_match,{score},200" for (variant, benchmark), score in scores.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys):
+    runs = {
+        0: {("base", "demo_task"): 0.0, ("lora/shadow_a1", "demo_task"): 88.0, ("lora/shadow_a1", "demo_chat"): 10.5},
+        1: {("base", "demo_task"): 0.0, ("lora/shadow_a1", "demo_task"): 51.0, ("lora/shadow_a1", "demo_chat"): 12.0},
+        5: {("base", "demo_task"): 1.0, ("lora/shadow_a1", "demo_task"): 70.0, ("lora/shadow_a1", "demo_chat"): 9.0},
+    }
+    paths = {seed: write_summary(tmp_path / f"s{seed}" / "results" / "summary.csv", scores) for seed, scores in runs.items()}
+    table = demo.seed_spread(paths)
+    assert list(table.columns) == [0, 1, 5, "mean", "min", "max", "spread"]
+    assert table.loc[("demo", "lora/shadow_a1", "demo_task")].tolist() == [88.0, 51.0, 70.0, 209 / 3, 51.0, 88.0, 37.0]
+    assert table.loc[("demo", "lora/shadow_a1", "demo_chat"), "spread"] == 3.0
+    assert table.loc[("demo", "base", "demo_task"), "spread"] == 1.0
+
+    demo.main([f"{seed}={tmp_path / f's{seed}'}" for seed in runs])
+    printed = capsys.readouterr().out
+    assert "| demo | Shadow-LoRA (α=1) | demo_task | 88.0 | 51.0 | 70.0 | 69.7 | 51.0 | 88.0 | 37.0 |" in printed
+
+
+def test_seed_spread_refuses_runs_that_differ(tmp_path):
+    first = write_summary(tmp_path / "a.csv", {("base", "demo_task"): 0.0})
+    second = write_summary(tmp_path / "b.csv", {("base", "demo_chat"): 0.0})
+    with pytest.raises(ValueError, match="seed 1"):
+        demo.seed_spread({0: first, 1: second})

@@ -43,7 +43,11 @@ def test_full_tuning_has_its_learning_rate_and_no_lora_keys():
 def test_a_run_is_reproducible_offline_and_resumable():
     args = arguments()
     assert args["do_train"] is True
-    assert isinstance(args["seed"], int)
+    assert args["seed"] == lf.RUN_DEFAULTS["seed"]
+    assert arguments(seed=7)["seed"] == 7 and arguments(seed=0)["seed"] == 0
+    assert lf.demo_pair_arguments("instruct", model_dir="b", dataset_dir="c", output_dir="w", seed=3)["seed"] == 3
+    with pytest.raises(TypeError, match="seed"):
+        arguments(seed="7")
     assert args["report_to"] == "none"
     assert args["trust_remote_code"] is False
     assert args["plot_loss"] is False
@@ -87,7 +91,7 @@ def test_unknown_tuning_and_stage_are_named():
 def test_demo_pair_steps_use_the_demo_datasets():
     base = lf.demo_pair_arguments("pretrain", model_dir="init", dataset_dir="pretrain", output_dir="work")
     assert (base["stage"], base["finetuning_type"], base["dataset"]) == ("pt", "full", demo.CORPUS_DATASET)
-    instruct = lf.demo_pair_arguments("instruct", model_dir="base", dataset_dir="pretrain", output_dir="work")
+    instruct = lf.demo_pair_arguments("instruct", model_dir="base", dataset_dir="chat", output_dir="work")
     assert (instruct["stage"], instruct["finetuning_type"], instruct["dataset"]) == ("sft", "full", demo.CHAT_DATASET)
     for args in (base, instruct):
         assert args["template"] == demo.TEMPLATE

@@ -30,7 +30,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
     assert jobs == {
         "all": 1, "build_demo": 1, "demo_training_config": 2, "demo_train": 2,
         "training_config": 4, "train": 4, "merge_adapter": 1,
-        "extract_delta": 2, "graft": 2, "evaluate": 6, "report": 1, "similarity": 1,
+        "extract_delta": 2, "graft": 2, "evaluate": 12, "report": 1, "similarity": 1,
     }
 
 
