@@ -46,6 +46,12 @@ def plan(tmp_path_factory):
     workdir = root / "work"
     workdir.mkdir()
     output = snakemake(workdir, "-n", "--profile", str(PROFILE), "--configfile", str(config_file)).stdout
+    small_node = root / "small-node.yaml"
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    profile["default-resources"].update(node_gpus=1, node_gpu_mem_mb=24576, max_nodes=1)
+    small_node.write_text(yaml.safe_dump({"default-resources": profile["default-resources"]}))
+    refused = snakemake(workdir, "-n", "--profile", str(PROFILE), "--profile", str(small_node),
+                        "--configfile", str(config_file), check=False)
     jobs = {}
     for block in output.split("\n\n"):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
@@ -55,7 +61,7 @@ def plan(tmp_path_factory):
             values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
             jobs[(rule.group(1), wildcards.group(1) if wildcards else "")] = values
     print(output[-2500:])
-    return jobs, data
+    return jobs, data, refused
 
 
 def node():
@@ -69,7 +75,7 @@ def requested(jobs, rule, wildcards):
 
 
 def test_full_tuning_asks_for_two_gpus_and_lora_for_one(plan):
-    jobs, data = plan
+    jobs, data, _ = plan
     full = requested(jobs, "train", "pair=q4, tuning=full, role=base")
     lora = requested(jobs, "train", "pair=q4, tuning=lora, role=instruct")
     # 18 bytes x 4.02e9 = 67.4 GiB of ZeRO-3 state; an 80 GB card holds 72 GiB less a 6.8 GiB reserve.
@@ -88,7 +94,7 @@ def test_full_tuning_asks_for_two_gpus_and_lora_for_one(plan):
 
 
 def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
-    jobs, data = plan
+    jobs, data, _ = plan
     tokens = sum(path.stat().st_size for path in data.iterdir()) / 3
     for (rule, wildcards), values in jobs.items():
         workload = {
@@ -110,7 +116,7 @@ def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
 
 
 def test_cpu_jobs_ask_for_no_gpu_and_evaluation_for_one(plan):
-    jobs, _ = plan
+    jobs, _, _ = plan
     for (rule, wildcards), values in jobs.items():
         if rule in ("extract_delta", "graft", "similarity"):
             assert "gpu" not in values and values["mem_mb"] == "2048", (rule, values)
@@ -121,6 +127,15 @@ def test_cpu_jobs_ask_for_no_gpu_and_evaluation_for_one(plan):
 
 
 def test_downloads_run_on_the_login_node(plan):
-    jobs, _ = plan
+    jobs, _, _ = plan
     downloads = [key for key in jobs if key[0] == "download_model"]
     assert len(downloads) == 2
+
+
+def test_a_job_no_node_can_hold_stops_the_plan_naming_the_rule_and_the_node(plan):
+    _, _, refused = plan
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    # 18 bytes x 4.02e9 over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs, one per node.
+    assert "in rule train" in output and "tuning=full" in output
+    assert "train_full of a 4.02 B-parameter model needs 5 GPUs (5 nodes), but the profile allows a node with 1 GPU(s) of 24576 MB" in output
