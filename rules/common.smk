@@ -345,3 +345,16 @@ def sized_runtime(wildcards, input, attempt, rulename):
     size = job_size(rulename, wildcards, input, attempt)
     return TBDString() if size is None else size.runtime
 
+
+def sized_mpi(wildcards, input, attempt, rulename):
+    """Set for a job over several nodes: the SLURM executor then runs its command directly in
+    the allocation (not inside a one-task job step), and the command starts one launcher per
+    node with srun (shadowft.launch). Absent otherwise."""
+    size = job_size(rulename, wildcards, input, attempt)
+    return "srun" if size is not None and size.nodes > 1 else None
+
+
+def sized_tasks_per_node(wildcards, input, attempt, rulename):
+    """Tasks a multi-node job may start on each node: one per GPU (absent for one node)."""
+    size = job_size(rulename, wildcards, input, attempt)
+    return size.gpus_per_node if size is not None and size.nodes > 1 else None

@@ -41,6 +41,8 @@ rule train:
     resources:
         gpu=sized_gpu,
         nodes=sized_nodes,
+        mpi=sized_mpi,
+        tasks_per_node=sized_tasks_per_node,
         cpus_per_gpu=cluster_node().cpus_per_gpu,
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,

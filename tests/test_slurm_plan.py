@@ -46,22 +46,33 @@ def plan(tmp_path_factory):
     workdir = root / "work"
     workdir.mkdir()
     output = snakemake(workdir, "-n", "--profile", str(PROFILE), "--configfile", str(config_file)).stdout
+    jobs = planned_resources(output)
     small_node = root / "small-node.yaml"
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     profile["default-resources"].update(node_gpus=1, node_gpu_mem_mb=24576, max_nodes=1)
     small_node.write_text(yaml.safe_dump({"default-resources": profile["default-resources"]}))
     refused = snakemake(workdir, "-n", "--profile", str(PROFILE), "--profile", str(small_node),
                         "--configfile", str(config_file), check=False)
+    # Small GPUs, but up to four nodes a job: full fine-tuning spans nodes.
+    multi_node = root / "multi-node.yaml"
+    profile["default-resources"].update(node_gpus=2, node_gpu_mem_mb=24576, max_nodes=4)
+    multi_node.write_text(yaml.safe_dump({"default-resources": profile["default-resources"]}))
+    spanning = snakemake(workdir, "-n", "--profile", str(PROFILE), "--profile", str(multi_node),
+                         "--configfile", str(config_file)).stdout
+    return jobs, data, refused, planned_resources(spanning)
+
+
+def planned_resources(dry_run_output):
+    """(rule, wildcards) -> {resource: value} of every job a dry run plans."""
     jobs = {}
-    for block in output.split("\n\n"):
+    for block in dry_run_output.split("\n\n"):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
         resources = re.search(r"^\s+resources: (.*)$", block, re.MULTILINE)
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
         if rule and resources:
             values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
             jobs[(rule.group(1), wildcards.group(1) if wildcards else "")] = values
-    print(output[-2500:])
-    return jobs, data, refused
+    return jobs
 
 
 def node():
@@ -75,7 +86,7 @@ def requested(jobs, rule, wildcards):
 
 
 def test_full_tuning_asks_for_two_gpus_and_lora_for_one(plan):
-    jobs, data, _ = plan
+    jobs, data, _, _ = plan
     full = requested(jobs, "train", "pair=q4, tuning=full, role=base")
     lora = requested(jobs, "train", "pair=q4, tuning=lora, role=instruct")
     # 18 bytes x 4.02e9 = 67.4 GiB of ZeRO-3 state; an 80 GB card holds 72 GiB less a 6.8 GiB reserve.
@@ -94,7 +105,7 @@ def test_full_tuning_asks_for_two_gpus_and_lora_for_one(plan):
 
 
 def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
-    jobs, data, _ = plan
+    jobs, data, _, _ = plan
     tokens = sum(path.stat().st_size for path in data.iterdir()) / 3
     for (rule, wildcards), values in jobs.items():
         workload = {
@@ -116,7 +127,7 @@ def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
 
 
 def test_cpu_jobs_ask_for_no_gpu_and_evaluation_for_one(plan):
-    jobs, _, _ = plan
+    jobs, _, _, _ = plan
     for (rule, wildcards), values in jobs.items():
         if rule in ("extract_delta", "graft", "similarity"):
             assert "gpu" not in values and values["mem_mb"] == "2048", (rule, values)
@@ -127,15 +138,24 @@ def test_cpu_jobs_ask_for_no_gpu_and_evaluation_for_one(plan):
 
 
 def test_downloads_run_on_the_login_node(plan):
-    jobs, _, _ = plan
+    jobs, _, _, _ = plan
     downloads = [key for key in jobs if key[0] == "download_model"]
     assert len(downloads) == 2
 
 
 def test_a_job_no_node_can_hold_stops_the_plan_naming_the_rule_and_the_node(plan):
-    _, _, refused = plan
+    _, _, refused, _ = plan
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0
     # 18 bytes x 4.02e9 over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs, one per node.
     assert "in rule train" in output and "tuning=full" in output
     assert "train_full of a 4.02 B-parameter model needs 5 GPUs (5 nodes), but the profile allows a node with 1 GPU(s) of 24576 MB" in output
+
+
+def test_full_tuning_too_large_for_a_node_spans_nodes_with_one_launcher_per_node(plan):
+    *_, spanning = plan
+    full = spanning[("train", "pair=q4, tuning=full, role=base")]
+    # 67.4 GiB of state over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs -> 3 nodes of 2.
+    assert (full["gpu"], full["nodes"], full["tasks_per_node"], full["mpi"]) == ("6", "3", "2", "srun")
+    lora = spanning[("train", "pair=q4, tuning=lora, role=base")]
+    assert (lora["gpu"], lora["nodes"]) == ("1", "1") and "mpi" not in lora
