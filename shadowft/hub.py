@@ -1,8 +1,8 @@
-"""Bring models and datasets into the workflow, each with a manifest of what arrived.
+"""Bring models into the workflow, each with a manifest of what arrived.
 
 A model comes from the Hugging Face Hub at a pinned revision (``download_model``) or
-from a local folder (``link_local_model``); a dataset from the Hub
-(``download_dataset``). Every destination is built in a temporary folder beside it
+from a local folder (``link_local_model``); datasets are local (the config schema allows
+no Hub datasets). Every destination is built in a temporary folder beside it
 and renamed into place only when complete, so an interrupted download never leaves
 a folder a rerun would trust. Each one holds ``shadowft_manifest.json``: the source,
 the resolved commit, and the size and sha256 of every file.
@@ -36,8 +36,9 @@ from huggingface_hub.errors import (
 )
 
 from shadowft.io import atomic_directory, atomic_write_json, sha256_file
+from shadowft.layout import MODEL_MANIFEST, is_pickle_name
 
-MANIFEST_NAME = "shadowft_manifest.json"
+MANIFEST_NAME = MODEL_MANIFEST
 
 # Patterns without a "/" match files at the repository root only, so copies of the
 # weights in sub-folders (e.g. Llama's "original/") are not fetched twice.
@@ -65,7 +66,6 @@ SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 # select(file names, label for messages, read_json(name)) -> the names to fetch or link.
 Selector = Callable[[list[str], str, Callable[[str], dict]], list[str]]
@@ -108,29 +108,6 @@ def download_model(
         endpoint=endpoint,
         token_env=token_env,
         select=_model_selector(allow_patterns, allow_pickle),
-    )
-
-
-def download_dataset(
-    repo_id: str,
-    revision: str,
-    dest: Path,
-    *,
-    endpoint: str | None = None,
-    token_env: str = "HF_TOKEN",
-    allow_patterns: Sequence[str] | None = None,
-) -> dict:
-    """Download a dataset repository at ``revision`` into ``dest``; return its manifest.
-
-    ``allow_patterns`` limits the files (matched like in ``download_model``); by
-    default every file of the repository is fetched.
-    """
-
-    def select(names: list[str], label: str, read_json: Callable[[str], dict]) -> list[str]:
-        return names if allow_patterns is None else _select_files(names, allow_patterns)
-
-    return _download(
-        repo_id, revision, Path(dest), repo_type="dataset", endpoint=endpoint, token_env=token_env, select=select
     )
 
 
@@ -341,7 +318,7 @@ def _select_model_files(
 
 
 def _is_pickle(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in PICKLE_PATTERNS)
+    return is_pickle_name(name)
 
 
 def _is_weight_file(name: str) -> bool:
@@ -415,4 +392,4 @@ def _without_credentials(url: str) -> str:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

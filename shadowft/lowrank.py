@@ -21,15 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from shadowft.checkpoint import SafetensorsWriter, Scratch, blocks, is_vocab_indexed, output_tensor
-from shadowft.delta import Delta, DeltaEntry, DeltaError
+from shadowft.extraction import Delta
 from shadowft.io import atomic_directory, atomic_write_json
+from shadowft.layout import PEFT_PREFIX, DeltaError, is_vocab_indexed
+from shadowft.numerics import Scratch, blocks
+from shadowft.parts import DeltaEntry
+from shadowft.writer import SafetensorsWriter, output_tensor
 
-_PEFT_PREFIX = "base_model.model."
 
-
-def delta_to_lora(delta: Path | Delta, out: Path, *, rank: int | None = None, energy: float | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+def delta_to_lora(
+    delta: Path | Delta, out: Path, *, rank: int | None = None, energy: float | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Write a PEFT LoRA adapter approximating a full delta; return a report with reconstruction errors.
 
     Give exactly one of `rank` (the same rank for every matrix, capped by its
@@ -55,8 +57,50 @@ def delta_to_lora(delta: Path | Delta, out: Path, *, rank: int | None = None, en
             opened.close()
 
 
-def _write_adapter(delta: Delta, out: Path, rank: int | None, energy: float | None,
-                   progress: bool) -> dict[str, Any]:
+def _write_adapter(delta: Delta, out: Path, rank: int | None, energy: float | None, progress: bool) -> dict[str, Any]:
+    modules, factors, left_out, (squared_error, squared_norm) = _factorize(delta, rank, energy, progress)
+    ranks = {module: info["rank"] for module, info in modules.items()}
+    common = max(ranks.values())
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": delta.sources.get("base"),
+        "r": common,
+        "lora_alpha": common,
+        "use_rslora": False,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "target_modules": sorted(modules),
+        # every module's scaling is alpha / r = 1: one pattern per module whose rank differs
+        "rank_pattern": {re.escape(m): r for m, r in ranks.items() if r != common},
+        "alpha_pattern": {re.escape(m): r for m, r in ranks.items() if r != common},
+    }
+    report = {
+        "method": "truncated SVD",
+        "rank": rank,
+        "energy": energy,
+        "overall_relative_error": math.sqrt(squared_error / squared_norm) if squared_norm else 0.0,
+        "modules": modules,
+        "left_out": {name: {"norm": norm} for name, norm in left_out.items()},
+        "sources": delta.sources,
+    }
+    with atomic_directory(out) as tmp:
+        planned = [output_tensor(key, "F32", value.shape) for key, value in factors.items()]
+        with SafetensorsWriter(tmp, planned, prefix="adapter_model", max_shard_bytes=1 << 62) as writer:
+            for key, value in factors.items():
+                writer.write(key, 0, memoryview(value.reshape(-1).view(np.uint8)))
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_json(tmp / "shadowft_lowrank.json", report)
+    return report
+
+
+def _factorize(
+    delta: Delta, rank: int | None, energy: float | None, progress: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, float], tuple[float, float]]:
+    """Per 2-D linear weight: its report entry and factors; the norms of the tensors left out; the error sums."""
     from tqdm.auto import tqdm
 
     modules: dict[str, dict[str, Any]] = {}
@@ -75,41 +119,19 @@ def _write_adapter(delta: Delta, out: Path, rank: int | None, energy: float | No
         b, a = u[:, :kept] * s[:kept], vt[:kept]
         error = float(np.linalg.norm(matrix - b @ a))
         module = name.removesuffix(".weight")
-        factors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a, np.float32)
-        factors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b, np.float32)
-        modules[module] = {"rank": kept, "relative_error": error / math.sqrt(total) if total else 0.0,
-                           "energy_kept": float(np.sum(np.square(s[:kept], dtype=np.float64)) / total) if total
-                           else 1.0}
+        factors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a, np.float32)
+        factors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b, np.float32)
+        modules[module] = {
+            "rank": kept,
+            "relative_error": error / math.sqrt(total) if total else 0.0,
+            "energy_kept": float(np.sum(np.square(s[:kept], dtype=np.float64)) / total) if total else 1.0,
+        }
         squared_error += error**2
         squared_norm += total
     if not modules:
         raise DeltaError("the delta has no 2-D linear weights to approximate")
 
-    ranks = {module: info["rank"] for module, info in modules.items()}
-    common = max(ranks.values())
-    config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": delta.sources.get("base"),
-        "r": common, "lora_alpha": common, "use_rslora": False, "lora_dropout": 0.0, "bias": "none",
-        "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None,
-        "target_modules": sorted(modules),
-        # every module's scaling is alpha / r = 1: one pattern per module whose rank differs
-        "rank_pattern": {re.escape(m): r for m, r in ranks.items() if r != common},
-        "alpha_pattern": {re.escape(m): r for m, r in ranks.items() if r != common},
-    }
-    report = {
-        "method": "truncated SVD", "rank": rank, "energy": energy,
-        "overall_relative_error": math.sqrt(squared_error / squared_norm) if squared_norm else 0.0,
-        "modules": modules, "left_out": {name: {"norm": norm} for name, norm in left_out.items()},
-        "sources": delta.sources,
-    }
-    with atomic_directory(out) as tmp:
-        planned = [output_tensor(key, "F32", value.shape) for key, value in factors.items()]
-        with SafetensorsWriter(tmp, planned, prefix="adapter_model", max_shard_bytes=1 << 62) as writer:
-            for key, value in factors.items():
-                writer.write(key, 0, memoryview(value.reshape(-1).view(np.uint8)))
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        atomic_write_json(tmp / "shadowft_lowrank.json", report)
-    return report
+    return modules, factors, left_out, (squared_error, squared_norm)
 
 
 def _dense(entry: DeltaEntry, scratch: Scratch) -> np.ndarray:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shadowft.checkpoint import Checkpoint, CheckpointError
+from shadowft.layout import PICKLE_SUFFIXES
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -258,7 +259,7 @@ def count_parameters(model_dir: Path) -> int:
         with Checkpoint(model_dir) as checkpoint:
             return sum(info.numel for info in checkpoint.tensors.values())
     except CheckpointError as error:
-        pickles = [path for path in model_dir.glob("*") if path.suffix in (".bin", ".pt", ".pth")]
+        pickles = [path for path in model_dir.glob("*") if path.suffix in PICKLE_SUFFIXES]
         if not pickles:
             raise CheckpointError(f"cannot size jobs for {model_dir}: {error}") from None
         return sum(path.stat().st_size for path in pickles) // 2

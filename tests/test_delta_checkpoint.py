@@ -68,9 +68,9 @@ def test_file_sha256_is_cached_until_the_file_changes(tmp_path, monkeypatch):
     path = tmp_path / "weights.bin"
     path.write_bytes(b"a" * 1000)
     calls = []
-    import shadowft.checkpoint as checkpoint
+    import shadowft.provenance as provenance
 
-    monkeypatch.setattr(checkpoint, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    monkeypatch.setattr(provenance, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
     first = file_sha256(path)
     assert file_sha256(path) == first and len(calls) == 1
     path.write_bytes(b"b" * 1000)  # same size: the ctime/mtime change must invalidate the entry

@@ -280,10 +280,10 @@ def test_shape_mismatch_is_named_and_nothing_is_written(llama, tmp_path):
 
 
 def test_failure_while_writing_leaves_no_output(llama, tmp_path, monkeypatch):
-    import shadowft.delta
+    import shadowft.grafting
 
     calls = []
-    real_encode = shadowft.delta.encode
+    real_encode = shadowft.grafting.encode
 
     def failing_encode(*args):
         calls.append(1)
@@ -291,7 +291,7 @@ def test_failure_while_writing_leaves_no_output(llama, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real_encode(*args)
 
-    monkeypatch.setattr(shadowft.delta, "encode", failing_encode)
+    monkeypatch.setattr(shadowft.grafting, "encode", failing_encode)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "previous.txt").write_text("earlier result")
     with Delta.from_models(llama.base, llama.tuned) as delta:

@@ -1,4 +1,4 @@
-"""download_model / download_dataset against a real HTTP server speaking the Hub protocol.
+"""download_model against a real HTTP server speaking the Hub protocol.
 
 huggingface_hub's own client does the requests; only the server is ours (hub_fixtures.FakeHub).
 """
@@ -15,7 +15,7 @@ import pytest
 from hub_fixtures import FakeHub
 from safetensors.numpy import save as safetensors_bytes
 
-from shadowft.hub import MANIFEST_NAME, HubError, ModelSourceError, download_dataset, download_model
+from shadowft.hub import MANIFEST_NAME, HubError, ModelSourceError, download_model
 
 TOKEN_ENV = "SHADOWFT_TEST_HUB_TOKEN"
 FAKE_TOKEN = "hf_FakeTokenForShadowftTests0123456789"
@@ -208,28 +208,3 @@ def test_file_differing_from_the_listing_is_rejected(hub, tmp_path):
     with pytest.raises(HubError, match=r"model\.safetensors is corrupt"):
         download(hub, "org/tiny", "main", tmp_path / "tiny")
     assert not (tmp_path / "tiny").exists()
-
-
-def test_download_dataset(hub, tmp_path):
-    files = {"dataset_info.json": b"{}", "train.jsonl": b'{"q": 1}\n', "eval.jsonl": b'{"q": 2}\n', "README.md": b"#"}
-    commit = hub.add_commit("org/data", files, repo_type="dataset")
-
-    everything = download_dataset("org/data", "main", tmp_path / "all", endpoint=hub.endpoint, token_env=TOKEN_ENV)
-    some = download_dataset(
-        "org/data", commit, tmp_path / "some", endpoint=hub.endpoint, token_env=TOKEN_ENV, allow_patterns=["*.jsonl"]
-    )
-
-    assert {entry["path"] for entry in everything["files"]} == set(files)
-    assert everything["kind"] == "dataset"
-    assert everything["source"]["repo_type"] == "dataset"
-    assert everything["source"]["commit"] == commit
-    assert {entry["path"] for entry in some["files"]} == {"train.jsonl", "eval.jsonl"}
-    assert (tmp_path / "some" / "eval.jsonl").read_bytes() == files["eval.jsonl"]
-    assert any(r.path.startswith("/datasets/org/data/resolve/") for r in hub.requests)
-
-
-def test_dataset_namespace_is_separate_from_models(hub, tmp_path):
-    hub.add_commit("org/tiny", model_files())
-
-    with pytest.raises(HubError, match=r"dataset 'org/tiny'.*not found"):
-        download_dataset("org/tiny", "main", tmp_path / "d", endpoint=hub.endpoint, token_env=TOKEN_ENV)

@@ -1,0 +1,177 @@
+"""The exact arithmetic: storage bytes to a float compute buffer and back, a block at a time.
+
+Every element is computed in float32 (float64 when an input is float64) and
+rounded once, to nearest even, to the output dtype, exactly like torch.
+bfloat16 is converted through its bit pattern with numpy only: importing
+torch alone costs about 270 MB of resident memory. Tensors are processed in
+`Block`s of whole rows of at most `CHUNK_ELEMENTS` elements, each worker thread
+with its own reusable `Scratch` buffers.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shadowft.dtypes import STORAGE
+from shadowft.layout import CheckpointError
+from shadowft.reader import TensorInfo
+
+#: Elements per streamed chunk. Measured: 2^18 float32 elements (1 MiB per
+#: buffer) keep a chunk's passes in cache; 2^20 was 1.5-2x slower per element.
+#: The engine's entry points take it as `chunk_elements` (see check_chunk_elements).
+CHUNK_ELEMENTS = 1 << 18
+_OPEN_WINDOWS = 4  # per thread: the inputs of one graft, plus one
+
+
+def check_chunk_elements(chunk_elements: int) -> int:
+    """Validate the `chunk_elements` option of the engine's entry points and return it.
+
+    It is the most elements one streamed block holds (default CHUNK_ELEMENTS):
+    a tensor is processed in blocks of whole rows, a row longer than that in
+    pieces of it. It sets the working memory (about 40 bytes per element per
+    thread) and speed, not the arithmetic: every element is computed the same
+    way whatever the value (only sums may differ in their last bits: a LoRA
+    product if BLAS orders its rank terms differently for another block
+    shape, and similarity's per-chunk sums). The tests set it small to run
+    the multi-block paths on small tensors.
+    """
+    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
+        raise CheckpointError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+    return chunk_elements
+
+
+@dataclass(frozen=True)
+class Block:
+    """A contiguous run of a tensor's elements, viewed as a (rows, cols) matrix.
+
+    Either whole rows ``[row0, row1)``, or, when a single row is longer than a
+    chunk, the columns ``[col0, col1)`` of row ``row0``.
+    """
+
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    row_length: int
+
+    @property
+    def start(self) -> int:
+        return self.row0 * self.row_length + self.col0
+
+    @property
+    def count(self) -> int:
+        return (self.row1 - self.row0) * (self.col1 - self.col0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.row1 - self.row0, self.col1 - self.col0)
+
+
+def blocks(row0: int, row1: int, row_length: int, chunk: int = CHUNK_ELEMENTS) -> Iterator[Block]:
+    """Split rows [row0, row1) of a matrix into blocks of at most `chunk` elements (or one row)."""
+    if row_length <= chunk:
+        step = max(1, chunk // max(row_length, 1))
+        for start in range(row0, row1, step):
+            yield Block(start, min(start + step, row1), 0, row_length, row_length)
+    else:
+        for row in range(row0, row1):
+            for col in range(0, row_length, chunk):
+                yield Block(row, row + 1, col, min(col + chunk, row_length), row_length)
+
+
+_FLOAT32 = np.dtype(np.float32)
+
+
+class Scratch:
+    """One thread's reusable buffers and open input windows: streaming allocates nothing per chunk."""
+
+    def __init__(self, chunk: int = CHUNK_ELEMENTS):
+        self.chunk = chunk
+        self._work = [np.empty(chunk, np.float64) for _ in range(3)]
+        self._bits = np.empty(chunk, np.uint32)
+        self._flags = np.empty(chunk, np.bool_)
+        self._out = np.empty(chunk * 8, np.uint8)
+        self._windows: collections.OrderedDict[Any, Any] = collections.OrderedDict()  # source -> window
+        self.cache: dict[Any, Any] = {}  # per-thread memo for callers (e.g. LoRA factors)
+
+    def view(self, info: TensorInfo, byte_start: int, nbytes: int) -> memoryview:
+        """Bytes of a tensor's data, from a window this thread keeps mapped while its reads stay inside."""
+        if info.key is not None:
+            return info.source.view(byte_start, nbytes, info.key)
+        offset = info.offset + byte_start
+        window = self._windows.get(info.source)
+        if window is None or not window.covers(offset, nbytes):
+            if window is not None:
+                window.close()
+            elif len(self._windows) >= _OPEN_WINDOWS:
+                self._windows.popitem(last=False)[1].close()
+            window = self._windows[info.source] = info.source.map(offset, nbytes)
+        self._windows.move_to_end(info.source)
+        return window.view(offset, nbytes)
+
+    def close(self) -> None:
+        """Unmap this thread's windows."""
+        while self._windows:
+            self._windows.popitem()[1].close()
+
+    def work(self, index: int, count: int, dtype: np.dtype = _FLOAT32) -> np.ndarray:
+        return self._work[index].view(dtype)[:count]
+
+    def out(self, nbytes: int) -> memoryview:
+        return memoryview(self._out)[:nbytes]
+
+
+def compute_dtype(*codes: str) -> np.dtype:
+    """float32, or float64 when any input is float64 (fp32 would round it)."""
+    return np.dtype(np.float64 if "F64" in codes else np.float32)
+
+
+def read_float(info: TensorInfo, start: int, out: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """Fill `out` (float32/64) with elements [start, start+len(out)) of `info`, exactly converted."""
+    count, storage = len(out), STORAGE[info.dtype]
+    values = np.frombuffer(scratch.view(info, start * storage.itemsize, count * storage.itemsize), storage)
+    if info.dtype != "BF16":
+        np.copyto(out, values)
+    elif out.dtype == np.float32:
+        np.left_shift(values, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        bits = scratch._bits[:count]
+        np.left_shift(values, 16, out=bits, dtype=np.uint32)
+        np.copyto(out, bits.view(np.float32))
+    return out
+
+
+def encode(values: np.ndarray, code: str, scratch: Scratch) -> memoryview:
+    """The bytes of `values` rounded once (to nearest even) to dtype `code`."""
+    storage = STORAGE[code]
+    if storage == values.dtype:
+        return memoryview(values.view(np.uint8))
+    count = len(values)
+    out = np.frombuffer(scratch.out(count * storage.itemsize), storage)
+    if code != "BF16":
+        np.copyto(out, values, casting="unsafe")
+        return memoryview(out.view(np.uint8))
+    if values.dtype != np.float32:
+        raise CheckpointError("rounding float64 to bfloat16 would round twice; choose float32 output")
+    bits, rounding = values.view(np.uint32), scratch._bits[:count]
+    # Round to nearest even on the top 16 bits: add 0x7FFF plus the lowest kept bit.
+    np.right_shift(bits, 16, out=rounding)
+    np.bitwise_and(rounding, 1, out=rounding)
+    np.add(rounding, 0x7FFF, out=rounding)
+    np.add(rounding, bits, out=rounding)
+    np.right_shift(rounding, 16, out=rounding)
+    np.copyto(out, rounding, casting="unsafe")
+    nan = np.isnan(values, out=scratch._flags[:count])
+    if nan.any():  # the bias above can carry a NaN into infinity: keep it a quiet NaN
+        out[nan] = (bits[nan] >> 16).astype(np.uint16) | 0x0040
+    return memoryview(out.view(np.uint8))
+
+
+def byte_ranges(nbytes: int, chunk_bytes: int = CHUNK_ELEMENTS * 8) -> Iterator[tuple[int, int]]:
+    for start in range(0, nbytes, chunk_bytes):
+        yield start, min(start + chunk_bytes, nbytes)
