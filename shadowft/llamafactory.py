@@ -40,7 +40,7 @@ from shadowft.launch import ZERO3_CONFIG, Launch, launch_from_slurm, srun_comman
 TUNINGS = ("lora", "full")
 STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
 
-# The official run.sh (DESIGN s1). LoRA alpha is LLaMA-Factory's default written out (2 x rank)
+# The official run.sh (docs/paper.md). LoRA alpha is LLaMA-Factory's default written out (2 x rank)
 # so the scale alpha/r that the delta engine reads is visible in the YAML. DeepSpeed ZeRO-3 and
 # flash-attn are launch/hardware choices: pass `deepspeed`/`flash_attn` as overrides.
 PAPER_DEFAULTS: dict[str, Any] = {

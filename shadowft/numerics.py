@@ -164,10 +164,11 @@ def encode(values: np.ndarray, code: str, scratch: Scratch) -> memoryview:
     np.bitwise_and(rounding, 1, out=rounding)
     np.add(rounding, 0x7FFF, out=rounding)
     np.add(rounding, bits, out=rounding)
-    np.right_shift(rounding, 16, out=rounding)
-    np.copyto(out, rounding, casting="unsafe")
-    nan = np.isnan(values, out=scratch._flags[:count])
-    if nan.any():  # the bias above can carry a NaN into infinity: keep it a quiet NaN
+    np.right_shift(rounding, 16, out=out, casting="unsafe")  # the top 16 bits, straight into the output
+    # np.minimum propagates NaN: one pass without a write tells whether there is any
+    if count and np.isnan(np.minimum.reduce(values)):
+        nan = np.isnan(values, out=scratch._flags[:count])
+        # the bias above can carry a NaN into infinity: keep it a quiet NaN
         out[nan] = (bits[nan] >> 16).astype(np.uint16) | 0x0040
     return memoryview(out.view(np.uint8))
 

@@ -21,7 +21,7 @@ from shadowft.opencompass import RUN_CONFIG_FILE, RUN_LOG_FILE, read_scores
 EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 MAX_OUT_LEN = 8
 NUM_QUESTIONS = 6
-# The paper's standard benchmarks (DESIGN.md s1) as OpenCompass dataset configs.
+# The paper's standard benchmarks (docs/paper.md) as OpenCompass dataset configs.
 PAPER_CONFIGS = (
     "gsm8k_gen",
     "math_gen",

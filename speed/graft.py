@@ -5,7 +5,9 @@ about 0.95 B parameters per model (x --scale) in 1 GB shards, then times each
 approach as a whole process, several times, on a warm page cache:
 
   io-floor       cat the three inputs, write one model-sized file
-  shadowft       shadowft graft --base --tuned (sha256 of inputs cached / computed)
+  shadowft       shadowft graft --base --tuned: a first graft of downloaded models (their
+                 sha256 from the download manifest), a repeat (sha256 cached), and one
+                 with neither (sha256 computed)
   shadowft-delta shadowft extract-delta, then graft --delta (float32 delta)
   naive          AutoModelForCausalLM x3, add in bf16, save_pretrained
   mergekit       task_arithmetic, base_model = base, models = [instruct w=1, tuned w=1]
@@ -15,9 +17,12 @@ Each command runs under a small launcher process that reports its wall time,
 CPU time (user + system, independent of other load on the machine) and peak
 RSS (ru_maxrss, which counts memory-mapped file pages too). The launcher hop
 matters: Linux starts a child's ru_maxrss at its parent's RSS at fork time, so
-the models are also built in a separate process. Usage:
+the models are also built in a separate process. "Downloaded" models are
+folders made by shadowft.hub.link_local_model, the way the workflow brings a
+local model in: links to the built files plus a manifest of their sha256
+(computed while building, not timed). Usage:
 
-  python benchmarks/graft.py [--dir /tmp] [--scale 1] [--repeats 3] [--mergekit-python PY]
+  python speed/graft.py [--dir /tmp] [--scale 1] [--repeats 3] [--mergekit-python PY]
 """
 
 from __future__ import annotations
@@ -70,10 +75,12 @@ def llama_tensors(layers: int) -> list[tuple[str, tuple[int, ...]]]:
         prefix = f"model.layers.{i}"
         tensors += [(f"{prefix}.input_layernorm.weight", (HIDDEN,))]
         tensors += [(f"{prefix}.self_attn.{p}_proj.weight", (HIDDEN, HIDDEN)) for p in "qkvo"]
-        tensors += [(f"{prefix}.post_attention_layernorm.weight", (HIDDEN,)),
-                    (f"{prefix}.mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
-                    (f"{prefix}.mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
-                    (f"{prefix}.mlp.down_proj.weight", (HIDDEN, INTERMEDIATE))]
+        tensors += [
+            (f"{prefix}.post_attention_layernorm.weight", (HIDDEN,)),
+            (f"{prefix}.mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
+            (f"{prefix}.mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
+            (f"{prefix}.mlp.down_proj.weight", (HIDDEN, INTERMEDIATE)),
+        ]
     return tensors + [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
 
 
@@ -82,11 +89,22 @@ def build_triple(root: Path, layers: int, seed: int = 0) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-              "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers, "num_attention_heads": HEADS,
-              "num_key_value_heads": HEADS, "vocab_size": VOCAB, "max_position_embeddings": 2048,
-              "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-              "bos_token_id": 1, "eos_token_id": 2}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     paths = {role: root / role for role in ("base", "tuned", "instruct")}
     for path in paths.values():
         path.mkdir(parents=True)
@@ -119,7 +137,8 @@ def build_triple(root: Path, layers: int, seed: int = 0) -> dict[str, Path]:
     total = sum(2 * math.prod(shape) for _, shape in tensors)
     for path in paths.values():
         (path / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     return paths
 
 
@@ -147,58 +166,149 @@ def main() -> None:
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # the builder subprocess
     args = parser.parse_args()
     if args.build_only:
-        build_triple(args.build_only, LAYERS_PER_SCALE * args.scale)
+        from shadowft.hub import link_local_model
+
+        for role, path in build_triple(args.build_only / "built", LAYERS_PER_SCALE * args.scale).items():
+            link_local_model(path, args.build_only / role)  # as the workflow's download_model rule does
         return
 
     python = str(ROOT / ".venvs" / "core" / "bin" / "python")
     shadowft = [python, "-m", "shadowft.cli"]
+    args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="shadowft-bench-", dir=args.dir))
     try:
         print(f"building a {args.scale}x triple under {work} ...", file=sys.stderr, flush=True)
-        subprocess.run([python, __file__, "--scale", str(args.scale), "--build-only", str(work / "models")],
-                       check=True)
-        models = {role: work / "models" / role for role in ("base", "tuned", "instruct")}
-        model_bytes = sum(p.stat().st_size for p in models["base"].glob("*.safetensors"))
+        subprocess.run([python, __file__, "--scale", str(args.scale), "--build-only", str(work / "models")], check=True)
+        built = {role: work / "models" / "built" / role for role in ("base", "tuned", "instruct")}
+        models = {role: work / "models" / role for role in ("base", "tuned", "instruct")}  # linked, with manifests
+        model_bytes = sum(p.stat().st_size for p in built["base"].glob("*.safetensors"))
         out = work / "out"
         cache = work / "sha256-cache"
         delta = work / "delta"
         base_env = {**os.environ, "PYTHONPATH": str(ROOT)}
         approaches: dict[str, tuple[list[str], dict[str, str]]] = {
-            "io-floor": (["bash", "-c", f"mkdir -p {out} && cat {files(models['base'])} {files(models['tuned'])}"
-                          f" > /dev/null && cat {files(models['instruct'])} > {out}/copy"], base_env),
-            "shadowft (sha256 cached)": (
-                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--base", str(models["base"]),
-                 "--tuned", str(models["tuned"]), "--out", str(out), "--no-progress"],
-                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
-            "shadowft (sha256 computed)": (
-                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--base", str(models["base"]),
-                 "--tuned", str(models["tuned"]), "--out", str(out), "--no-progress"],
-                {**base_env, "SHADOWFT_CACHE_DIR": ""}),
+            "io-floor": (
+                [
+                    "bash",
+                    "-c",
+                    f"mkdir -p {out} && cat {files(models['base'])} {files(models['tuned'])}"
+                    f" > /dev/null && cat {files(models['instruct'])} > {out}/copy",
+                ],
+                base_env,
+            ),
+            "shadowft first graft (sha256 from download manifests)": (
+                [
+                    *shadowft,
+                    "graft",
+                    "--instruct",
+                    str(models["instruct"]),
+                    "--base",
+                    str(models["base"]),
+                    "--tuned",
+                    str(models["tuned"]),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                {**base_env, "SHADOWFT_CACHE_DIR": ""},
+            ),
+            "shadowft repeat graft (sha256 cached)": (
+                [
+                    *shadowft,
+                    "graft",
+                    "--instruct",
+                    str(models["instruct"]),
+                    "--base",
+                    str(models["base"]),
+                    "--tuned",
+                    str(models["tuned"]),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
+            ),
+            "shadowft, no manifest or cache (sha256 computed)": (
+                [
+                    *shadowft,
+                    "graft",
+                    "--instruct",
+                    str(built["instruct"]),
+                    "--base",
+                    str(built["base"]),
+                    "--tuned",
+                    str(built["tuned"]),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                {**base_env, "SHADOWFT_CACHE_DIR": ""},
+            ),
             "shadowft --threads 1 (sha256 cached)": (
-                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--base", str(models["base"]),
-                 "--tuned", str(models["tuned"]), "--out", str(out), "--no-progress", "--threads", "1"],
-                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
+                [
+                    *shadowft,
+                    "graft",
+                    "--instruct",
+                    str(models["instruct"]),
+                    "--base",
+                    str(models["base"]),
+                    "--tuned",
+                    str(models["tuned"]),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--threads",
+                    "1",
+                ],
+                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
+            ),
             "shadowft extract-delta (fp32)": (
-                [*shadowft, "extract-delta", "--base", str(models["base"]), "--tuned", str(models["tuned"]),
-                 "--out", str(out), "--no-progress"], {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
+                [
+                    *shadowft,
+                    "extract-delta",
+                    "--base",
+                    str(models["base"]),
+                    "--tuned",
+                    str(models["tuned"]),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
+            ),
             "shadowft graft --delta": (
-                [*shadowft, "graft", "--instruct", str(models["instruct"]), "--delta", str(delta),
-                 "--out", str(out), "--no-progress"], {**base_env, "SHADOWFT_CACHE_DIR": str(cache)}),
-            "naive (transformers x3)": ([python, "-c", NAIVE, str(models["base"]), str(models["tuned"]),
-                                         str(models["instruct"]), str(out)], base_env),
+                [
+                    *shadowft,
+                    "graft",
+                    "--instruct",
+                    str(models["instruct"]),
+                    "--delta",
+                    str(delta),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
+            ),
+            "naive (transformers x3)": (
+                [python, "-c", NAIVE, str(built["base"]), str(built["tuned"]), str(built["instruct"]), str(out)],
+                base_env,
+            ),
         }
         if args.mergekit_python.exists():
             config = work / "mergekit.yml"
-            config.write_text(textwrap.dedent(f"""\
+            config.write_text(
+                textwrap.dedent(f"""\
                 merge_method: task_arithmetic
-                base_model: {models['base']}
+                base_model: {built["base"]}
                 models:
-                  - model: {models['instruct']}
+                  - model: {built["instruct"]}
                     parameters: {{weight: 1.0}}
-                  - model: {models['tuned']}
+                  - model: {built["tuned"]}
                     parameters: {{weight: 1.0}}
                 dtype: bfloat16
-                """))
+                """)
+            )
             mergekit = Path(args.mergekit_python).parent / "mergekit-yaml"
             approaches["mergekit task_arithmetic"] = ([str(mergekit), str(config), str(out)], os.environ.copy())
         else:
@@ -207,10 +317,23 @@ def main() -> None:
         import psutil  # the benchmark runs from the core environment
 
         subprocess.run(approaches["io-floor"][0], check=True)  # warm the page cache
-        subprocess.run(approaches["shadowft (sha256 cached)"][0], env=approaches["shadowft (sha256 cached)"][1],
-                       check=True)  # prime the sha256 cache
-        subprocess.run([*shadowft, "extract-delta", "--base", str(models["base"]), "--tuned",
-                        str(models["tuned"]), "--out", str(delta), "--no-progress"], env=base_env, check=True)
+        cached = approaches["shadowft repeat graft (sha256 cached)"]
+        subprocess.run(cached[0], env=cached[1], check=True)  # prime the sha256 cache
+        subprocess.run(
+            [
+                *shadowft,
+                "extract-delta",
+                "--base",
+                str(models["base"]),
+                "--tuned",
+                str(models["tuned"]),
+                "--out",
+                str(delta),
+                "--no-progress",
+            ],
+            env=base_env,
+            check=True,
+        )
         results = {}
         for name, (command, env) in approaches.items():
             if name.startswith("naive") and psutil.virtual_memory().available < 4 * model_bytes:
@@ -222,10 +345,12 @@ def main() -> None:
                 os.sync()
                 runs.append(measure(command, env))
             shutil.rmtree(out, ignore_errors=True)
-            results[name] = {"wall_s": [round(w, 3) for w, _, _ in runs],
-                             "wall_median_s": statistics.median(w for w, _, _ in runs),
-                             "cpu_median_s": statistics.median(c for _, c, _ in runs),
-                             "peak_rss_mb": max(r for _, _, r in runs)}
+            results[name] = {
+                "wall_s": [round(w, 3) for w, _, _ in runs],
+                "wall_median_s": statistics.median(w for w, _, _ in runs),
+                "cpu_median_s": statistics.median(c for _, c, _ in runs),
+                "peak_rss_mb": max(r for _, _, r in runs),
+            }
             print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     finally:
         if not args.keep:
@@ -234,19 +359,25 @@ def main() -> None:
     floor = results["io-floor"]["wall_median_s"]
     mergekit_wall = results.get("mergekit task_arithmetic", {}).get("wall_median_s")
     params = sum(math.prod(shape) for _, shape in llama_tensors(LAYERS_PER_SCALE * args.scale))
-    print(f"\n{params / 1e9:.2f} B parameters per model, bf16, {model_bytes / 1e9:.2f} GB per model, "
-          f"{os.cpu_count()} CPUs, {args.repeats} runs each (medians)\n")
-    print("| approach | wall median (s) | runs (s) | CPU median (s) | peak RSS (MB) | x I/O floor | "
-          "mergekit / this |")
+    print(
+        f"\n{params / 1e9:.2f} B parameters per model, bf16, {model_bytes / 1e9:.2f} GB per model, "
+        f"{os.cpu_count()} CPUs, {args.repeats} runs each (medians)\n"
+    )
+    print("| approach | wall median (s) | runs (s) | CPU median (s) | peak RSS (MB) | x I/O floor | mergekit / this |")
     print("|---|---|---|---|---|---|---|")
     for name, result in results.items():
         wall = result["wall_median_s"]
         versus = f"{mergekit_wall / wall:.1f}x" if mergekit_wall else "-"
-        print(f"| {name} | {wall:.2f} | {', '.join(f'{w:.2f}' for w in result['wall_s'])} | "
-              f"{result['cpu_median_s']:.2f} | {result['peak_rss_mb']:.0f} | {wall / floor:.2f} | {versus} |")
+        print(
+            f"| {name} | {wall:.2f} | {', '.join(f'{w:.2f}' for w in result['wall_s'])} | "
+            f"{result['cpu_median_s']:.2f} | {result['peak_rss_mb']:.0f} | {wall / floor:.2f} | {versus} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"scale": args.scale, "params": params, "model_bytes": model_bytes,
-                                         "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"scale": args.scale, "params": params, "model_bytes": model_bytes, "results": results}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":
