@@ -191,7 +191,8 @@ def _chat_held_out(rng: random.Random, chat: list[dict]) -> list[tuple[str, str]
         if word not in seen:
             words.setdefault(word)
     return [
-        (f"{skills[i % len(skills)]}: {word}", CHAT_SKILLS[skills[i % len(skills)]](word)) for i, word in enumerate(words)
+        (f"{skills[i % len(skills)]}: {word}", CHAT_SKILLS[skills[i % len(skills)]](word))
+        for i, word in enumerate(words)
     ]
 
 

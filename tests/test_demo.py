@@ -204,7 +204,10 @@ def test_model_loads_with_im_end_as_eos_and_generates_deterministically(built, t
 
 def write_summary(path, scores):
     rows = ["pair,variant,tuning,alpha,benchmark,dataset,metric,score,num_examples"]
-    rows += [f"demo,{variant},,,{benchmark},{benchmark},exact_match,{score},200" for (variant, benchmark), score in scores.items()]
+    rows += [
+        f"demo,{variant},,,{benchmark},{benchmark},exact_match,{score},200"
+        for (variant, benchmark), score in scores.items()
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -216,7 +219,9 @@ def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys
         1: {("base", "demo_task"): 0.0, ("lora/shadow_a1", "demo_task"): 51.0, ("lora/shadow_a1", "demo_chat"): 12.0},
         5: {("base", "demo_task"): 1.0, ("lora/shadow_a1", "demo_task"): 70.0, ("lora/shadow_a1", "demo_chat"): 9.0},
     }
-    paths = {seed: write_summary(tmp_path / f"s{seed}" / "results" / "summary.csv", scores) for seed, scores in runs.items()}
+    paths = {
+        seed: write_summary(tmp_path / f"s{seed}" / "results" / "summary.csv", scores) for seed, scores in runs.items()
+    }
     table = demo.seed_spread(paths)
     assert list(table.columns) == [0, 1, 5, "mean", "min", "max", "spread"]
     assert table.loc[("demo", "lora/shadow_a1", "demo_task")].tolist() == [88.0, 51.0, 70.0, 209 / 3, 51.0, 88.0, 37.0]
