@@ -1,4 +1,4 @@
-"""Rules training_config and demo_training_config: LLaMA-Factory's YAML, generated from data."""
+"""Rule training_config: LLaMA-Factory's YAML for one training run, generated from data."""
 
 import sys
 

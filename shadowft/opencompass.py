@@ -19,7 +19,9 @@ are named by their import paths), so it is written with ``json.dump`` and can be
 the run folder. OpenCompass runs as ``python -m opencompass.cli.main`` of this interpreter.
 
 Module top level is stdlib-only: this runs in the eval environment with the repository on
-PYTHONPATH, and the core environment imports `read_scores` without OpenCompass.
+PYTHONPATH, and the core environment imports it (the report takes `SCORES_COLUMNS`, job
+sizing `DEFAULT_MAX_OUT_LEN`) without OpenCompass. `read_scores` is the plain reader of the
+scores.csv format `write_scores` writes.
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from shadowft.io import atomic_write_text
+from shadowft.opencompass import SCORES_COLUMNS
 
-SCORE_COLUMNS = ("benchmark", "dataset", "metric", "score", "num_examples")
+SCORE_COLUMNS = SCORES_COLUMNS  # the columns shadowft.opencompass writes
 SUMMARY_COLUMNS = ("pair", "variant", "tuning", "alpha", *SCORE_COLUMNS)
 AVERAGE = "Average"
 REFERENCE_VARIANT = "instruct"
