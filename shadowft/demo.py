@@ -11,7 +11,7 @@ fine-tune are then made by LLaMA-Factory through `shadowft.llamafactory`, like a
   from c to f" -> "c d e f"; web text holds chat logs, real base models know the format a
   little). Facts in prose, never the questions the benchmarks ask.
 - ``chat``: ``demo_chat``, general instruction following (copy, first letter, last letter).
-  INSTRUCT is BASE after a short full SFT on it: a small update, as between real pairs.
+  INSTRUCT is BASE after a full SFT on it (3 epochs: it must know the skills whatever the seed).
   ``eval.jsonl`` holds held-out single-turn questions of these skills (words no chat example
   uses): the benchmark of what instruction tuning gave INSTRUCT and BASE lacks.
 - ``task``: ``demo_task``, the fine-tuning target "Shift: c a f b" -> "d b g c" (every letter
