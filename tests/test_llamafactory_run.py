@@ -55,7 +55,7 @@ def succeed(result):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    demo.build_demo(root / "init", root / "pretrain", root / "task")
+    demo.build_demo(root / "init", root / "pretrain", root / "chat", root / "task")
     return root
 
 

@@ -50,7 +50,7 @@ def demo(tmp_path_factory):
     from shadowft.demo import build_demo
 
     root = tmp_path_factory.mktemp("opencompass_demo")
-    build_demo(root / "init", root / "pretrain", root / "task")
+    build_demo(root / "init", root / "pretrain", root / "chat", root / "task")
     return root
 
 
