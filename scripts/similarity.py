@@ -6,8 +6,8 @@ sys.stderr = open(snakemake.log[0], "w")
 
 from pathlib import Path
 
-from shadowft.similarity import similarity
 from shadowft.io import raise_on_sigterm
+from shadowft.similarity import similarity
 
 raise_on_sigterm()
 

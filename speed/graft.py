@@ -43,6 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARD_BYTES = 10**9
+ROLES = ("base", "tuned", "instruct")
 HIDDEN, INTERMEDIATE, HEADS, VOCAB, LAYERS_PER_SCALE = 2048, 5632, 16, 32000, 16
 
 # Runs one command; prints its wall seconds, CPU seconds and peak RSS (KiB).
@@ -155,6 +156,109 @@ def files(path: Path) -> str:
     return " ".join(str(p) for p in sorted(path.glob("*.safetensors")))
 
 
+Approach = tuple[list[str], dict[str, str]]  # command, environment
+
+
+def approaches(work: Path, shadowft: list[str], python: str) -> dict[str, Approach]:
+    """Every approach but mergekit, on the triple under `work` (linked `models`, plain `built`)."""
+    built = {role: work / "models" / "built" / role for role in ROLES}
+    models = {role: work / "models" / role for role in ROLES}  # linked, with download manifests
+    out, cache, delta = work / "out", work / "sha256-cache", work / "delta"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cached, uncached = {**env, "SHADOWFT_CACHE_DIR": str(cache)}, {**env, "SHADOWFT_CACHE_DIR": ""}
+
+    def graft(inputs: dict[str, Path], *extra: str) -> list[str]:
+        sources = ["--base", str(inputs["base"]), "--tuned", str(inputs["tuned"])]
+        return [*shadowft, "graft", "--instruct", str(inputs["instruct"]), *sources, "--out", str(out), *extra]
+
+    floor = (
+        f"mkdir -p {out} && cat {files(models['base'])} {files(models['tuned'])} > /dev/null"
+        f" && cat {files(models['instruct'])} > {out}/copy"
+    )
+    extract = [*shadowft, "extract-delta", "--base", str(models["base"]), "--tuned", str(models["tuned"])]
+    from_delta = [*shadowft, "graft", "--instruct", str(models["instruct"]), "--delta", str(delta)]
+    naive = [python, "-c", NAIVE, str(built["base"]), str(built["tuned"]), str(built["instruct"]), str(out)]
+    return {
+        "io-floor": (["bash", "-c", floor], env),
+        "shadowft first graft (sha256 from download manifests)": (graft(models, "--no-progress"), uncached),
+        "shadowft repeat graft (sha256 cached)": (graft(models, "--no-progress"), cached),
+        "shadowft, no manifest or cache (sha256 computed)": (graft(built, "--no-progress"), uncached),
+        "shadowft --threads 1 (sha256 cached)": (graft(models, "--no-progress", "--threads", "1"), cached),
+        "shadowft extract-delta (fp32)": ([*extract, "--out", str(out), "--no-progress"], cached),
+        "shadowft graft --delta": ([*from_delta, "--out", str(out), "--no-progress"], cached),
+        "naive (transformers x3)": (naive, env),
+    }
+
+
+def mergekit_approach(work: Path, mergekit_python: Path) -> Approach:
+    built = {role: work / "models" / "built" / role for role in ROLES}
+    config = work / "mergekit.yml"
+    config.write_text(
+        textwrap.dedent(f"""\
+        merge_method: task_arithmetic
+        base_model: {built["base"]}
+        models:
+          - model: {built["instruct"]}
+            parameters: {{weight: 1.0}}
+          - model: {built["tuned"]}
+            parameters: {{weight: 1.0}}
+        dtype: bfloat16
+        """)
+    )
+    mergekit = Path(mergekit_python).parent / "mergekit-yaml"
+    return [str(mergekit), str(config), str(work / "out")], os.environ.copy()
+
+
+def run_all(work: Path, measured: dict[str, Approach], repeats: int, model_bytes: int) -> dict[str, dict]:
+    """Wall, CPU and peak RSS of each approach, `repeats` times, on a warm page cache."""
+    import psutil  # the benchmark runs from the core environment
+
+    out = work / "out"
+    subprocess.run(measured["io-floor"][0], check=True)  # warm the page cache
+    command, env = measured["shadowft repeat graft (sha256 cached)"]
+    subprocess.run(command, env=env, check=True)  # prime the sha256 cache
+    extract, env = measured["shadowft extract-delta (fp32)"]
+    extract = [*extract[: extract.index("--out")], "--out", str(work / "delta"), "--no-progress"]
+    subprocess.run(extract, env=env, check=True)  # the stored delta "graft --delta" reads
+    results = {}
+    for name, (command, env) in measured.items():
+        if name.startswith("naive") and psutil.virtual_memory().available < 4 * model_bytes:
+            print(f"skipping {name}: not enough free memory", file=sys.stderr)
+            continue
+        runs = []
+        for _ in range(repeats):
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
+            runs.append(measure(command, env))
+        shutil.rmtree(out, ignore_errors=True)
+        results[name] = {
+            "wall_s": [round(w, 3) for w, _, _ in runs],
+            "wall_median_s": statistics.median(w for w, _, _ in runs),
+            "cpu_median_s": statistics.median(c for _, c, _ in runs),
+            "peak_rss_mb": max(r for _, _, r in runs),
+        }
+        print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+    return results
+
+
+def print_table(results: dict[str, dict], params: int, model_bytes: int, repeats: int) -> None:
+    floor = results["io-floor"]["wall_median_s"]
+    mergekit_wall = results.get("mergekit task_arithmetic", {}).get("wall_median_s")
+    print(
+        f"\n{params / 1e9:.2f} B parameters per model, bf16, {model_bytes / 1e9:.2f} GB per model, "
+        f"{os.cpu_count()} CPUs, {repeats} runs each (medians)\n"
+    )
+    print("| approach | wall median (s) | runs (s) | CPU median (s) | peak RSS (MB) | x I/O floor | mergekit / this |")
+    print("|---|---|---|---|---|---|---|")
+    for name, result in results.items():
+        wall = result["wall_median_s"]
+        versus = f"{mergekit_wall / wall:.1f}x" if mergekit_wall else "-"
+        print(
+            f"| {name} | {wall:.2f} | {', '.join(f'{w:.2f}' for w in result['wall_s'])} | "
+            f"{result['cpu_median_s']:.2f} | {result['peak_rss_mb']:.0f} | {wall / floor:.2f} | {versus} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=Path("/tmp"), help="where to build the models (default /tmp)")
@@ -173,211 +277,26 @@ def main() -> None:
         return
 
     python = str(ROOT / ".venvs" / "core" / "bin" / "python")
-    shadowft = [python, "-m", "shadowft.cli"]
     args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="shadowft-bench-", dir=args.dir))
     try:
         print(f"building a {args.scale}x triple under {work} ...", file=sys.stderr, flush=True)
         subprocess.run([python, __file__, "--scale", str(args.scale), "--build-only", str(work / "models")], check=True)
-        built = {role: work / "models" / "built" / role for role in ("base", "tuned", "instruct")}
-        models = {role: work / "models" / role for role in ("base", "tuned", "instruct")}  # linked, with manifests
-        model_bytes = sum(p.stat().st_size for p in built["base"].glob("*.safetensors"))
-        out = work / "out"
-        cache = work / "sha256-cache"
-        delta = work / "delta"
-        base_env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        approaches: dict[str, tuple[list[str], dict[str, str]]] = {
-            "io-floor": (
-                [
-                    "bash",
-                    "-c",
-                    f"mkdir -p {out} && cat {files(models['base'])} {files(models['tuned'])}"
-                    f" > /dev/null && cat {files(models['instruct'])} > {out}/copy",
-                ],
-                base_env,
-            ),
-            "shadowft first graft (sha256 from download manifests)": (
-                [
-                    *shadowft,
-                    "graft",
-                    "--instruct",
-                    str(models["instruct"]),
-                    "--base",
-                    str(models["base"]),
-                    "--tuned",
-                    str(models["tuned"]),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                ],
-                {**base_env, "SHADOWFT_CACHE_DIR": ""},
-            ),
-            "shadowft repeat graft (sha256 cached)": (
-                [
-                    *shadowft,
-                    "graft",
-                    "--instruct",
-                    str(models["instruct"]),
-                    "--base",
-                    str(models["base"]),
-                    "--tuned",
-                    str(models["tuned"]),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                ],
-                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
-            ),
-            "shadowft, no manifest or cache (sha256 computed)": (
-                [
-                    *shadowft,
-                    "graft",
-                    "--instruct",
-                    str(built["instruct"]),
-                    "--base",
-                    str(built["base"]),
-                    "--tuned",
-                    str(built["tuned"]),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                ],
-                {**base_env, "SHADOWFT_CACHE_DIR": ""},
-            ),
-            "shadowft --threads 1 (sha256 cached)": (
-                [
-                    *shadowft,
-                    "graft",
-                    "--instruct",
-                    str(models["instruct"]),
-                    "--base",
-                    str(models["base"]),
-                    "--tuned",
-                    str(models["tuned"]),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                    "--threads",
-                    "1",
-                ],
-                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
-            ),
-            "shadowft extract-delta (fp32)": (
-                [
-                    *shadowft,
-                    "extract-delta",
-                    "--base",
-                    str(models["base"]),
-                    "--tuned",
-                    str(models["tuned"]),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                ],
-                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
-            ),
-            "shadowft graft --delta": (
-                [
-                    *shadowft,
-                    "graft",
-                    "--instruct",
-                    str(models["instruct"]),
-                    "--delta",
-                    str(delta),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                ],
-                {**base_env, "SHADOWFT_CACHE_DIR": str(cache)},
-            ),
-            "naive (transformers x3)": (
-                [python, "-c", NAIVE, str(built["base"]), str(built["tuned"]), str(built["instruct"]), str(out)],
-                base_env,
-            ),
-        }
+        model_bytes = sum(p.stat().st_size for p in (work / "models" / "built" / "base").glob("*.safetensors"))
+        measured = approaches(work, [python, "-m", "shadowft.cli"], python)
         if args.mergekit_python.exists():
-            config = work / "mergekit.yml"
-            config.write_text(
-                textwrap.dedent(f"""\
-                merge_method: task_arithmetic
-                base_model: {built["base"]}
-                models:
-                  - model: {built["instruct"]}
-                    parameters: {{weight: 1.0}}
-                  - model: {built["tuned"]}
-                    parameters: {{weight: 1.0}}
-                dtype: bfloat16
-                """)
-            )
-            mergekit = Path(args.mergekit_python).parent / "mergekit-yaml"
-            approaches["mergekit task_arithmetic"] = ([str(mergekit), str(config), str(out)], os.environ.copy())
+            measured["mergekit task_arithmetic"] = mergekit_approach(work, args.mergekit_python)
         else:
             print(f"mergekit not measured: {args.mergekit_python} does not exist", file=sys.stderr)
-
-        import psutil  # the benchmark runs from the core environment
-
-        subprocess.run(approaches["io-floor"][0], check=True)  # warm the page cache
-        cached = approaches["shadowft repeat graft (sha256 cached)"]
-        subprocess.run(cached[0], env=cached[1], check=True)  # prime the sha256 cache
-        subprocess.run(
-            [
-                *shadowft,
-                "extract-delta",
-                "--base",
-                str(models["base"]),
-                "--tuned",
-                str(models["tuned"]),
-                "--out",
-                str(delta),
-                "--no-progress",
-            ],
-            env=base_env,
-            check=True,
-        )
-        results = {}
-        for name, (command, env) in approaches.items():
-            if name.startswith("naive") and psutil.virtual_memory().available < 4 * model_bytes:
-                print(f"skipping {name}: not enough free memory", file=sys.stderr)
-                continue
-            runs = []
-            for _ in range(args.repeats):
-                shutil.rmtree(out, ignore_errors=True)
-                os.sync()
-                runs.append(measure(command, env))
-            shutil.rmtree(out, ignore_errors=True)
-            results[name] = {
-                "wall_s": [round(w, 3) for w, _, _ in runs],
-                "wall_median_s": statistics.median(w for w, _, _ in runs),
-                "cpu_median_s": statistics.median(c for _, c, _ in runs),
-                "peak_rss_mb": max(r for _, _, r in runs),
-            }
-            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+        results = run_all(work, measured, args.repeats, model_bytes)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-
-    floor = results["io-floor"]["wall_median_s"]
-    mergekit_wall = results.get("mergekit task_arithmetic", {}).get("wall_median_s")
     params = sum(math.prod(shape) for _, shape in llama_tensors(LAYERS_PER_SCALE * args.scale))
-    print(
-        f"\n{params / 1e9:.2f} B parameters per model, bf16, {model_bytes / 1e9:.2f} GB per model, "
-        f"{os.cpu_count()} CPUs, {args.repeats} runs each (medians)\n"
-    )
-    print("| approach | wall median (s) | runs (s) | CPU median (s) | peak RSS (MB) | x I/O floor | mergekit / this |")
-    print("|---|---|---|---|---|---|---|")
-    for name, result in results.items():
-        wall = result["wall_median_s"]
-        versus = f"{mergekit_wall / wall:.1f}x" if mergekit_wall else "-"
-        print(
-            f"| {name} | {wall:.2f} | {', '.join(f'{w:.2f}' for w in result['wall_s'])} | "
-            f"{result['cpu_median_s']:.2f} | {result['peak_rss_mb']:.0f} | {wall / floor:.2f} | {versus} |"
-        )
+    print_table(results, params, model_bytes, args.repeats)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"scale": args.scale, "params": params, "model_bytes": model_bytes, "results": results}, indent=2
-            )
-        )
+        summary = {"scale": args.scale, "params": params, "model_bytes": model_bytes, "results": results}
+        args.json.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
