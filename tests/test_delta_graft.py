@@ -330,3 +330,19 @@ def test_rerun_replaces_an_existing_output(llama, tmp_path):
     assert read_json(tmp_path / "out" / "shadowft_manifest.json")["alpha"] == 1.0
     shutil.rmtree(tmp_path / "delta")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_graft_options_as_a_record_or_as_keywords(llama, tmp_path):
+    from shadowft.delta import GraftOptions
+
+    options = GraftOptions(alpha=0.5, preset="official", progress=False, chunk_elements=64)
+    with Delta.from_models(llama.base, llama.tuned) as delta:
+        by_keywords = graft(llama.instruct, delta, tmp_path / "a", alpha=0.5, preset="official", progress=False,
+                            chunk_elements=64)  # fmt: skip
+        by_record = graft(llama.instruct, delta, tmp_path / "b", options)
+        with pytest.raises(TypeError, match="not both"):
+            graft(llama.instruct, delta, tmp_path / "c", options, alpha=2.0)
+    assert_bitwise_equal(load_tensors(tmp_path / "b"), load_tensors(tmp_path / "a"))
+    assert by_record["tensors"] == by_keywords["tensors"] and by_record["counts"] == by_keywords["counts"]
+    assert by_record["policy"] == by_keywords["policy"] and by_record["policy"]["preset"] == "official"
+    assert not (tmp_path / "c").exists()
