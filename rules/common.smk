@@ -10,7 +10,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from shadowft import demo
 from shadowft.config import alpha_label, variants
 from shadowft.llamafactory import PAPER_DEFAULTS
-from shadowft.opencompass import DEFAULT_MAX_OUT_LEN
+from shadowft.opencompass import max_out_len_of
 from shadowft.resources import (
     ENGINE_THREADS,
     NODE_RESOURCE_KEYS,
@@ -309,7 +309,7 @@ def job_tokens(rulename, wildcards, input):
         questions_file = Path(input.data) / "eval.jsonl"
         # A standard benchmark's size is not known before it is prefetched: assume 1,000 questions.
         questions = sum(1 for _ in open(questions_file)) if questions_file.is_file() else 1000
-        return questions * spec.get("max_out_len", DEFAULT_MAX_OUT_LEN)
+        return questions * max_out_len_of(spec)
     return 0.0
 
 

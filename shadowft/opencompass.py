@@ -20,7 +20,7 @@ the run folder. OpenCompass runs as ``python -m opencompass.cli.main`` of this i
 
 Module top level is stdlib-only: this runs in the eval environment with the repository on
 PYTHONPATH, and the core environment imports it (the report takes `SCORES_COLUMNS`, job
-sizing `DEFAULT_MAX_OUT_LEN`) without OpenCompass. `read_scores` is the plain reader of the
+sizing `max_out_len_of`) without OpenCompass. `read_scores` is the plain reader of the
 scores.csv format `write_scores` writes.
 """
 
@@ -121,7 +121,7 @@ def check_benchmark(benchmark: dict) -> dict:
     spec = dict(benchmark)
     if kind == "custom":
         spec.setdefault("metric", "exact_match")
-        spec.setdefault("max_out_len", DEFAULT_CUSTOM_MAX_OUT_LEN)
+        spec["max_out_len"] = max_out_len_of(spec)
         spec.setdefault("prompt", DEFAULT_PROMPT)
         if spec["metric"] not in CUSTOM_METRICS:
             raise ValueError(f"benchmark.metric: {spec['metric']!r} is not one of {', '.join(CUSTOM_METRICS)}")
@@ -132,6 +132,12 @@ def check_benchmark(benchmark: dict) -> dict:
             f"benchmark.config: {spec['config']!r} must name an OpenCompass dataset config, e.g. gsm8k_gen"
         )
     return spec
+
+
+def max_out_len_of(benchmark: dict) -> int:
+    """The most tokens generated per answer: the benchmark's own, else its kind's default (sizes jobs too)."""
+    default = DEFAULT_CUSTOM_MAX_OUT_LEN if benchmark.get("kind") == "custom" else DEFAULT_MAX_OUT_LEN
+    return benchmark.get("max_out_len", default)
 
 
 def model_config(
