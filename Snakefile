@@ -10,9 +10,7 @@ min_version("9.0")
 # The package holds the logic; every environment finds it in this checkout, so the
 # code that runs is the code you read, whether the rule runs in a venv or a conda env.
 sys.path.insert(0, workflow.basedir)
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
-)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from shadowft.config import validate_config
 
@@ -33,6 +31,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

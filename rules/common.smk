@@ -22,7 +22,6 @@ from shadowft.resources import (
     size_job,
 )
 
-
 PAIRS = sorted(config["pairs"])
 TUNINGS = config["training"]["tunings"]
 ALPHAS = [alpha_label(alpha) for alpha in config["graft"]["alphas"]]
@@ -172,9 +171,7 @@ def benchmark_dataset_dir(wildcards):
 def benchmark_spec(wildcards):
     """The benchmark as shadowft.opencompass reads it, as JSON for the command line."""
     benchmark = {
-        key: value
-        for key, value in config["evaluation"]["benchmarks"][wildcards.benchmark].items()
-        if key != "dataset"
+        key: value for key, value in config["evaluation"]["benchmarks"][wildcards.benchmark].items() if key != "dataset"
     }
     benchmark["name"] = wildcards.benchmark
     benchmark["path"] = os.path.join(benchmark_dataset_dir(wildcards), "eval.jsonl")

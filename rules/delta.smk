@@ -7,18 +7,18 @@ rule extract_delta:
         tuned=delta_source,
     output:
         directory("results/{pair}/{tuning}/delta"),
-    params:
-        tuning="{tuning}",
     log:
         "logs/delta/{pair}/{tuning}/extract.log",
     benchmark:
         "benchmarks/delta/{pair}/{tuning}/extract.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: engine_threads()
     resources:
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
-    threads: engine_threads()
-    conda:
-        "../envs/core.yaml"
+    params:
+        tuning="{tuning}",
     script:
         "../scripts/extract_delta.py"
 
@@ -29,20 +29,20 @@ rule graft:
         delta="results/{pair}/{tuning}/delta",
     output:
         directory("results/{pair}/{tuning}/shadow_a{alpha}"),
-    params:
-        alpha="{alpha}",
-        preset=config["graft"]["preset"],
-        vocab_mismatch=config["graft"]["vocab_mismatch"],
     log:
         "logs/delta/{pair}/{tuning}/graft_a{alpha}.log",
     benchmark:
         "benchmarks/delta/{pair}/{tuning}/graft_a{alpha}.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: engine_threads()
     resources:
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
-    threads: engine_threads()
-    conda:
-        "../envs/core.yaml"
+    params:
+        alpha="{alpha}",
+        preset=config["graft"]["preset"],
+        vocab_mismatch=config["graft"]["vocab_mismatch"],
     script:
         "../scripts/graft.py"
 
@@ -58,11 +58,11 @@ rule similarity:
         "logs/delta/{pair}/similarity.log",
     benchmark:
         "benchmarks/delta/{pair}/similarity.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: engine_threads()
     resources:
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
-    threads: engine_threads()
-    conda:
-        "../envs/core.yaml"
     script:
         "../scripts/similarity.py"

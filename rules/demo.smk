@@ -10,12 +10,12 @@ rule build_demo:
         pretrain=directory("data/demo/pretrain"),
         chat=directory("data/demo/chat"),
         task=directory("data/demo/task"),
-    params:
-        seed=config["seed"],
     log:
         "logs/demo/build.log",
     conda:
         "../envs/core.yaml"
+    params:
+        seed=config["seed"],
     script:
         "../scripts/build_demo.py"
 
@@ -31,13 +31,13 @@ rule demo_training_config:
         dataset=demo_step_dataset_dir,
     output:
         "data/demo/{step}.yaml",
-    params:
-        step=demo_step_name,
-        paths=demo_step_paths,
     log:
         "logs/demo/{step}_config.log",
     conda:
         "../envs/core.yaml"
+    params:
+        step=demo_step_name,
+        paths=demo_step_paths,
     script:
         "../scripts/write_demo_training_config.py"
 
@@ -49,21 +49,21 @@ rule demo_train:
         dataset=demo_step_dataset_dir,
     output:
         directory("data/demo/{step}/model"),
-    params:
-        python=env_python("train"),
     log:
         "logs/demo/{step}_train.log",
     benchmark:
         "benchmarks/demo/{step}_train.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: tool_threads()
     resources:
         gpu=sized_gpu,
         nodes=sized_nodes,
         cpus_per_gpu=cluster_node().cpus_per_gpu,
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
-    threads: tool_threads()
-    conda:
-        "../envs/train.yaml"
+    params:
+        python=env_python("train"),
     shell:
         "{params.python} -m shadowft.llamafactory train {input.config} {output}"
         " --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"

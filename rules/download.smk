@@ -7,11 +7,11 @@ localrules:
 rule download_model:
     output:
         directory("data/models/{model}"),
-    params:
-        source=model_source,
     log:
         "logs/download_model/{model}.log",
     conda:
         "../envs/core.yaml"
+    params:
+        source=model_source,
     script:
         "../scripts/download_model.py"

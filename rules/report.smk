@@ -10,12 +10,12 @@ rule report:
         csv="results/summary.csv",
         md="results/summary.md",
         png="results/plots/scores.png",
-    params:
-        records=score_records(),
-        similarity=similarity_by_pair(),
     log:
         "logs/report.log",
     conda:
         "../envs/core.yaml"
+    params:
+        records=score_records(),
+        similarity=similarity_by_pair(),
     script:
         "../scripts/report.py"

@@ -15,12 +15,12 @@ rule training_config:
         dataset=training_dataset_dir,
     output:
         "results/{pair}/{tuning}/train_{role}.yaml",
-    params:
-        training=training_parameters,
     log:
         "logs/train/{pair}/{tuning}/{role}_config.log",
     conda:
         "../envs/core.yaml"
+    params:
+        training=training_parameters,
     script:
         "../scripts/write_training_config.py"
 
@@ -32,12 +32,13 @@ rule train:
         dataset=training_dataset_dir,
     output:
         directory("results/{pair}/{tuning}/train_{role}/model"),
-    params:
-        python=env_python("train"),
     log:
         "logs/train/{pair}/{tuning}/{role}.log",
     benchmark:
         "benchmarks/train/{pair}/{tuning}/{role}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: tool_threads()
     resources:
         gpu=sized_gpu,
         nodes=sized_nodes,
@@ -46,9 +47,8 @@ rule train:
         cpus_per_gpu=cluster_node().cpus_per_gpu,
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
-    threads: tool_threads()
-    conda:
-        "../envs/train.yaml"
+    params:
+        python=env_python("train"),
     shell:
         "{params.python} -m shadowft.llamafactory train {input.config} {output}"
         " --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"
@@ -62,19 +62,19 @@ rule merge_adapter:
         adapter="results/{pair}/lora/train_{role}/model",
     output:
         directory("results/{pair}/lora/train_{role}/merged"),
-    params:
-        python=env_python("train"),
-        template=pair_template,
     log:
         "logs/train/{pair}/lora/{role}_merge.log",
     benchmark:
         "benchmarks/train/{pair}/lora/{role}_merge.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: tool_threads()
     resources:
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
-    threads: tool_threads()
-    conda:
-        "../envs/train.yaml"
+    params:
+        python=env_python("train"),
+        template=pair_template,
     shell:
         "{params.python} -m shadowft.llamafactory export --model {input.model} --adapter {input.adapter}"
         " --template {params.template} {output} > {log} 2>&1"

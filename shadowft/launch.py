@@ -148,7 +148,14 @@ def srun_command(nodes: int, gpus_per_node: int) -> list[str]:
     ``--overlap`` lets it share the resources of the job step it is started from (the step
     that runs the workflow's job), ``--kill-on-bad-exit`` ends every node when one fails.
     """
-    command = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--overlap", "--kill-on-bad-exit=1"]
+    command = [
+        "srun",
+        f"--nodes={nodes}",
+        f"--ntasks={nodes}",
+        "--ntasks-per-node=1",
+        "--overlap",
+        "--kill-on-bad-exit=1",
+    ]
     if gpus_per_node:
         command.append(f"--gpus-per-node={gpus_per_node}")
     return command

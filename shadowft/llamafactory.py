@@ -344,7 +344,9 @@ def _lora_fits_one_gpu(model_dir: Path) -> bool:
 def _report_devices() -> None:
     """Say in the job's log which devices it was given (SLURM sets both variables)."""
     shown = {name: os.environ.get(name, "(unset)") for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS")}
-    print("shadowft: devices " + " ".join(f"{name}={value}" for name, value in shown.items()), file=sys.stderr, flush=True)
+    print(
+        "shadowft: devices " + " ".join(f"{name}={value}" for name, value in shown.items()), file=sys.stderr, flush=True
+    )
 
 
 def prepare_work_dir(work: Path) -> str | None:

@@ -17,9 +17,10 @@ GPU memory, per GPU, must hold the model state plus an activation reserve, withi
 The reserve grows with the model (hidden size and depth grow with it):
 ``reserve_base + reserve_per_billion * billions``. For training it holds the checkpointed
 layer inputs and the fp32 logits of a 2 x 4096-token micro-batch (about 8 GiB for an 8 B
-model, 20 GiB for 70 B); for evaluation the KV cache of a batch of 8 long generations. Full fine-tuning may span several nodes
-(ZeRO-3); LoRA and evaluation stay on one. A job that no node of the cluster can hold is
-refused here, before it is submitted, with a message that names the model and the node:
+model, 20 GiB for 70 B); for evaluation the KV cache of a batch of 8 long generations.
+Full fine-tuning may span several nodes (ZeRO-3); LoRA and evaluation stay on one. A job
+that no node of the cluster can hold is refused here, before it is submitted, with a
+message that names the model and the node:
 SLURM itself would keep an unsatisfiable CPU request pending forever, without a word.
 
 Wall time is estimated from the compute: ``flops_per_token * parameters * tokens`` at
@@ -323,7 +324,10 @@ def _gpu_memory_mb() -> int:
     try:
         output = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
         return min(int(line) for line in output.split())
     except (OSError, subprocess.SubprocessError, ValueError):

@@ -47,8 +47,10 @@ PROJECTIONS = [name for name in LLAMA_SHAPES if "_proj." in name]
 
 def random_tensors(shapes: dict[str, tuple[int, ...]], seed: int, dtype=torch.bfloat16) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    return {name: (torch.randn(shape, generator=generator, dtype=torch.float64) * 0.5).to(dtype)
-            for name, shape in shapes.items()}
+    return {
+        name: (torch.randn(shape, generator=generator, dtype=torch.float64) * 0.5).to(dtype)
+        for name, shape in shapes.items()
+    }
 
 
 def moved(tensors: dict, seed: int, scale: float, dtypes: dict | None = None) -> dict:
@@ -72,14 +74,24 @@ def with_int_tensor(tensors: dict) -> dict:
 def write_model(directory: Path, tensors: dict, *, tied: bool = False) -> Path:
     """A model folder: one model.safetensors and a config.json that says whether lm_head is tied."""
     directory.mkdir(parents=True)
-    save_file({name: t.contiguous() for name, t in tensors.items()}, directory / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {name: t.contiguous() for name, t in tensors.items()},
+        directory / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     (directory / "config.json").write_text(json.dumps({"tie_word_embeddings": tied}))
     return directory
 
 
-def write_adapter(directory: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], *, r: int,
-                  lora_alpha: float, fan_in_fan_out: bool = False, embeddings: tuple[str, ...] = ()) -> Path:
+def write_adapter(
+    directory: Path,
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    r: int,
+    lora_alpha: float,
+    fan_in_fan_out: bool = False,
+    embeddings: tuple[str, ...] = (),
+) -> Path:
     """A PEFT LoRA adapter as PEFT saves one: {module: (A [r, in], B [out, r])}.
 
     Modules in `embeddings` get PEFT's embedding keys (lora_embedding_A/B).
@@ -87,14 +99,20 @@ def write_adapter(directory: Path, factors: dict[str, tuple[torch.Tensor, torch.
     directory.mkdir(parents=True)
     stored = {}
     for module, (a, b) in factors.items():
-        names = ("lora_embedding_A", "lora_embedding_B") if module in embeddings else \
-            ("lora_A.weight", "lora_B.weight")
+        names = ("lora_embedding_A", "lora_embedding_B") if module in embeddings else ("lora_A.weight", "lora_B.weight")
         stored[f"{PEFT_PREFIX}{module}.{names[0]}"] = a.contiguous()
         stored[f"{PEFT_PREFIX}{module}.{names[1]}"] = b.contiguous()
     save_file(stored, directory / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "r": r, "lora_alpha": lora_alpha, "fan_in_fan_out": fan_in_fan_out,
-              "use_rslora": False, "target_modules": sorted({m.rsplit(".", 1)[-1] for m in factors}),
-              "bias": "none", "modules_to_save": None}
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "fan_in_fan_out": fan_in_fan_out,
+        "use_rslora": False,
+        "target_modules": sorted({m.rsplit(".", 1)[-1] for m in factors}),
+        "bias": "none",
+        "modules_to_save": None,
+    }
     (directory / "adapter_config.json").write_text(json.dumps(config))
     return directory
 
@@ -173,9 +191,11 @@ def assert_correctly_rounded(actual, low, high, what: str = "") -> float:
     inside = (low.double() <= actual.double()) & (actual.double() <= high.double())
     if not inside.all():
         index = tuple(int(i) for i in (~inside).nonzero()[0])
-        raise AssertionError(f"{what}: {int((~inside).sum())} of {actual.numel()} elements are not a correct "
-                             f"rounding; first at {index}: {float(actual[index])!r} outside "
-                             f"[{float(low[index])!r}, {float(high[index])!r}]")
+        raise AssertionError(
+            f"{what}: {int((~inside).sum())} of {actual.numel()} elements are not a correct "
+            f"rounding; first at {index}: {float(actual[index])!r} outside "
+            f"[{float(low[index])!r}, {float(high[index])!r}]"
+        )
     return float((low == high).double().mean())
 
 

@@ -19,7 +19,16 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800
     `configfile:` directive relative to the working directory."""
     if "--configfile" not in args:
         args = (*args, "--configfile", str(ROOT / "config" / "config.yaml"))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:

@@ -30,9 +30,19 @@ class Family:
 def llama_config(**overrides):
     import transformers
 
-    settings = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    settings = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     settings.update(overrides)
     return transformers.LlamaConfig(**settings)
 
@@ -40,9 +50,19 @@ def llama_config(**overrides):
 def qwen2_config(**overrides):
     import transformers
 
-    settings = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                    tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    settings = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     settings.update(overrides)
     return transformers.Qwen2Config(**settings)
 
@@ -88,8 +108,13 @@ def save_tokenizer(path: Path, vocab_size: int) -> None:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_input_names=["input_ids", "attention_mask"])
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
     tokenizer.save_pretrained(path)
 
 
@@ -107,8 +132,10 @@ def lora_adapter(base_path: Path, path: Path, *, seed: int, **config) -> Path:
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name or "modules_to_save" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.05
-                                + (parameter if "modules_to_save" in name else 0))
+                parameter.copy_(
+                    torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.05
+                    + (parameter if "modules_to_save" in name else 0)
+                )
     peft_model.save_pretrained(path)
     return path
 

@@ -22,7 +22,7 @@ def write_sparse_model(folder: Path, parameters: int, *, shards: int = 2) -> Pat
     layer = 0
     while remaining >= layer_size:
         names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-        for name, shape in zip(names, layer_shapes):
+        for name, shape in zip(names, layer_shapes, strict=True):
             module = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
             tensors[f"model.layers.{layer}.{module}.{name}.weight"] = shape
         remaining -= layer_size
@@ -38,8 +38,15 @@ def write_sparse_model(folder: Path, parameters: int, *, shards: int = 2) -> Pat
         _write_sparse_safetensors(folder / file_name, {name: tensors[name] for name in shard_names})
         weight_map.update(dict.fromkeys(shard_names, file_name))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16",
-              "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": layer, "vocab_size": VOCAB}
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "torch_dtype": "bfloat16",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": layer,
+        "vocab_size": VOCAB,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 

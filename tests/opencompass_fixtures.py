@@ -29,15 +29,28 @@ def constant_answer_model(directory: Path, answer: str, *, max_seq_len: int = 51
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        model_input_names=["input_ids", "attention_mask"])
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(directory)
 
     config = transformers.Qwen2Config(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=max_seq_len, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=2, pad_token_id=1)
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_seq_len,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(config)
     with torch.no_grad():
@@ -52,7 +65,20 @@ def evaluate_in_eval_env(eval_python: Path, root: Path, cwd: Path, model_dir: Pa
     import os
     import subprocess
 
-    command = [str(eval_python), "-m", "shadowft.opencompass", "evaluate", "--model", str(model_dir),
-               "--benchmark-json", json.dumps(benchmark), "--work-dir", "work", "--scores", "out/scores.csv", *extra]
+    command = [
+        str(eval_python),
+        "-m",
+        "shadowft.opencompass",
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--benchmark-json",
+        json.dumps(benchmark),
+        "--work-dir",
+        "work",
+        "--scores",
+        "out/scores.csv",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

@@ -1,13 +1,10 @@
 """The configuration schema: defaults, and bad input rejected with the key named."""
 
-import copy
-
 import pytest
 import yaml
+from conftest import ROOT
 
 from shadowft.config import ConfigError, alpha_label, validate_config, variants
-
-from conftest import ROOT
 
 
 @pytest.fixture
@@ -46,7 +43,10 @@ def test_hub_model_gains_revision_default(demo_config):
         (lambda c: c["training"].update(dataset="missing"), "training.dataset"),
         (lambda c: c["datasets"].update(demo_other={"source": "demo"}), "datasets.demo_other"),
         (lambda c: c.update(seed="0"), "seed"),
-        (lambda c: c["evaluation"]["benchmarks"]["demo_task"].update(kind="mmlu"), "evaluation.benchmarks.demo_task.kind"),
+        (
+            lambda c: c["evaluation"]["benchmarks"]["demo_task"].update(kind="mmlu"),
+            "evaluation.benchmarks.demo_task.kind",
+        ),
         (lambda c: c["pairs"].update({"bad/name": c["pairs"]["demo"]}), "pairs"),
     ],
 )
@@ -61,9 +61,14 @@ def test_variants_follow_tunings_and_alphas(demo_config):
     demo_config["graft"] = {"alphas": [1.0, 0.5]}
     validate_config(demo_config)
     assert variants(demo_config) == [
-        "base", "instruct",
-        "lora/instruct_ft", "lora/shadow_a1", "lora/shadow_a0.5",
-        "full/instruct_ft", "full/shadow_a1", "full/shadow_a0.5",
+        "base",
+        "instruct",
+        "lora/instruct_ft",
+        "lora/shadow_a1",
+        "lora/shadow_a0.5",
+        "full/instruct_ft",
+        "full/shadow_a1",
+        "full/shadow_a0.5",
     ]
 
 

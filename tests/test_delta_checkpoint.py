@@ -83,8 +83,10 @@ def test_file_sha256_is_cached_until_the_file_changes(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- parsing
 
 
-@pytest.mark.parametrize("text, expected", [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30),
-                                            ("1.5kb", 1500), (123, 123), ("64", 64)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("1.5kb", 1500), (123, 123), ("64", 64)],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
@@ -96,8 +98,14 @@ def test_parse_size_rejects_nonsense(text):
 
 
 def test_dtype_names():
-    assert [dtype_code(n) for n in ("bfloat16", "bf16", "torch.float16", "half", "fp32", "F64")] == \
-        ["BF16", "BF16", "F16", "F16", "F32", "F64"]
+    assert [dtype_code(n) for n in ("bfloat16", "bf16", "torch.float16", "half", "fp32", "F64")] == [
+        "BF16",
+        "BF16",
+        "F16",
+        "F16",
+        "F32",
+        "F64",
+    ]
     with pytest.raises(CheckpointError, match="int8"):
         dtype_code("int8")
 
@@ -145,12 +153,16 @@ def test_single_shard_has_no_index(tmp_path):
 
 def test_bfloat16_rounding_matches_torch_including_ties_and_extremes():
     rng = np.random.default_rng(1)
-    values = np.concatenate([
-        (rng.standard_normal(20000) * 10.0 ** rng.integers(-30, 30, 20000)).astype(np.float32),
-        np.array([0x3F808000, 0x3F818000, 0xBF808000, 0x7F7FFFFF, 0x7F7F8000, 0x00008000,
-                  0x80000000, 0x00000001], np.uint32).view(np.float32),
-        np.array([np.inf, -np.inf, 0.0, 3.4e38, -3.4e38], np.float32),
-    ])
+    values = np.concatenate(
+        [
+            (rng.standard_normal(20000) * 10.0 ** rng.integers(-30, 30, 20000)).astype(np.float32),
+            np.array(
+                [0x3F808000, 0x3F818000, 0xBF808000, 0x7F7FFFFF, 0x7F7F8000, 0x00008000, 0x80000000, 0x00000001],
+                np.uint32,
+            ).view(np.float32),
+            np.array([np.inf, -np.inf, 0.0, 3.4e38, -3.4e38], np.float32),
+        ]
+    )
     # exact ties between two bf16 neighbours (low half 0x8000), with odd and even kept bits, both signs
     ties = (np.arange(0, 1 << 16, 7, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
     values = np.concatenate([values, ties[np.isfinite(ties)]]).astype(np.float32)
@@ -210,8 +222,10 @@ def test_checkpoint_rejects_truncated_and_garbage_files(tmp_path):
 def test_checkpoint_checks_the_index_against_the_shards(tmp_path):
     save_file({"a": torch.zeros(2)}, tmp_path / "model-00001-of-00002.safetensors")
     save_file({"b": torch.zeros(2)}, tmp_path / "model-00002-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00001-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors"},
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="'b'"):
         Checkpoint(tmp_path)

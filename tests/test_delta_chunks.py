@@ -28,8 +28,9 @@ from shadowft.delta import Delta, DeltaError, Selection, extract_delta, graft
 VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-def graft_oracle(instruct: dict, base: dict, tuned: dict, alpha: float = 1.0, *, compute=torch.float32,
-                 out=None, names=None) -> dict:
+def graft_oracle(
+    instruct: dict, base: dict, tuned: dict, alpha: float = 1.0, *, compute=torch.float32, out=None, names=None
+) -> dict:
     """W_I + alpha * (W_T - W_B) in `compute`, rounded once to `out` (default: instruct's dtype).
 
     Tensors outside `names`, not floating point, or absent from the delta keep instruct's values;
@@ -56,8 +57,10 @@ def family(tmp_path_factory):
     root = tmp_path_factory.mktemp("chunked")
     base = with_int_tensor(random_tensors(LLAMA_SHAPES, seed=1))
     tuned, instruct = moved(base, seed=2, scale=0.02), moved(base, seed=3, scale=0.05)
-    folders = {role: write_model(root / role, tensors)
-               for role, tensors in (("base", base), ("tuned", tuned), ("instruct", instruct))}
+    folders = {
+        role: write_model(root / role, tensors)
+        for role, tensors in (("base", base), ("tuned", tuned), ("instruct", instruct))
+    }
     return {"base": base, "tuned": tuned, "instruct": instruct, **{f"{k}_dir": v for k, v in folders.items()}}
 
 
@@ -76,8 +79,15 @@ def test_the_test_tensors_span_several_blocks_of_every_kind():
 @pytest.mark.parametrize("alpha, threads", [(1.0, 1), (0.37, 2)])
 def test_graft_in_many_blocks_equals_torch_bit_for_bit(family, tmp_path, alpha, threads):
     with Delta.from_models(family["base_dir"], family["tuned_dir"]) as delta:
-        manifest = graft(family["instruct_dir"], delta, tmp_path / "out", alpha=alpha, threads=threads,
-                         chunk_elements=CHUNK, progress=False)
+        manifest = graft(
+            family["instruct_dir"],
+            delta,
+            tmp_path / "out",
+            alpha=alpha,
+            threads=threads,
+            chunk_elements=CHUNK,
+            progress=False,
+        )
     expected = graft_oracle(family["instruct"], family["base"], family["tuned"], alpha)
     assert_bit_identical(load_model(tmp_path / "out"), expected)
     assert manifest["tensors"][INT_TENSOR[0]] == "kept: no update in the delta"
@@ -86,24 +96,34 @@ def test_graft_in_many_blocks_equals_torch_bit_for_bit(family, tmp_path, alpha, 
 
 def test_extract_then_graft_in_many_blocks(family, tmp_path):
     base, tuned = family["base"], family["tuned"]
-    extract_delta(family["base_dir"], tmp_path / "delta", tuned=family["tuned_dir"], chunk_elements=CHUNK,
-                  progress=False)
-    extract_delta(family["base_dir"], tmp_path / "delta16", tuned=family["tuned_dir"], dtype="bfloat16",
-                  chunk_elements=CHUNK, progress=False)
+    extract_delta(
+        family["base_dir"], tmp_path / "delta", tuned=family["tuned_dir"], chunk_elements=CHUNK, progress=False
+    )
+    extract_delta(
+        family["base_dir"],
+        tmp_path / "delta16",
+        tuned=family["tuned_dir"],
+        dtype="bfloat16",
+        chunk_elements=CHUNK,
+        progress=False,
+    )
     stored, stored16 = load_model(tmp_path / "delta"), load_model(tmp_path / "delta16")
     assert_bit_identical(stored, {name: tuned[name].float() - base[name].float() for name in LLAMA_SHAPES})
-    assert_bit_identical(stored16, {name: (tuned[name].float() - base[name].float()).bfloat16()
-                                    for name in LLAMA_SHAPES})
-    graft(family["instruct_dir"], tmp_path / "delta", tmp_path / "out", alpha=0.37, chunk_elements=CHUNK,
-          progress=False)
+    assert_bit_identical(
+        stored16, {name: (tuned[name].float() - base[name].float()).bfloat16() for name in LLAMA_SHAPES}
+    )
+    graft(
+        family["instruct_dir"], tmp_path / "delta", tmp_path / "out", alpha=0.37, chunk_elements=CHUNK, progress=False
+    )
     assert_bit_identical(load_model(tmp_path / "out"), graft_oracle(family["instruct"], base, tuned, 0.37))
 
 
 def test_official_preset_grafts_the_projection_biases_too(family, tmp_path):
     """The official apply_diff.py updates every *_proj tensor: weights and biases (up_proj.bias here)."""
     with Delta.from_models(family["base_dir"], family["tuned_dir"], selection=Selection("official")) as delta:
-        manifest = graft(family["instruct_dir"], delta, tmp_path / "out", preset="official",
-                         chunk_elements=CHUNK, progress=False)
+        manifest = graft(
+            family["instruct_dir"], delta, tmp_path / "out", preset="official", chunk_elements=CHUNK, progress=False
+        )
     assert "model.layers.0.mlp.up_proj.bias" in PROJECTIONS
     expected = graft_oracle(family["instruct"], family["base"], family["tuned"], names=set(PROJECTIONS))
     assert_bit_identical(load_model(tmp_path / "out"), expected)
@@ -120,14 +140,24 @@ def test_shared_vocabulary_rows_in_many_blocks(family, tmp_path, out_dtype):
         wide[name] = torch.cat([wide[name], torch.randn(6, wide[name].shape[1], generator=generator).bfloat16()])
     instruct = write_model(tmp_path / "wide", wide)
     with Delta.from_models(family["base_dir"], family["tuned_dir"]) as delta:
-        manifest = graft(instruct, delta, tmp_path / "out", alpha=0.5, vocab_mismatch="shared", dtype=out_dtype,
-                         chunk_elements=CHUNK, progress=False)
+        manifest = graft(
+            instruct,
+            delta,
+            tmp_path / "out",
+            alpha=0.5,
+            vocab_mismatch="shared",
+            dtype=out_dtype,
+            chunk_elements=CHUNK,
+            progress=False,
+        )
     out = getattr(torch, out_dtype) if out_dtype else None
     expected = graft_oracle(wide, family["base"], family["tuned"], 0.5, out=out)
     assert_bit_identical(load_model(tmp_path / "out"), expected)
     for name in VOCAB_ROWS:
-        assert manifest["tensors"][name] == f"partially grafted: rows [0, {VOCAB}) of {VOCAB + 6} " \
-                                            "(vocab_mismatch='shared')"
+        assert (
+            manifest["tensors"][name] == f"partially grafted: rows [0, {VOCAB}) of {VOCAB + 6} "
+            "(vocab_mismatch='shared')"
+        )
 
 
 def test_mixed_input_dtypes_in_many_blocks(family, tmp_path):
@@ -138,11 +168,19 @@ def test_mixed_input_dtypes_in_many_blocks(family, tmp_path):
     assert compute_dtype("F16", "F32", "BF16") == "float32"
     with Delta.from_models(base_dir, tuned_dir) as delta:
         graft(family["instruct_dir"], delta, tmp_path / "bf16", alpha=0.37, chunk_elements=CHUNK, progress=False)
-        graft(family["instruct_dir"], delta, tmp_path / "fp16", alpha=0.37, dtype="float16", chunk_elements=CHUNK,
-              progress=False)
+        graft(
+            family["instruct_dir"],
+            delta,
+            tmp_path / "fp16",
+            alpha=0.37,
+            dtype="float16",
+            chunk_elements=CHUNK,
+            progress=False,
+        )
     assert_bit_identical(load_model(tmp_path / "bf16"), graft_oracle(family["instruct"], base, tuned, 0.37))
-    assert_bit_identical(load_model(tmp_path / "fp16"),
-                         graft_oracle(family["instruct"], base, tuned, 0.37, out=torch.float16))
+    assert_bit_identical(
+        load_model(tmp_path / "fp16"), graft_oracle(family["instruct"], base, tuned, 0.37, out=torch.float16)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +190,14 @@ def float64_family(tmp_path_factory):
     base = with_int_tensor(random_tensors(LLAMA_SHAPES, seed=5, dtype=torch.float64))
     tuned = moved(base, seed=6, scale=0.02)
     instruct = moved(base, seed=7, scale=0.05, dtypes=dict.fromkeys(LLAMA_SHAPES, torch.float32))
-    return {"base": base, "tuned": tuned, "instruct": instruct, "base_dir": write_model(root / "base", base),
-            "tuned_dir": write_model(root / "tuned", tuned), "instruct_dir": write_model(root / "instruct", instruct)}
+    return {
+        "base": base,
+        "tuned": tuned,
+        "instruct": instruct,
+        "base_dir": write_model(root / "base", base),
+        "tuned_dir": write_model(root / "tuned", tuned),
+        "instruct_dir": write_model(root / "instruct", instruct),
+    }
 
 
 def test_float64_inputs_are_computed_in_float64(float64_family, tmp_path):
@@ -161,13 +205,21 @@ def test_float64_inputs_are_computed_in_float64(float64_family, tmp_path):
     assert compute_dtype("F32", "F64") == "float64"
     with Delta.from_models(f["base_dir"], f["tuned_dir"]) as delta:
         graft(f["instruct_dir"], delta, tmp_path / "fp32", alpha=0.37, chunk_elements=CHUNK, progress=False)
-        graft(f["instruct_dir"], delta, tmp_path / "fp64", alpha=0.37, dtype="float64", chunk_elements=CHUNK,
-              progress=False)
+        graft(
+            f["instruct_dir"],
+            delta,
+            tmp_path / "fp64",
+            alpha=0.37,
+            dtype="float64",
+            chunk_elements=CHUNK,
+            progress=False,
+        )
     in_float64 = graft_oracle(f["instruct"], f["base"], f["tuned"], 0.37, compute=torch.float64)
     assert_bit_identical(load_model(tmp_path / "fp32"), in_float64)
-    assert_bit_identical(load_model(tmp_path / "fp64"),
-                         graft_oracle(f["instruct"], f["base"], f["tuned"], 0.37, compute=torch.float64,
-                                      out=torch.float64))
+    assert_bit_identical(
+        load_model(tmp_path / "fp64"),
+        graft_oracle(f["instruct"], f["base"], f["tuned"], 0.37, compute=torch.float64, out=torch.float64),
+    )
     # the check has teeth: float32 arithmetic rounds differently somewhere
     in_float32 = graft_oracle(f["instruct"], f["base"], f["tuned"], 0.37, compute=torch.float32)
     assert any(not torch.equal(in_float32[n], in_float64[n]) for n in LLAMA_SHAPES)
@@ -176,8 +228,11 @@ def test_float64_inputs_are_computed_in_float64(float64_family, tmp_path):
 def test_float64_to_bfloat16_is_refused_rather_than_rounded_twice(float64_family, family, tmp_path):
     f = float64_family
     with Delta.from_models(f["base_dir"], f["tuned_dir"]) as delta:
-        with pytest.raises(DeltaError, match=r"'[\w.]+': float64 arithmetic rounded to bfloat16 would round "
-                                             r"twice; choose dtype float32 or float64"):
+        with pytest.raises(
+            DeltaError,
+            match=r"'[\w.]+': float64 arithmetic rounded to bfloat16 would round "
+            r"twice; choose dtype float32 or float64",
+        ):
             graft(family["instruct_dir"], delta, tmp_path / "out", chunk_elements=CHUNK, progress=False)
         with pytest.raises(DeltaError, match="would round twice"):  # float64 instruct, bf16 output, nothing selected
             graft(f["tuned_dir"], delta, tmp_path / "out", dtype="bfloat16", include=["^none$"], progress=False)
@@ -196,8 +251,9 @@ def test_default_chunk_on_tensors_of_several_chunks(tmp_path):
     assert all(len(list(blocks(0, s[0], s[1]))) > 1 for s in shapes.values()) and CHUNK_ELEMENTS == 1 << 18
     base = random_tensors(shapes, seed=8)
     tuned, instruct = moved(base, seed=9, scale=0.02), moved(base, seed=10, scale=0.05)
-    dirs = {role: write_model(tmp_path / role, t) for role, t in (("base", base), ("tuned", tuned),
-                                                                   ("instruct", instruct))}
+    dirs = {
+        role: write_model(tmp_path / role, t) for role, t in (("base", base), ("tuned", tuned), ("instruct", instruct))
+    }
     with Delta.from_models(dirs["base"], dirs["tuned"]) as delta:
         graft(dirs["instruct"], delta, tmp_path / "out", alpha=0.37, progress=False)
     assert_bit_identical(load_model(tmp_path / "out"), graft_oracle(instruct, base, tuned, 0.37))

@@ -37,8 +37,13 @@ RANK, LORA_ALPHA = 4, 8  # s = lora_alpha / r = 2
 SCALE = LORA_ALPHA / RANK
 
 #: Standard layout: weight [out, in] = [rows, cols], A [r, cols], B [rows, r]; embeddings are transposed.
-STANDARD_TARGETS = ("model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj",
-                    "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj")
+STANDARD_TARGETS = (
+    "model.embed_tokens",
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.0.mlp.up_proj",
+    "model.layers.0.mlp.down_proj",
+    "model.layers.1.mlp.down_proj",
+)
 #: GPT-2's Conv1D layers store weight [in, out]: PEFT's fan_in_fan_out, A [r, rows], B [cols, r].
 CONV1D_SHAPES = {
     "transformer.wte.weight": (VOCAB, HIDDEN),
@@ -92,10 +97,17 @@ def standard(tmp_path_factory):
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         instruct[name] = torch.cat([instruct[name], torch.randn(6, HIDDEN, generator=generator).bfloat16()])
     factors = random_factors(LLAMA_SHAPES, STANDARD_TARGETS, transposed=lambda m: m.endswith("embed_tokens"), seed=14)
-    adapter = write_adapter(root / "adapter", factors, r=RANK, lora_alpha=LORA_ALPHA, embeddings=("model.embed_tokens",))
-    return {"base": write_model(root / "base", base), "instruct_tensors": instruct, "factors": factors,
-            "instruct": write_model(root / "instruct", instruct), "adapter": adapter,
-            "transposed": lambda module: module.endswith("embed_tokens")}
+    adapter = write_adapter(
+        root / "adapter", factors, r=RANK, lora_alpha=LORA_ALPHA, embeddings=("model.embed_tokens",)
+    )
+    return {
+        "base": write_model(root / "base", base),
+        "instruct_tensors": instruct,
+        "factors": factors,
+        "instruct": write_model(root / "instruct", instruct),
+        "adapter": adapter,
+        "transposed": lambda module: module.endswith("embed_tokens"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -106,30 +118,51 @@ def conv1d(tmp_path_factory):
     instruct = moved(base, seed=16, scale=0.05)
     factors = random_factors(CONV1D_SHAPES, CONV1D_TARGETS, transposed=lambda m: True, seed=17)
     adapter = write_adapter(root / "adapter", factors, r=RANK, lora_alpha=LORA_ALPHA, fan_in_fan_out=True)
-    return {"base": write_model(root / "base", base, tied=True), "instruct_tensors": instruct,
-            "factors": factors, "instruct": write_model(root / "instruct", instruct, tied=True),
-            "adapter": adapter, "transposed": lambda module: True}
+    return {
+        "base": write_model(root / "base", base, tied=True),
+        "instruct_tensors": instruct,
+        "factors": factors,
+        "instruct": write_model(root / "instruct", instruct, tied=True),
+        "adapter": adapter,
+        "transposed": lambda module: True,
+    }
 
 
 @pytest.mark.parametrize("layout", ["standard", "conv1d"])
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
 def test_lora_in_many_blocks_is_correctly_rounded(layout, alpha, request, tmp_path):
     models = request.getfixturevalue(layout)
-    manifest = extract_delta(models["base"], tmp_path / "delta", adapter=models["adapter"], chunk_elements=CHUNK,
-                             progress=False)
+    manifest = extract_delta(
+        models["base"], tmp_path / "delta", adapter=models["adapter"], chunk_elements=CHUNK, progress=False
+    )
     layouts = {spec["parts"][0]["layout"] for spec in manifest["tensors"].values()}
     assert layouts == ({"standard", "transposed"} if layout == "standard" else {"transposed"})
-    graft(models["instruct"], tmp_path / "delta", tmp_path / "out", alpha=alpha, vocab_mismatch="shared",
-          chunk_elements=CHUNK, progress=False)
+    graft(
+        models["instruct"],
+        tmp_path / "delta",
+        tmp_path / "out",
+        alpha=alpha,
+        vocab_mismatch="shared",
+        chunk_elements=CHUNK,
+        progress=False,
+    )
     out = load_model(tmp_path / "out")
-    pinned, truncation_wrong = check_lora_graft(out, models["instruct_tensors"], models["factors"], alpha=alpha,
-                                                transposed=models["transposed"])
+    pinned, truncation_wrong = check_lora_graft(
+        out, models["instruct_tensors"], models["factors"], alpha=alpha, transposed=models["transposed"]
+    )
     assert pinned > 0.99, "the bound leaves most elements one admissible value"
     assert truncation_wrong > 0.25, "truncating instead of rounding would fail this check"
     # grafting straight from the adapter does the same arithmetic as from the saved delta
     with Delta.from_adapter(models["base"], models["adapter"]) as delta:
-        graft(models["instruct"], delta, tmp_path / "direct", alpha=alpha, vocab_mismatch="shared",
-              chunk_elements=CHUNK, progress=False)
+        graft(
+            models["instruct"],
+            delta,
+            tmp_path / "direct",
+            alpha=alpha,
+            vocab_mismatch="shared",
+            chunk_elements=CHUNK,
+            progress=False,
+        )
     assert_bit_identical(load_model(tmp_path / "direct"), out)
 
 
@@ -143,8 +176,7 @@ def test_lora_at_the_default_chunk_on_tensors_of_several_chunks(tmp_path):
     base_dir, instruct_dir = write_model(tmp_path / "base", base), write_model(tmp_path / "instruct", instruct)
     with Delta.from_adapter(base_dir, adapter) as delta:
         graft(instruct_dir, delta, tmp_path / "out", alpha=0.6, progress=False)
-    pinned, _ = check_lora_graft(load_model(tmp_path / "out"), instruct, factors, alpha=0.6,
-                                 transposed=lambda m: False)
+    pinned, _ = check_lora_graft(load_model(tmp_path / "out"), instruct, factors, alpha=0.6, transposed=lambda m: False)
     assert pinned > 0.99
 
 
@@ -161,8 +193,7 @@ def test_float64_factors_are_computed_in_float64(tmp_path):
     extract_delta(base_dir, tmp_path / "delta", adapter=adapter, chunk_elements=CHUNK, progress=False)
     graft(instruct_dir, tmp_path / "delta", tmp_path / "out", alpha=0.6, chunk_elements=CHUNK, progress=False)
     out = load_model(tmp_path / "out")
-    pinned, _ = check_lora_graft(out, instruct, factors, alpha=0.6, transposed=lambda m: False,
-                                 compute=torch.float64)
+    pinned, _ = check_lora_graft(out, instruct, factors, alpha=0.6, transposed=lambda m: False, compute=torch.float64)
     assert pinned > 0.99
     in_float32 = {}
     for module, (a, b) in factors.items():
@@ -198,8 +229,10 @@ def test_peft_fan_in_fan_out_layout_on_gpt2(tmp_path):
         graft(tmp_path / "base", delta, tmp_path / "out", chunk_elements=CHUNK, progress=False)
     ours, base = load_model(tmp_path / "out"), load_model(tmp_path / "base")
     saved = load_model(tmp_path / "adapter")
-    factors = {m: (saved[f"base_model.model.{m}.lora_A.weight"], saved[f"base_model.model.{m}.lora_B.weight"])
-               for m in ("transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc")}
+    factors = {
+        m: (saved[f"base_model.model.{m}.lora_A.weight"], saved[f"base_model.model.{m}.lora_B.weight"])
+        for m in ("transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc")
+    }
     pinned, _ = check_lora_graft(ours, base, factors, alpha=1.0, transposed=lambda m: True)
     assert pinned > 0.99
     assert all(ulps(ours[f"{m}.weight"], merged[f"{m}.weight"]) <= 1 for m in factors)

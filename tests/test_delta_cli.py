@@ -32,11 +32,42 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_extract_then_graft_from_the_command_line(llama, tmp_path, capsys):
-    assert main(["extract-delta", "--base", str(llama.base), "--tuned", str(llama.tuned),
-                 "--out", str(tmp_path / "delta"), "--no-progress"]) == 0
-    assert main(["graft", "--instruct", str(llama.instruct), "--delta", str(tmp_path / "delta"),
-                 "--out", str(tmp_path / "out"), "--alpha", "0.5", "--preset", "official",
-                 "--max-shard-size", "40KB", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract-delta",
+                "--base",
+                str(llama.base),
+                "--tuned",
+                str(llama.tuned),
+                "--out",
+                str(tmp_path / "delta"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "graft",
+                "--instruct",
+                str(llama.instruct),
+                "--delta",
+                str(tmp_path / "delta"),
+                "--out",
+                str(tmp_path / "out"),
+                "--alpha",
+                "0.5",
+                "--preset",
+                "official",
+                "--max-shard-size",
+                "40KB",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "14 tensors grafted" in capsys.readouterr().err
     manifest = read_json(tmp_path / "out" / "shadowft_manifest.json")
     assert manifest["alpha"] == 0.5 and manifest["policy"]["preset"] == "official"
@@ -44,14 +75,41 @@ def test_extract_then_graft_from_the_command_line(llama, tmp_path, capsys):
 
 
 def test_graft_on_the_fly_from_base_and_adapter(llama, tmp_path):
-    assert main(["graft", "--instruct", str(llama.instruct), "--base", str(llama.base),
-                 "--adapter", str(llama.adapter), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "graft",
+                "--instruct",
+                str(llama.instruct),
+                "--base",
+                str(llama.base),
+                "--adapter",
+                str(llama.adapter),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert read_json(tmp_path / "out" / "shadowft_manifest.json")["delta"]["kind"] == "lora"
 
 
 def test_errors_are_one_clear_line(llama, tmp_path, capsys):
-    assert main(["graft", "--instruct", str(llama.instruct), "--delta", str(tmp_path / "nowhere"),
-                 "--out", str(tmp_path / "out")]) == 1
+    assert (
+        main(
+            [
+                "graft",
+                "--instruct",
+                str(llama.instruct),
+                "--delta",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("shadowft graft: error:") and "not a delta directory" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_info:
@@ -62,8 +120,9 @@ def test_errors_are_one_clear_line(llama, tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([str(Path(sys.executable).parent / "shadowft"), "graft", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "shadowft"), "graft", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--vocab-mismatch {error,shared,keep}" in result.stdout
 
 
@@ -94,8 +153,10 @@ def test_similarity_matches_the_paper_formula(llama, tmp_path):
 
 def test_similarity_of_a_model_with_itself_is_zero_and_skips_unshared_tensors(llama, qwen2, tmp_path):
     assert similarity(qwen2.base, qwen2.base, tmp_path / "same.csv", progress=False)["overall_sigma"] == 0.0
-    assert main(["similarity", str(qwen2.base), str(qwen2.instruct), "--out", str(tmp_path / "q.csv"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["similarity", str(qwen2.base), str(qwen2.instruct), "--out", str(tmp_path / "q.csv"), "--no-progress"])
+        == 0
+    )
     assert layer_index("model.layers.12.mlp.up_proj.weight") == 12
     assert layer_index("model.norm.weight") is None
 
@@ -123,11 +184,26 @@ _SLOW_GRAFT = textwrap.dedent("""
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_graft_leaves_no_output(llama, tmp_path, signum):
-    assert main(["extract-delta", "--base", str(llama.base), "--tuned", str(llama.tuned),
-                 "--out", str(tmp_path / "delta"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract-delta",
+                "--base",
+                str(llama.base),
+                "--tuned",
+                str(llama.tuned),
+                "--out",
+                str(tmp_path / "delta"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     marker, out = tmp_path / "writing", tmp_path / "work" / "out"
-    process = subprocess.Popen([sys.executable, "-c", _SLOW_GRAFT, str(llama.instruct), str(tmp_path / "delta"),
-                                str(out), str(marker)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_GRAFT, str(llama.instruct), str(tmp_path / "delta"), str(out), str(marker)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.monotonic() + 60
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -140,8 +216,21 @@ def test_interrupted_graft_leaves_no_output(llama, tmp_path, signum):
         assert len(leftovers) == 1 and leftovers[0].startswith(".out.tmp-")
     else:
         assert leftovers == []
-    assert main(["graft", "--instruct", str(llama.instruct), "--delta", str(tmp_path / "delta"),
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "graft",
+                "--instruct",
+                str(llama.instruct),
+                "--delta",
+                str(tmp_path / "delta"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 # ------------------------------------------------------------ transformers
@@ -152,9 +241,25 @@ def test_grafted_model_loads_with_transformers_and_generates(family, request, tm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     models = request.getfixturevalue(family)
-    assert main(["graft", "--instruct", str(models.instruct), "--base", str(models.base), "--tuned",
-                 str(models.tuned), "--out", str(tmp_path / "out"), "--max-shard-size", "40KB",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "graft",
+                "--instruct",
+                str(models.instruct),
+                "--base",
+                str(models.base),
+                "--tuned",
+                str(models.tuned),
+                "--out",
+                str(tmp_path / "out"),
+                "--max-shard-size",
+                "40KB",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.bfloat16)
     grafted = load_tensors(tmp_path / "out")
     for name, parameter in model.state_dict().items():

@@ -12,16 +12,18 @@ from shadowft.delta import Delta, DeltaError, Selection, extract_delta, graft
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
-_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-        torch.float64: torch.int64}
+_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def assert_bitwise_equal(actual: dict, expected: dict) -> None:
     assert sorted(actual) == sorted(expected)
-    differing = [name for name in expected
-                 if actual[name].dtype != expected[name].dtype or actual[name].shape != expected[name].shape
-                 or not torch.equal(actual[name].view(_INT[actual[name].dtype]),
-                                    expected[name].view(_INT[expected[name].dtype]))]
+    differing = [
+        name
+        for name in expected
+        if actual[name].dtype != expected[name].dtype
+        or actual[name].shape != expected[name].shape
+        or not torch.equal(actual[name].view(_INT[actual[name].dtype]), expected[name].view(_INT[expected[name].dtype]))
+    ]
     assert not differing, f"not bit-identical: {differing}"
 
 
@@ -92,8 +94,13 @@ def test_output_is_a_complete_model_folder_from_instruct(llama, tmp_path):
     with Delta.from_models(llama.base, llama.tuned) as delta:
         manifest = graft(llama.instruct, delta, tmp_path / "out", max_shard_size="30KB", progress=False)
     out = tmp_path / "out"
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         assert (out / name).read_bytes() == (llama.instruct / name).read_bytes()
     index = read_json(out / "model.safetensors.index.json")
     assert len(set(index["weight_map"].values())) > 1
@@ -113,8 +120,9 @@ def test_official_preset_grafts_only_projections(qwen2, tmp_path):
         manifest = graft(qwen2.instruct, delta, tmp_path / "out", preset="official", progress=False)
     projections = {n for n in load_tensors(qwen2.instruct) if "_proj." in n}
     assert any(n.endswith("q_proj.bias") for n in projections)
-    assert_bitwise_equal(load_tensors(tmp_path / "out"),
-                         oracle(qwen2.instruct, qwen2.base, qwen2.tuned, names=projections))
+    assert_bitwise_equal(
+        load_tensors(tmp_path / "out"), oracle(qwen2.instruct, qwen2.base, qwen2.tuned, names=projections)
+    )
     assert manifest["counts"]["grafted"] == len(projections)
     assert manifest["tensors"]["model.norm.weight"] == "kept: not selected"
 
@@ -123,8 +131,7 @@ def test_include_and_exclude_regexes(llama, tmp_path):
     with Delta.from_models(llama.base, llama.tuned) as delta:
         graft(llama.instruct, delta, tmp_path / "out", include=[r"layers\.1\."], exclude=["norm"], progress=False)
     chosen = {n for n in load_tensors(llama.instruct) if "layers.1." in n and "norm" not in n}
-    assert_bitwise_equal(load_tensors(tmp_path / "out"),
-                         oracle(llama.instruct, llama.base, llama.tuned, names=chosen))
+    assert_bitwise_equal(load_tensors(tmp_path / "out"), oracle(llama.instruct, llama.base, llama.tuned, names=chosen))
     with pytest.raises(DeltaError, match="invalid regular expression"):
         Selection(include=["("])
     with pytest.raises(DeltaError, match="unknown preset"):
@@ -134,6 +141,7 @@ def test_include_and_exclude_regexes(llama, tmp_path):
 @pytest.fixture(scope="module")
 def wide_instruct(llama, tmp_path_factory):
     """The llama instruct model with 4 extra vocabulary rows (embeddings and lm_head)."""
+
     def widen(tensors):
         for name in ("model.embed_tokens.weight", "lm_head.weight"):
             tensors[name] = torch.cat([tensors[name], torch.randn(4, tensors[name].shape[1]).bfloat16()])
@@ -173,8 +181,9 @@ def test_vocab_mismatch_keep_keeps_instruct_tensors(llama, wide_instruct, tmp_pa
 def test_vocab_mismatch_between_base_and_tuned(llama, wide_instruct, tmp_path):
     with pytest.raises(DeltaError, match="vocabulary size differs for '(lm_head|model.embed_tokens).weight'"):
         extract_delta(llama.base, tmp_path / "delta", tuned=wide_instruct, progress=False)
-    manifest = extract_delta(llama.base, tmp_path / "delta", tuned=wide_instruct, vocab_mismatch="shared",
-                             progress=False)
+    manifest = extract_delta(
+        llama.base, tmp_path / "delta", tuned=wide_instruct, vocab_mismatch="shared", progress=False
+    )
     assert manifest["tensors"]["lm_head.weight"]["shape"] == [96, 32]
 
 
@@ -191,6 +200,7 @@ def test_tied_models_stay_tied(qwen2, tmp_path):
 
 def test_untied_instruct_gets_the_tied_base_head_update(qwen2, tmp_path):
     """Base ties lm_head to the embeddings: the head's update is the embeddings' update."""
+
     def untie(tensors):
         tensors["lm_head.weight"] = (tensors["model.embed_tokens.weight"].float() * 1.01).bfloat16()
         return tensors
@@ -244,8 +254,9 @@ def test_mixed_input_dtypes_round_once(llama, tmp_path):
 def test_float32_output_keeps_the_exact_sum(llama, tmp_path):
     with Delta.from_models(llama.base, llama.tuned) as delta:
         graft(llama.instruct, delta, tmp_path / "out", dtype="fp32", progress=False)
-    assert_bitwise_equal(load_tensors(tmp_path / "out"),
-                         oracle(llama.instruct, llama.base, llama.tuned, dtype=torch.float32))
+    assert_bitwise_equal(
+        load_tensors(tmp_path / "out"), oracle(llama.instruct, llama.base, llama.tuned, dtype=torch.float32)
+    )
 
 
 # ------------------------------------------------------------------ errors

@@ -82,15 +82,22 @@ def assert_rounded_from_exact(ours, instruct, adapter, scaling: dict[str, float]
     for name, scale in scaling.items():
         module = PREFIX + name.removesuffix(".weight")
         embedding = f"{module}.lora_embedding_A" in factors
-        a, b = ((factors[f"{module}.lora_embedding_A"], factors[f"{module}.lora_embedding_B"]) if embedding
-                else (factors[f"{module}.lora_A.weight"], factors[f"{module}.lora_B.weight"]))
+        a, b = (
+            (factors[f"{module}.lora_embedding_A"], factors[f"{module}.lora_embedding_B"])
+            if embedding
+            else (factors[f"{module}.lora_A.weight"], factors[f"{module}.lora_B.weight"])
+        )
         update = b.double() @ a.double()
         magnitude = b.double().abs() @ a.double().abs()
         if embedding or transposed_layers:
             update, magnitude = update.T, magnitude.T
         weight = weights[name].double()
-        low, high = admissible_range(weight + alpha * scale * update, weight.abs() + abs(alpha * scale) * magnitude,
-                                     rank=a.shape[0], out=weights[name].dtype)
+        low, high = admissible_range(
+            weight + alpha * scale * update,
+            weight.abs() + abs(alpha * scale) * magnitude,
+            rank=a.shape[0],
+            out=weights[name].dtype,
+        )
         pinned += assert_correctly_rounded(ours[name], low, high, name) * weight.numel()
         count += weight.numel()
     assert pinned / count > 0.99
@@ -113,10 +120,25 @@ def test_matches_peft_merge_and_unload(llama, tmp_path):
 @pytest.mark.skipif(not LLAMAFACTORY.exists(), reason="the train environment (.venvs/train) is not built")
 def test_matches_llamafactory_export(llama, tmp_path):
     """The official Shadow-FT recipe merges the base-trained adapter into instruct with llamafactory-cli export."""
-    subprocess.run([str(LLAMAFACTORY), "export", "--model_name_or_path", str(llama.instruct),
-                    "--adapter_name_or_path", str(llama.adapter), "--template", "default",
-                    "--finetuning_type", "lora", "--export_dir", str(tmp_path / "exported")],
-                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [
+            str(LLAMAFACTORY),
+            "export",
+            "--model_name_or_path",
+            str(llama.instruct),
+            "--adapter_name_or_path",
+            str(llama.adapter),
+            "--template",
+            "default",
+            "--finetuning_type",
+            "lora",
+            "--export_dir",
+            str(tmp_path / "exported"),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     manifest = graft_adapter(llama.base, llama.instruct, llama.adapter, tmp_path / "out")
     ours, theirs = load_tensors(tmp_path / "out"), load_tensors(tmp_path / "exported")
     assert sorted(ours) == sorted(theirs)
@@ -135,16 +157,30 @@ def test_rank_one_is_bit_identical_to_the_oracle(llama, tmp_path):
 
 
 def test_scaling_follows_rslora_and_rank_and_alpha_patterns(llama, tmp_path):
-    adapter = lora_adapter(llama.base, tmp_path / "adapter", seed=6, r=4, lora_alpha=8, use_rslora=True,
-                           rank_pattern={"down_proj": 2}, alpha_pattern={r"layers\.1\.self_attn\.q_proj": 3})
+    adapter = lora_adapter(
+        llama.base,
+        tmp_path / "adapter",
+        seed=6,
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        rank_pattern={"down_proj": 2},
+        alpha_pattern={r"layers\.1\.self_attn\.q_proj": 3},
+    )
     manifest = extract_delta(llama.base, tmp_path / "delta", adapter=adapter, progress=False)
     scaling = manifest["scaling"]
     assert scaling["model.layers.0.mlp.down_proj.weight"] == 8 / math.sqrt(2)
     assert scaling["model.layers.1.self_attn.q_proj.weight"] == 3 / 2
     assert scaling["model.layers.0.self_attn.q_proj.weight"] == 8 / 2
     entry = manifest["tensors"]["model.layers.0.mlp.down_proj.weight"]
-    assert entry["parts"][0] | {"A": None, "B": None} == {"form": "lora", "A": None, "B": None, "rank": 2,
-                                                          "scale": 8 / math.sqrt(2), "layout": "standard"}
+    assert entry["parts"][0] | {"A": None, "B": None} == {
+        "form": "lora",
+        "A": None,
+        "B": None,
+        "rank": 2,
+        "scale": 8 / math.sqrt(2),
+        "layout": "standard",
+    }
     graft(llama.instruct, tmp_path / "delta", tmp_path / "out", progress=False)
     ours, theirs = load_tensors(tmp_path / "out"), peft_merged(llama.instruct, adapter)
     assert max(ulps(ours[n], theirs[n]) for n in ours) <= 1
@@ -154,15 +190,20 @@ def test_scaling_follows_rslora_and_rank_and_alpha_patterns(llama, tmp_path):
 def test_bfloat16_factors(llama, tmp_path):
     """Adapters kept in bf16: PEFT rounds the update to bf16 before adding (two roundings), we round once."""
     model = transformers.AutoModelForCausalLM.from_pretrained(llama.base, dtype=torch.bfloat16)
-    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS),
-                                     autocast_adapter_dtype=False)
+    peft_model = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS), autocast_adapter_dtype=False
+    )
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape) * 0.05)
     peft_model.save_pretrained(tmp_path / "adapter")
-    assert load_file(tmp_path / "adapter" / "adapter_model.safetensors")[
-        PREFIX + "model.layers.0.self_attn.q_proj.lora_A.weight"].dtype == torch.bfloat16
+    assert (
+        load_file(tmp_path / "adapter" / "adapter_model.safetensors")[
+            PREFIX + "model.layers.0.self_attn.q_proj.lora_A.weight"
+        ].dtype
+        == torch.bfloat16
+    )
     manifest = graft_adapter(llama.base, llama.instruct, tmp_path / "adapter", tmp_path / "out")
     ours = load_tensors(tmp_path / "out")
     expected = lora_oracle(llama.instruct, tmp_path / "adapter", manifest["delta"]["scaling"])
@@ -182,8 +223,9 @@ def test_graft_straight_from_the_adapter_equals_the_saved_delta(llama, tmp_path)
 
 def test_modules_to_save_and_embedding_lora(llama, tmp_path):
     """lm_head saved whole (delta = saved - base) and LoRA on the embeddings (PEFT's transposed layout)."""
-    adapter = lora_adapter(llama.base, tmp_path / "adapter", seed=7, target_modules=["q_proj", "embed_tokens"],
-                           modules_to_save=["lm_head"])
+    adapter = lora_adapter(
+        llama.base, tmp_path / "adapter", seed=7, target_modules=["q_proj", "embed_tokens"], modules_to_save=["lm_head"]
+    )
     factors = load_file(adapter / "adapter_model.safetensors")
     assert PREFIX + "model.embed_tokens.lora_embedding_A" in factors and PREFIX + "lm_head.weight" in factors
     manifest = graft_adapter(llama.base, llama.instruct, adapter, tmp_path / "out")
@@ -248,9 +290,13 @@ def test_ambiguous_or_unknown_targets_are_refused(llama, tmp_path):
     twin = tmp_path / "twin-adapter"
     twin.mkdir()
     (twin / "adapter_config.json").write_text((llama.adapter / "adapter_config.json").read_text())
-    save_file({k.replace(PREFIX + "model.", PREFIX): v
-               for k, v in load_file(llama.adapter / "adapter_model.safetensors").items()},
-              twin / "adapter_model.safetensors")
+    save_file(
+        {
+            k.replace(PREFIX + "model.", PREFIX): v
+            for k, v in load_file(llama.adapter / "adapter_model.safetensors").items()
+        },
+        twin / "adapter_model.safetensors",
+    )
     with pytest.raises(DeltaError, match="ambiguous"):
         extract_delta(tmp_path / "twice", tmp_path / "delta", adapter=twin)
     assert not (tmp_path / "delta").exists()
@@ -270,13 +316,16 @@ def test_dora_is_refused_naming_the_key(llama, tmp_path):
     assert not (tmp_path / "delta").exists()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("peft_type", "IA3", "peft_type is 'IA3'"),
-    ("init_lora_weights", "pissa_niter_4", "modifies the base weights"),
-    ("layer_replication", [[0, 2]], "layer_replication"),
-    ("r", 0, "r must be a positive number"),
-    ("r", 3, "has rank 4 but adapter_config.json gives r=3"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("peft_type", "IA3", "peft_type is 'IA3'"),
+        ("init_lora_weights", "pissa_niter_4", "modifies the base weights"),
+        ("layer_replication", [[0, 2]], "layer_replication"),
+        ("r", 0, "r must be a positive number"),
+        ("r", 3, "has rank 4 but adapter_config.json gives r=3"),
+    ],
+)
 def test_unrepresentable_adapter_configs_are_refused(llama, tmp_path, key, value, message):
     (tmp_path / "adapter").mkdir()
     config = {**read_json(llama.adapter / "adapter_config.json"), key: value}

@@ -23,14 +23,29 @@ def test_full_rank_reconstructs_the_delta(llama, full_delta, tmp_path):
     assert report["overall_relative_error"] < 1e-5
     shapes = {name.removesuffix(".weight"): t.shape for name, t in load_tensors(llama.base).items()}
     assert all(info["rank"] == min(shapes[m]) for m, info in report["modules"].items())  # capped by the size
-    assert set(report["left_out"]) == {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
-                                       *(f"model.layers.{i}.{n}_layernorm.weight" for i in (0, 1)
-                                         for n in ("input", "post_attention"))}
+    assert set(report["left_out"]) == {
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.norm.weight",
+        *(f"model.layers.{i}.{n}_layernorm.weight" for i in (0, 1) for n in ("input", "post_attention")),
+    }
     # the adapter grafts the linear layers like the full delta does, up to float32 rounding of B @ A:
     # within one bf16 ulp (relative 2^-8; values near zero may even cross zero, hence the small atol)
     graft(llama.instruct, full_delta, tmp_path / "full", include=["_proj"], progress=False)
-    main(["graft", "--instruct", str(llama.instruct), "--base", str(llama.base), "--adapter",
-          str(tmp_path / "adapter"), "--out", str(tmp_path / "lora"), "--no-progress"])
+    main(
+        [
+            "graft",
+            "--instruct",
+            str(llama.instruct),
+            "--base",
+            str(llama.base),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "lora"),
+            "--no-progress",
+        ]
+    )
     full, lora = load_tensors(tmp_path / "full"), load_tensors(tmp_path / "lora")
     for name in full:
         assert torch.allclose(full[name].float(), lora[name].float(), rtol=2**-7, atol=1e-6), name

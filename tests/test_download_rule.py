@@ -6,10 +6,9 @@ import os
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, snakemake
 from hub_fixtures import FakeHub
 from safetensors.numpy import save as safetensors_bytes
-
-from conftest import ROOT, snakemake
 
 FAKE_TOKEN = "hf_WorkflowTestToken0123456789abcdef"
 

@@ -26,7 +26,11 @@ def test_one_node_trains_with_a_process_per_gpu_and_lets_llamafactory_pick_the_p
     launch = launch_from_slurm({}, nodes=1, gpus_per_node=4)
     assert launch == Launch(nnodes=1, nproc_per_node=4)
     assert launch.environment() == {
-        "FORCE_TORCHRUN": "1", "NNODES": "1", "NODE_RANK": "0", "NPROC_PER_NODE": "4", "MASTER_ADDR": "127.0.0.1",
+        "FORCE_TORCHRUN": "1",
+        "NNODES": "1",
+        "NODE_RANK": "0",
+        "NPROC_PER_NODE": "4",
+        "MASTER_ADDR": "127.0.0.1",
     }
     assert not launch.in_process
 
@@ -106,6 +110,12 @@ def test_zero3_for_full_tuning_on_several_gpus_and_for_lora_only_when_one_gpu_ca
 
 def test_srun_starts_one_launcher_per_node_sharing_the_jobs_resources():
     assert srun_command(2, 4) == [
-        "srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--overlap", "--kill-on-bad-exit=1", "--gpus-per-node=4",
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--overlap",
+        "--kill-on-bad-exit=1",
+        "--gpus-per-node=4",
     ]
     assert "--gpus-per-node=0" not in srun_command(2, 0)

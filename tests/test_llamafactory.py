@@ -219,7 +219,7 @@ def test_run_training_keeps_checkpoints_when_no_weights_come_out(tmp_path, monke
 
 def test_one_device_trains_in_process_without_deepspeed(tmp_path, fake_llamafactory):
     record = lf.run_training(write_config(tmp_path), tmp_path / "model", gpus=1)
-    (_, launch, nodes, args), = fake_llamafactory
+    ((_, launch, nodes, args),) = fake_llamafactory
     assert (launch.world_size, launch.in_process, nodes) == (1, True, 1)
     assert "deepspeed" not in args
     assert record["deepspeed"] is None and record["processes_per_node"] == 1
@@ -229,7 +229,9 @@ def test_one_device_trains_in_process_without_deepspeed(tmp_path, fake_llamafact
 
 def write_full_config(tmp_path, **overrides):
     config = tmp_path / "train_base.yaml"
-    arguments = lf.training_arguments(**{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="full", overrides=overrides)
+    arguments = lf.training_arguments(
+        **{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="full", overrides=overrides
+    )
     lf.write_yaml(arguments, config)
     return config
 
@@ -238,7 +240,7 @@ def test_full_tuning_on_several_gpus_shards_with_zero3_recorded_beside_the_model
     from shadowft.launch import ZERO3_CONFIG
 
     record = lf.run_training(write_full_config(tmp_path), tmp_path / "model", gpus=4)
-    (listing, launch, nodes, args), = fake_llamafactory
+    ((listing, launch, nodes, args),) = fake_llamafactory
     assert (launch.nproc_per_node, launch.in_process, nodes) == (4, False, 1)
     assert args["deepspeed"] == str(tmp_path / "work" / lf.DEEPSPEED_CONFIG_FILE)
     assert lf.DEEPSPEED_CONFIG_FILE in listing
@@ -252,7 +254,7 @@ def test_full_tuning_on_several_gpus_shards_with_zero3_recorded_beside_the_model
 
 def test_a_deepspeed_choice_in_the_hyperparameters_wins(tmp_path, fake_llamafactory):
     lf.run_training(write_full_config(tmp_path, deepspeed=None), tmp_path / "model", gpus=4)
-    (listing, _, _, args), = fake_llamafactory
+    ((listing, _, _, args),) = fake_llamafactory
     assert args["deepspeed"] is None and lf.DEEPSPEED_CONFIG_FILE not in listing
 
 
@@ -262,13 +264,31 @@ def test_several_nodes_start_one_launcher_per_node_through_srun(tmp_path, monkey
     config = tmp_path / "args.yaml"
     lf._launch_training(config, {}, lf.Launch(nnodes=1, nproc_per_node=8), nodes=3)
     (command,) = calls
-    assert command[:7] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--overlap", "--kill-on-bad-exit=1", "--gpus-per-node=8"]
-    assert command[7:] == [lf.sys.executable, "-m", "shadowft.llamafactory", "node-launch", str(config), "--nodes", "3", "--gpus-per-node", "8"]
+    assert command[:7] == [
+        "srun",
+        "--nodes=3",
+        "--ntasks=3",
+        "--ntasks-per-node=1",
+        "--overlap",
+        "--kill-on-bad-exit=1",
+        "--gpus-per-node=8",
+    ]
+    assert command[7:] == [
+        lf.sys.executable,
+        "-m",
+        "shadowft.llamafactory",
+        "node-launch",
+        str(config),
+        "--nodes",
+        "3",
+        "--gpus-per-node",
+        "8",
+    ]
 
 
 def test_gpus_are_spread_evenly_over_the_nodes(tmp_path, fake_llamafactory):
     lf.run_training(write_full_config(tmp_path), tmp_path / "model", gpus=24, nodes=3)
-    (_, launch, nodes, args), = fake_llamafactory
+    ((_, launch, nodes, args),) = fake_llamafactory
     assert (launch.nproc_per_node, nodes) == (8, 3)
     assert args["deepspeed"].endswith(lf.DEEPSPEED_CONFIG_FILE)
     with pytest.raises(ValueError, match="5 GPUs over 2 nodes"):

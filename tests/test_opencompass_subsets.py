@@ -22,15 +22,35 @@ EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 MAX_OUT_LEN = 4
 # BIG-Bench Hard's subsets (Suzgun et al., 2022), as OpenCompass's bbh_gen config names them.
 MULTIPLE_CHOICE = (
-    "temporal_sequences", "disambiguation_qa", "date_understanding", "tracking_shuffled_objects_three_objects",
-    "penguins_in_a_table", "geometric_shapes", "snarks", "ruin_names", "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_five_objects", "logical_deduction_three_objects", "hyperbaton",
-    "logical_deduction_five_objects", "logical_deduction_seven_objects", "movie_recommendation",
-    "salient_translation_error_detection", "reasoning_about_colored_objects",
+    "temporal_sequences",
+    "disambiguation_qa",
+    "date_understanding",
+    "tracking_shuffled_objects_three_objects",
+    "penguins_in_a_table",
+    "geometric_shapes",
+    "snarks",
+    "ruin_names",
+    "tracking_shuffled_objects_seven_objects",
+    "tracking_shuffled_objects_five_objects",
+    "logical_deduction_three_objects",
+    "hyperbaton",
+    "logical_deduction_five_objects",
+    "logical_deduction_seven_objects",
+    "movie_recommendation",
+    "salient_translation_error_detection",
+    "reasoning_about_colored_objects",
 )
 FREE_FORM = (
-    "multistep_arithmetic_two", "navigate", "dyck_languages", "word_sorting", "sports_understanding",
-    "boolean_expressions", "object_counting", "formal_fallacies", "causal_judgement", "web_of_lies",
+    "multistep_arithmetic_two",
+    "navigate",
+    "dyck_languages",
+    "word_sorting",
+    "sports_understanding",
+    "boolean_expressions",
+    "object_counting",
+    "formal_fallacies",
+    "causal_judgement",
+    "web_of_lies",
 )
 
 pytestmark = [
@@ -59,8 +79,9 @@ def test_bbh_subsets_scored_by_their_own_evaluators(tmp_path):
     assert sorted({score for score, _ in expected.values()}) == pytest.approx([0, 100 / 3, 50, 200 / 3, 100])
 
     benchmark = {"name": "bbh", "kind": "opencompass", "config": "bbh_gen", "max_out_len": MAX_OUT_LEN}
-    result = evaluate_in_eval_env(EVAL_PYTHON, ROOT, tmp_path, model, benchmark, "--data-cache",
-                                  str(tmp_path / "cache"), "--batch-size", "4")
+    result = evaluate_in_eval_env(
+        EVAL_PYTHON, ROOT, tmp_path, model, benchmark, "--data-cache", str(tmp_path / "cache"), "--batch-size", "4"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     (run_dir,) = (tmp_path / "work").iterdir()

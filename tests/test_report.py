@@ -248,8 +248,11 @@ def test_summary_quotes_sigma_and_draws_the_plot(tmp_path):
     )
     records = [{"pair": "demo", "variant": variant, "scores": scores} for variant in ("base", "instruct")]
     summarize(
-        records, tmp_path / "s.csv", tmp_path / "s.md",
-        out_png=tmp_path / "plots" / "scores.png", similarity={"demo": similarity_csv},
+        records,
+        tmp_path / "s.csv",
+        tmp_path / "s.md",
+        out_png=tmp_path / "plots" / "scores.png",
+        similarity={"demo": similarity_csv},
     )
     assert "sigma = 3.97%" in (tmp_path / "s.md").read_text()
     assert (tmp_path / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")

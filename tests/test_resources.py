@@ -3,8 +3,8 @@
 import math
 
 import pytest
-
 from model_fixtures import write_sparse_model
+
 from shadowft.resources import (
     GIB,
     MIB,
@@ -54,7 +54,9 @@ def test_a_model_too_large_for_one_node_spans_nodes_for_full_tuning_only():
 def test_evaluation_of_a_model_that_no_node_holds_is_refused_naming_the_node():
     small = Node(gpus=2, cpus=16, mem_mb=128000, gpu_mem_mb=40960)
     # 2 x 70e9 = 130.4 GiB over 36 - 23.5 GiB of KV-cache reserve = 12.5 GiB per GPU: 11 GPUs.
-    with pytest.raises(SizingError, match=r"evaluate of a 70\.00 B-parameter model needs 11 GPUs on one node.*2 GPU\(s\) of 40960 MB"):
+    with pytest.raises(
+        SizingError, match=r"evaluate of a 70\.00 B-parameter model needs 11 GPUs on one node.*2 GPU\(s\) of 40960 MB"
+    ):
         size_job(Workload.EVALUATE, 70_000_000_000, small)
 
 
@@ -105,8 +107,17 @@ def test_a_cpu_only_node_trains_on_its_cpus():
 
 
 def test_node_description_from_a_profiles_default_resources():
-    node = node_from_resources({"node_gpus": 4, "node_cpus": 32, "node_mem_mb": 256000, "node_gpu_mem_mb": 40960,
-                                "max_nodes": 2, "max_runtime": 1440, "mem_mb": 1000})
+    node = node_from_resources(
+        {
+            "node_gpus": 4,
+            "node_cpus": 32,
+            "node_mem_mb": 256000,
+            "node_gpu_mem_mb": 40960,
+            "max_nodes": 2,
+            "max_runtime": 1440,
+            "mem_mb": 1000,
+        }
+    )
     assert node == Node(gpus=4, cpus=32, mem_mb=256000, gpu_mem_mb=40960, max_nodes=2, max_runtime=1440)
     assert node.cpus_per_gpu == 8
     assert node_from_resources({"mem_mb": 1000, "runtime": 30}) is None

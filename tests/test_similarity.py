@@ -26,8 +26,11 @@ LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 def pair(tmp_path_factory):
     """Models A and B: B has 6 more vocabulary rows, an int where A has a float, and tensors A lacks."""
     root = tmp_path_factory.mktemp("similarity")
-    a = with_int_tensor(random_tensors({**LLAMA_SHAPES, BIG: (600, 512), FLOAT_IN_A_INT_IN_B: (HIDDEN,),
-                                        ONLY_IN_A: (HIDDEN, HIDDEN)}, seed=30))
+    a = with_int_tensor(
+        random_tensors(
+            {**LLAMA_SHAPES, BIG: (600, 512), FLOAT_IN_A_INT_IN_B: (HIDDEN,), ONLY_IN_A: (HIDDEN, HIDDEN)}, seed=30
+        )
+    )
     b = moved({n: t for n, t in a.items() if n != ONLY_IN_A}, seed=31, scale=0.05)
     generator = torch.Generator().manual_seed(32)
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -71,8 +74,9 @@ def test_sigma_per_tensor_layer_and_overall_against_torch(pair, tmp_path, chunk)
             by_layer.setdefault(int(match.group(1)), []).append(value)
     layers = {layer: sum(values) / len(values) for layer, values in by_layer.items()}
     assert summary["layers"] == pytest.approx(layers, rel=1e-5)
-    assert {int(r["layer"]): float(r["sigma"]) for r in rows if r["level"] == "layer"} == pytest.approx(layers,
-                                                                                                        rel=1e-5)
+    assert {int(r["layer"]): float(r["sigma"]) for r in rows if r["level"] == "layer"} == pytest.approx(
+        layers, rel=1e-5
+    )
     in_layers = [value for values in by_layer.values() for value in values]
     (overall,) = [r for r in rows if r["level"] == "overall"]
     assert summary["overall_sigma"] == pytest.approx(sum(in_layers) / len(in_layers), rel=1e-5)

@@ -10,9 +10,9 @@ import re
 
 import pytest
 import yaml
-
 from conftest import ROOT, snakemake
 from model_fixtures import write_sparse_model
+
 from shadowft.resources import GIB, MIB, Workload, node_from_resources, size_job
 
 PARAMETERS = 4_022_468_096
@@ -30,7 +30,9 @@ def plan(tmp_path_factory):
     data.mkdir()
     (data / "dataset_info.json").write_text(json.dumps({"sft": {"file_name": "train.json", "formatting": "sharegpt"}}))
     (data / "train.json").write_bytes(b" " * (DATASET_BYTES - 100))
-    (data / "eval.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(QUESTIONS)))
+    (data / "eval.jsonl").write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(QUESTIONS))
+    )
     config = {
         "models": {
             "q4-base": {"source": "local", "path": str(root / "base")},
@@ -51,14 +53,24 @@ def plan(tmp_path_factory):
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     profile["default-resources"].update(node_gpus=1, node_gpu_mem_mb=24576, max_nodes=1)
     small_node.write_text(yaml.safe_dump({"default-resources": profile["default-resources"]}))
-    refused = snakemake(workdir, "-n", "--profile", str(PROFILE), "--profile", str(small_node),
-                        "--configfile", str(config_file), check=False)
+    refused = snakemake(
+        workdir,
+        "-n",
+        "--profile",
+        str(PROFILE),
+        "--profile",
+        str(small_node),
+        "--configfile",
+        str(config_file),
+        check=False,
+    )
     # Small GPUs, but up to four nodes a job: full fine-tuning spans nodes.
     multi_node = root / "multi-node.yaml"
     profile["default-resources"].update(node_gpus=2, node_gpu_mem_mb=24576, max_nodes=4)
     multi_node.write_text(yaml.safe_dump({"default-resources": profile["default-resources"]}))
-    spanning = snakemake(workdir, "-n", "--profile", str(PROFILE), "--profile", str(multi_node),
-                         "--configfile", str(config_file)).stdout
+    spanning = snakemake(
+        workdir, "-n", "--profile", str(PROFILE), "--profile", str(multi_node), "--configfile", str(config_file)
+    ).stdout
     return jobs, data, refused, planned_resources(spanning)
 
 
@@ -149,7 +161,10 @@ def test_a_job_no_node_can_hold_stops_the_plan_naming_the_rule_and_the_node(plan
     assert refused.returncode != 0
     # 18 bytes x 4.02e9 over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs, one per node.
     assert "in rule train" in output and "tuning=full" in output
-    assert "train_full of a 4.02 B-parameter model needs 5 GPUs (5 nodes), but the profile allows a node with 1 GPU(s) of 24576 MB" in output
+    assert (
+        "train_full of a 4.02 B-parameter model needs 5 GPUs (5 nodes), "
+        "but the profile allows a node with 1 GPU(s) of 24576 MB" in output
+    )
 
 
 def test_full_tuning_too_large_for_a_node_spans_nodes_with_one_launcher_per_node(plan):

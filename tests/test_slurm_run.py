@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import ROOT, snakemake
+from safetensors.torch import load_file
 from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,9 @@ GPU_RULES = {"demo_train", "train", "evaluate"}
 # The job the test kills: the baseline's full fine-tune, whose only dependants are its
 # evaluations and the report.
 KILLED_RULE, KILLED_WILDCARDS = "train", "demo_full_instruct"
-SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)")
+SUBMITTED = re.compile(
+    r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)"
+)
 
 
 def cluster_or_skip():
@@ -75,8 +76,18 @@ def slurm_run(tmp_path_factory):
     plan = planned_jobs(snakemake(workdir, "-n", *PROFILES).stdout)
 
     started = time.monotonic()
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(ROOT / "config" / "config.yaml"), *PROFILES]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        *PROFILES,
+    ]
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     killed = None
@@ -99,8 +110,13 @@ def slurm_run(tmp_path_factory):
     second = snakemake(workdir, *PROFILES, timeout=1800)
     print(f"SLURM demo: first run {first_seconds:.0f} s (one job killed), resume {time.monotonic() - started:.0f} s")
     return {
-        "workdir": workdir, "plan": plan, "replan": replan, "killed": killed,
-        "first": first, "first_output": first_output, "second_output": second.stdout + second.stderr,
+        "workdir": workdir,
+        "plan": plan,
+        "replan": replan,
+        "killed": killed,
+        "first": first,
+        "first_output": first_output,
+        "second_output": second.stdout + second.stderr,
     }
 
 
@@ -108,7 +124,9 @@ def test_the_killed_job_fails_the_run_naming_its_slurm_log(slurm_run):
     assert slurm_run["killed"] is not None, "the job to kill never ran:\n" + slurm_run["first_output"][-3000:]
     assert slurm_run["first"].returncode != 0
     log = f"slurm_logs/rule_{KILLED_RULE}/{KILLED_WILDCARDS}/{slurm_run['killed']}.log"
-    assert re.search(rf"Error in rule {KILLED_RULE}:(.|\n)*{re.escape(log)}", slurm_run["first_output"]), slurm_run["first_output"][-4000:]
+    assert re.search(rf"Error in rule {KILLED_RULE}:(.|\n)*{re.escape(log)}", slurm_run["first_output"]), slurm_run[
+        "first_output"
+    ][-4000:]
 
 
 def test_the_rerun_redoes_only_the_killed_job_and_its_dependants(slurm_run):
@@ -140,7 +158,9 @@ def test_gpu_rules_asked_for_a_gpu_and_slurm_granted_one(slurm_run):
     train_log = (workdir / "logs" / "train" / "demo" / "lora" / "base.log").read_text()
     assert re.search(r"shadowft: devices CUDA_VISIBLE_DEVICES=[01]\b", train_log)
     eval_logs = list((workdir / "logs" / "evaluate").rglob("*.log"))
-    assert eval_logs and all(re.search(r"devices: 1 GPU\(s\), CUDA_VISIBLE_DEVICES=[01]\b", log.read_text()) for log in eval_logs)
+    assert eval_logs and all(
+        re.search(r"devices: 1 GPU\(s\), CUDA_VISIBLE_DEVICES=[01]\b", log.read_text()) for log in eval_logs
+    )
 
 
 def test_grafts_and_scores_equal_a_local_run(slurm_run, demo_run):

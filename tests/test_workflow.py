@@ -4,39 +4,58 @@ import re
 
 import pytest
 import yaml
-
 from conftest import ROOT, snakemake
 
 # The dependency edges of the Shadow-FT chain on the demo, upstream -> downstream.
 CHAIN_EDGES = [
-    ("build_demo", "demo_training_config"), ("demo_training_config", "demo_train"),
-    ("demo_train", "training_config"), ("training_config", "train"),
-    ("train", "merge_adapter"), ("train", "extract_delta"), ("extract_delta", "graft"),
-    ("graft", "evaluate"), ("merge_adapter", "evaluate"), ("train", "evaluate"),
-    ("demo_train", "evaluate"), ("evaluate", "report"), ("report", "all"),
-    ("demo_train", "similarity"), ("similarity", "report"),
+    ("build_demo", "demo_training_config"),
+    ("demo_training_config", "demo_train"),
+    ("demo_train", "training_config"),
+    ("training_config", "train"),
+    ("train", "merge_adapter"),
+    ("train", "extract_delta"),
+    ("extract_delta", "graft"),
+    ("graft", "evaluate"),
+    ("merge_adapter", "evaluate"),
+    ("train", "evaluate"),
+    ("demo_train", "evaluate"),
+    ("evaluate", "report"),
+    ("report", "all"),
+    ("demo_train", "similarity"),
+    ("similarity", "report"),
 ]
 
 
 def planned_jobs(dry_run_output: str) -> dict[str, int]:
     """Snakemake's job-count table from a dry run: rule name -> number of jobs."""
     table = dry_run_output.split("Job stats:", 1)[1]
-    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE) if name != "total"}
+    return {
+        name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE) if name != "total"
+    }
 
 
 def test_dry_run_plans_the_whole_chain(tmp_path):
     result = snakemake(tmp_path, "-n", "--cores", "2")
     jobs = planned_jobs(result.stdout)
     assert jobs == {
-        "all": 1, "build_demo": 1, "demo_training_config": 2, "demo_train": 2,
-        "training_config": 4, "train": 4, "merge_adapter": 1,
-        "extract_delta": 2, "graft": 2, "evaluate": 12, "report": 1, "similarity": 1,
+        "all": 1,
+        "build_demo": 1,
+        "demo_training_config": 2,
+        "demo_train": 2,
+        "training_config": 4,
+        "train": 4,
+        "merge_adapter": 1,
+        "extract_delta": 2,
+        "graft": 2,
+        "evaluate": 12,
+        "report": 1,
+        "similarity": 1,
     }
 
 
 def test_rulegraph_orders_the_chain(tmp_path):
     dot = snakemake(tmp_path, "--rulegraph").stdout
-    rule_of = {node: name for node, name in re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.MULTILINE)}
+    rule_of = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.MULTILINE))
     edges = {(rule_of[a], rule_of[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.MULTILINE)}
     assert set(CHAIN_EDGES) <= edges, set(CHAIN_EDGES) - edges
 
