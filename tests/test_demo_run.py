@@ -6,15 +6,19 @@ import json
 import pandas as pd
 import pytest
 import torch
+import yaml
+from conftest import ROOT, snakemake
 from safetensors.torch import load_file
 
-from conftest import snakemake
+from shadowft import demo
 
 pytestmark = pytest.mark.slow
 
 PAIR = "results/demo"
 VARIANTS = ["base", "instruct", "lora/instruct_ft", "lora/shadow_a1", "full/instruct_ft", "full/shadow_a1"]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+BENCHMARKS = sorted(CONFIG["evaluation"]["benchmarks"])
 
 
 def state_dict(folder):
@@ -25,11 +29,13 @@ def state_dict(folder):
 
 
 def test_every_output_is_there(demo_run):
+    assert BENCHMARKS == ["demo_chat", "demo_task"]
     for variant in VARIANTS:
-        scores = pd.read_csv(demo_run / PAIR / "eval" / variant / "demo_task" / "scores.csv")
-        assert set(scores.columns) >= {"benchmark", "dataset", "metric", "score", "num_examples"}
-        assert scores["num_examples"].gt(0).all()
-        assert scores["score"].between(0, 100).all()
+        for benchmark in BENCHMARKS:
+            scores = pd.read_csv(demo_run / PAIR / "eval" / variant / benchmark / "scores.csv")
+            assert set(scores.columns) >= {"benchmark", "dataset", "metric", "score", "num_examples"}
+            assert scores["num_examples"].eq(demo.SIZES[benchmark.replace("demo_", "") + "_eval"]).all()
+            assert scores["score"].between(0, 100).all()
     for tuning in ("lora", "full"):
         for role in ("base", "instruct"):
             assert (demo_run / PAIR / tuning / f"train_{role}.yaml").is_file()
@@ -39,6 +45,8 @@ def test_every_output_is_there(demo_run):
         assert (demo_run / PAIR / tuning / "shadow_a1" / "shadowft_manifest.json").is_file()
     summary = pd.read_csv(demo_run / "results" / "summary.csv")
     assert sorted(summary["variant"].unique()) == sorted(VARIANTS)
+    # Both halves of the paper's claim for every variant: the task's gain, the chat skills kept.
+    assert summary.groupby("variant")["benchmark"].apply(sorted).to_dict() == dict.fromkeys(VARIANTS, BENCHMARKS)
     table = (demo_run / "results" / "summary.md").read_text()
     for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
         assert f"| {label}" in table
@@ -51,18 +59,88 @@ def test_rerun_has_nothing_to_do(demo_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("tuning", ["lora", "full"])
-def test_shadow_model_loads_and_generates(demo_run, tuning):
+def test_every_llamafactory_run_gets_the_config_seed(demo_run):
+    runs = [demo_run / "data" / "demo" / f"{step}.yaml" for step in ("base", "instruct")]
+    runs += [
+        demo_run / PAIR / tuning / f"train_{role}.yaml" for tuning in ("lora", "full") for role in ("base", "instruct")
+    ]
+    assert [yaml.safe_load(run.read_text())["seed"] for run in runs] == [CONFIG["seed"]] * len(runs)
+
+
+def test_a_rerun_from_scratch_is_bit_identical(demo_run, tmp_path):
+    """The cheapest part of the chain again in a fresh folder: build, pre-train BASE, score it on both benchmarks."""
+    targets = [f"results/demo/eval/base/{benchmark}/scores.csv" for benchmark in BENCHMARKS]
+    snakemake(tmp_path, "--cores", "2", *targets)
+    built = [
+        "data/demo/init/model.safetensors",
+        "data/demo/init/tokenizer.json",
+        "data/demo/base/model/model.safetensors",
+    ]
+    built += [
+        f"data/demo/{folder}/{name}" for folder in ("pretrain", "chat", "task") for name in ("dataset_info.json",)
+    ]
+    for path in built:
+        assert (tmp_path / path).read_bytes() == (demo_run / path).read_bytes(), path
+    for benchmark in BENCHMARKS:
+        scored = f"results/demo/eval/base/{benchmark}"
+        assert (tmp_path / scored / "scores.csv").read_bytes() == (demo_run / scored / "scores.csv").read_bytes()
+        assert (tmp_path / scored / "predictions.json").read_bytes() == (
+            demo_run / scored / "predictions.json"
+        ).read_bytes()
+
+
+def test_another_seed_builds_another_demo(demo_run, tmp_path):
+    snakemake(tmp_path, "data/demo/base.yaml", "--cores", "1", "--config", "seed=7")
+    assert yaml.safe_load((tmp_path / "data" / "demo" / "base.yaml").read_text())["seed"] == 7
+    for path in ("data/demo/init/model.safetensors", "data/demo/task/eval.jsonl", "data/demo/chat/eval.jsonl"):
+        assert (tmp_path / path).read_bytes() != (demo_run / path).read_bytes(), path
+
+
+def greedy_answers(folder, questions, max_new_tokens):
+    """Each question asked alone (no padding) as the user turn, greedy: the new token ids."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = demo_run / PAIR / tuning / "shadow_a1"
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hello"}], add_generation_prompt=True, return_tensors="pt"
-    )
-    output = model.generate(prompt, max_new_tokens=8, do_sample=False)
-    assert output.shape[1] > prompt.shape[1]
+    answers = []
+    with torch.no_grad():
+        for question in questions:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
+            )
+            output = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)
+            answers.append(output[0, prompt.shape[1] :].tolist())
+    return tokenizer, answers
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+@pytest.mark.parametrize("benchmark", ["demo_task", "demo_chat"])
+def test_shadow_model_answers_as_scored_and_stops_at_im_end(demo_run, tuning, benchmark):
+    """The graft, run by transformers alone, gives OpenCompass's predictions and score, and stops at <|im_end|>."""
+    folder = demo_run / PAIR / tuning / "shadow_a1"
+    scored = demo_run / PAIR / "eval" / tuning / "shadow_a1" / benchmark
+    eval_file = demo_run / "data" / "demo" / demo.DATASET_FOLDERS[benchmark] / demo.EVAL_FILE
+    held_out = [json.loads(line) for line in eval_file.read_text().splitlines()]
+    predictions = json.loads((scored / "predictions.json").read_text())[benchmark]
+    assert [predictions[str(i)]["origin_prompt"][0]["prompt"] for i in range(len(held_out))] == [
+        r["question"] for r in held_out
+    ]
+
+    max_out_len = CONFIG["evaluation"]["benchmarks"][benchmark]["max_out_len"]
+    tokenizer, answers = greedy_answers(folder, [r["question"] for r in held_out], max_out_len)
+    im_end = tokenizer.convert_tokens_to_ids(demo.IM_END)
+    correct = 0
+    for i, (record, ids) in enumerate(zip(held_out, answers, strict=True)):
+        text = tokenizer.decode(ids).split(demo.IM_END)[0]
+        assert text.strip() == predictions[str(i)]["prediction"].strip(), record["question"]
+        if text.strip() == record["answer"]:
+            correct += 1
+            # A right answer ends with <|im_end|>, and generation stops there (exact match strips
+            # whitespace around the answer, which a graft sometimes puts there).
+            assert ids[-1] == im_end and im_end not in ids[:-1], record["question"]
+            assert tokenizer.decode(ids[:-1]).strip() == record["answer"], record["question"]
+    score = pd.read_csv(scored / "scores.csv")["score"].item()
+    assert score == pytest.approx(100 * correct / len(held_out))
 
 
 def lora_factors(adapter_dir, name):
@@ -122,7 +200,9 @@ def test_lora_shadow_matches_peft_merge_and_unload(demo_run):
 
     instruct_dir = demo_run / "data" / "demo" / "instruct" / "model"
     adapter_dir = demo_run / PAIR / "lora" / "train_base" / "model"
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(instruct_dir), adapter_dir).merge_and_unload()
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(instruct_dir), adapter_dir
+    ).merge_and_unload()
     shadow = state_dict(demo_run / PAIR / "lora" / "shadow_a1")
     for name, expected in merged.state_dict().items():
         if name not in shadow:
@@ -131,7 +211,9 @@ def test_lora_shadow_matches_peft_merge_and_unload(demo_run):
         if actual.dtype == torch.float32:
             # PEFT adds B @ A * s to W in fp32 with its own operation order; we round once
             # from the same fp32 sum, so the two agree to fp32 rounding of the update.
-            torch.testing.assert_close(actual, expected, rtol=0, atol=4 * torch.finfo(torch.float32).eps * expected.abs().max().item())
+            torch.testing.assert_close(
+                actual, expected, rtol=0, atol=4 * torch.finfo(torch.float32).eps * expected.abs().max().item()
+            )
         else:
             ulp = (expected.float().abs() * torch.finfo(expected.dtype).eps).clamp_min(torch.finfo(expected.dtype).tiny)
             assert ((actual.float() - expected.float()).abs() <= ulp).all(), name
