@@ -17,5 +17,6 @@ rule report:
     params:
         records=score_records(),
         similarity=similarity_by_pair(),
+        seed=config["seed"],
     script:
         "../scripts/report.py"

@@ -14,4 +14,5 @@ summarize(
     Path(snakemake.output.md),
     out_png=Path(snakemake.output.png),
     similarity=snakemake.params.similarity,
+    seed=snakemake.params.seed,
 )

@@ -83,6 +83,7 @@ def summarize(
     out_png: Path | None = None,
     similarity: Mapping[str, Path] | None = None,
     digits: int = 1,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """Stack the scores of ``records`` into ``out_csv`` and tabulate them in ``out_md``.
 
@@ -91,6 +92,7 @@ def summarize(
     ``SUMMARY_COLUMNS``; ``tuning`` is empty and ``alpha`` NaN where they do not apply).
     ``similarity`` maps a pair to its similarity CSV (shadowft.similarity), whose
     overall sigma is quoted under the pair's table; ``out_png`` also draws the scores.
+    ``seed`` is the experiment's seed, which the Markdown states.
     """
     if not records:
         raise ValueError("summarize: no score records given")
@@ -103,7 +105,7 @@ def summarize(
 
     atomic_write_text(Path(out_csv), summary.to_csv(index=False))
     sigmas = {pair: overall_sigma(Path(path)) for pair, path in (similarity or {}).items()}
-    atomic_write_text(Path(out_md), render_markdown(summary, digits=digits, sigmas=sigmas))
+    atomic_write_text(Path(out_md), render_markdown(summary, digits=digits, sigmas=sigmas, seed=seed))
     if out_png is not None:
         plot_scores(summary, Path(out_png))
     return summary
@@ -146,9 +148,16 @@ def score_table(summary: pd.DataFrame, pair: str) -> pd.DataFrame:
     return table
 
 
-def render_markdown(summary: pd.DataFrame, *, digits: int = 1, sigmas: Mapping[str, float] | None = None) -> str:
+def render_markdown(
+    summary: pd.DataFrame, *, digits: int = 1, sigmas: Mapping[str, float] | None = None, seed: int | None = None
+) -> str:
     """The Markdown report: per pair a caption and a table of scores with their difference from Instruct."""
     sections = ["# Shadow-FT results\n"]
+    if seed is not None:
+        sections.append(
+            f"One run, seed {seed} (the config's `seed`). Scores move between seeds: "
+            "compare runs of several seeds before reading a difference as a finding.\n"
+        )
     for number, pair in enumerate(dict.fromkeys(summary["pair"]), start=1):
         table = score_table(summary, pair)
         reference = table.loc[REFERENCE_VARIANT] if REFERENCE_VARIANT in table.index else None

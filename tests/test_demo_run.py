@@ -51,6 +51,7 @@ def test_every_output_is_there(demo_run):
     for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
         assert f"| {label}" in table
     assert "sigma = " in table
+    assert f"One run, seed {CONFIG['seed']} (the config's `seed`)." in table
     assert (demo_run / "results" / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")
 
 

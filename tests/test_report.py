@@ -263,3 +263,13 @@ def test_similarity_without_overall_row_is_named(tmp_path):
     similarity_csv.write_text("level,sigma\ntensor,0.1\n")
     with pytest.raises(ValueError, match="similarity.csv"):
         overall_sigma(similarity_csv)
+
+
+def test_markdown_states_the_seed_when_given(tmp_path):
+    records = records_for(tmp_path / "results", SCORES)
+    summarize(records, tmp_path / "seeded.csv", tmp_path / "seeded.md", seed=7)
+    summarize(records, tmp_path / "plain.csv", tmp_path / "plain.md")
+    seeded, plain = (tmp_path / "seeded.md").read_text(), (tmp_path / "plain.md").read_text()
+    assert "seed 7 (the config's `seed`)" in seeded.splitlines()[2]
+    assert "seed" not in plain.lower()
+    assert seeded.split("\n## ", 1)[1] == plain.split("\n## ", 1)[1]  # the tables are the same
