@@ -7,14 +7,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, snakemake, snakemake_command
 from safetensors.torch import load_file
 from test_workflow import planned_jobs
 
@@ -76,19 +75,7 @@ def slurm_run(tmp_path_factory):
     plan = planned_jobs(snakemake(workdir, "-n", *PROFILES).stdout)
 
     started = time.monotonic()
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(ROOT / "config" / "config.yaml"),
-        *PROFILES,
-    ]
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    command, env = snakemake_command(workdir, *PROFILES)
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     killed = None
     try:
