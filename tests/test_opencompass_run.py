@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 from conftest import ROOT, VENVS
-from opencompass_fixtures import constant_answer_model
+from opencompass_fixtures import constant_answer_model, evaluate_in_eval_env
 
 from shadowft.opencompass import RUN_CONFIG_FILE, RUN_LOG_FILE, read_scores
 
@@ -105,23 +105,7 @@ def write_qa(path, pairs):
 def evaluate(tmp_path, model_dir, benchmark, *extra):
     """`python -m shadowft.opencompass evaluate` in the eval environment, run from tmp_path
     with relative output paths, as Snakemake gives them."""
-    command = [
-        str(EVAL_PYTHON),
-        "-m",
-        "shadowft.opencompass",
-        "evaluate",
-        "--model",
-        str(model_dir),
-        "--benchmark-json",
-        json.dumps(benchmark),
-        "--work-dir",
-        "work",
-        "--scores",
-        "out/scores.csv",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return evaluate_in_eval_env(EVAL_PYTHON, ROOT, tmp_path, model_dir, benchmark, *extra)
 
 
 def run_dir(tmp_path):
