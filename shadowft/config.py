@@ -8,6 +8,7 @@ validator fills defaults only into objects and names the offending key in every 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import jsonschema
@@ -51,8 +52,28 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     if errors:
         lines = [f"  {key_path(error.absolute_path)}: {_message(_deepest(error))}" for error in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_finite(config)
     _check_references(config)
     return config
+
+
+def _non_finite_numbers(value, path=()):
+    """The key paths of every NaN or infinite number in `value` (YAML's .nan, .inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite_numbers(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite_numbers(item, (*path, index))
+
+
+def _check_finite(config: dict) -> None:
+    """JSON Schema's minimum and maximum let NaN through (every comparison with it is false)."""
+    problems = [f"  {key_path(path)}: not a finite number" for path in _non_finite_numbers(config)]
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
 
 def _deepest(error):
@@ -65,7 +86,23 @@ def _deepest(error):
 def _message(error) -> str:
     if "propertyNames" in error.schema_path and error.validator == "enum":
         return f"unknown key {error.instance!r} (allowed here: {', '.join(error.validator_value)})"
+    if error.validator == "type" and _reads_as_number(error.instance):
+        return (
+            f"{error.message}: YAML reads {error.instance!r} as text because it has no decimal point; "
+            f"write {float(error.instance)!r}"
+        )
     return error.message
+
+
+def _reads_as_number(value) -> bool:
+    """A string such as '1e-4', which PyYAML (YAML 1.1) does not read as a float."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_references(config: dict) -> None:

@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
+# Every workflow a test runs sees this hub token (unless the test sets its own), so any
+# run's outputs can be searched for it: a token must never reach a log, config or result.
+FAKE_HUB_TOKEN = "hf_ShadowftTestToken9f8e7d6c5b4a3210"
 
 
 def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict[str, str]]:
@@ -20,7 +23,8 @@ def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict[str, s
     if "--configfile" not in args:
         args = (*args, "--configfile", str(ROOT / "config" / "config.yaml"))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {"HF_TOKEN": FAKE_HUB_TOKEN, **os.environ}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return [*command, *args], env
 
 

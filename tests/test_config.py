@@ -48,6 +48,13 @@ def test_hub_model_gains_revision_default(demo_config):
             "evaluation.benchmarks.demo_task.kind",
         ),
         (lambda c: c["pairs"].update({"bad/name": c["pairs"]["demo"]}), "pairs"),
+        (lambda c: c["graft"].update(alphas=[float("nan")]), "graft.alphas[0]: not a finite number"),
+        (lambda c: c["graft"].update(alphas=[1.0, float("inf")]), "graft.alphas[1]: not a finite number"),
+        (
+            lambda c: c["training"]["hyperparameters"]["lora"].update(learning_rate=float("nan")),
+            "training.hyperparameters.lora.learning_rate: not a finite number",
+        ),
+        (lambda c: c["graft"].update(alphas=["1e-1"]), "write 0.1"),
     ],
 )
 def test_bad_config_names_the_key(demo_config, mutate, named):
