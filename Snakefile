@@ -24,6 +24,7 @@ validate_config(config)
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/demo.smk"
+include: "rules/check.smk"
 include: "rules/train.smk"
 include: "rules/delta.smk"
 include: "rules/evaluate.smk"

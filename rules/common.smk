@@ -92,6 +92,12 @@ def instruct_model_dir(wildcards):
     return pair_model_dir(wildcards.pair, "instruct")
 
 
+def pair_allows_pickle(wildcards):
+    """Whether either model of the pair was configured to accept pickle weights."""
+    pair = config["pairs"][wildcards.pair]
+    return any(config["models"][pair[role]].get("allow_pickle", False) for role in ("base", "instruct"))
+
+
 def trained_model_dir(wildcards):
     """The model a training run starts from: the pair's base or instruct model."""
     return pair_model_dir(wildcards.pair, wildcards.role)

@@ -50,6 +50,7 @@ rule graft:
 # The paper's observation, measured per pair: how far instruct's weights lie from base's.
 rule similarity:
     input:
+        checked="results/{pair}/preflight.json",
         base=base_model_dir,
         instruct=instruct_model_dir,
     output:

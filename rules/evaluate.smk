@@ -4,6 +4,7 @@
 
 rule evaluate:
     input:
+        checked="results/{pair}/preflight.json",
         model=variant_model_dir,
         data=benchmark_dataset_dir,
     output:

@@ -27,6 +27,7 @@ rule training_config:
 
 rule train:
     input:
+        checked="results/{pair}/preflight.json",
         config="results/{pair}/{tuning}/train_{role}.yaml",
         model=trained_model_dir,
         dataset=training_dataset_dir,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import jsonschema
@@ -49,6 +50,8 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(map(str, error.absolute_path)))
+    if _read_text_as_typed(config, errors):
+        errors = sorted(validator.iter_errors(config), key=lambda error: list(map(str, error.absolute_path)))
     if errors:
         lines = [f"  {key_path(error.absolute_path)}: {_message(_deepest(error))}" for error in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
@@ -86,23 +89,43 @@ def _deepest(error):
 def _message(error) -> str:
     if "propertyNames" in error.schema_path and error.validator == "enum":
         return f"unknown key {error.instance!r} (allowed here: {', '.join(error.validator_value)})"
-    if error.validator == "type" and _reads_as_number(error.instance):
-        return (
-            f"{error.message}: YAML reads {error.instance!r} as text because it has no decimal point; "
-            f"write {float(error.instance)!r}"
-        )
     return error.message
 
 
-def _reads_as_number(value) -> bool:
-    """A string such as '1e-4', which PyYAML (YAML 1.1) does not read as a float."""
-    if not isinstance(value, str):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+def _read_text_as_typed(config: dict, errors) -> bool:
+    """Replace text where the schema wants a number or a boolean, when the text is one.
+
+    `snakemake --config key={...}` hands every nested value over as text (it parses them with
+    YAML's BaseLoader), and PyYAML reads 1e-4 (no decimal point) as text too. Returns whether
+    anything was replaced; what cannot be read stays an error.
+    """
+    replaced = False
+    for error in errors:
+        if error.validator != "type" or not isinstance(error.instance, str) or not error.absolute_path:
+            continue
+        value = _typed(error.instance, error.validator_value)
+        if value is not None:
+            *parents, key = error.absolute_path
+            container = config
+            for parent in parents:
+                container = container[parent]
+            container[key] = value
+            replaced = True
+    return replaced
+
+
+def _typed(text: str, wanted):
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    if "boolean" in wanted and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "integer" in wanted and re.fullmatch(r"[+-]?\d+", text.strip()):
+        return int(text)
+    if "number" in wanted:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
 
 
 def _check_references(config: dict) -> None:

@@ -42,7 +42,8 @@ def test_hub_model_gains_revision_default(demo_config):
         (lambda c: c["models"].update(x={"source": "hub"}), "models.x"),
         (lambda c: c["training"].update(dataset="missing"), "training.dataset"),
         (lambda c: c["datasets"].update(demo_other={"source": "demo"}), "datasets.demo_other"),
-        (lambda c: c.update(seed="0"), "seed"),
+        (lambda c: c.update(seed="zero"), "seed"),
+        (lambda c: c.update(seed="1.5"), "seed"),
         (
             lambda c: c["evaluation"]["benchmarks"]["demo_task"].update(kind="mmlu"),
             "evaluation.benchmarks.demo_task.kind",
@@ -54,7 +55,7 @@ def test_hub_model_gains_revision_default(demo_config):
             lambda c: c["training"]["hyperparameters"]["lora"].update(learning_rate=float("nan")),
             "training.hyperparameters.lora.learning_rate: not a finite number",
         ),
-        (lambda c: c["graft"].update(alphas=["1e-1"]), "write 0.1"),
+        (lambda c: c["graft"].update(alphas=["one"]), "graft.alphas[0]: 'one' is not of type 'number'"),
     ],
 )
 def test_bad_config_names_the_key(demo_config, mutate, named):
@@ -81,3 +82,14 @@ def test_variants_follow_tunings_and_alphas(demo_config):
 
 def test_alpha_label_is_short_and_exact():
     assert [alpha_label(a) for a in (1.0, 0.5, 2, 0.25)] == ["1", "0.5", "2", "0.25"]
+
+
+def test_text_where_a_number_or_boolean_belongs_is_read_as_one(demo_config):
+    """`snakemake --config graft={alphas: [0.5, 1]}` passes nested values as text; PyYAML reads 1e-4 as text."""
+    demo_config["graft"] = {"alphas": ["0.5", "1e-1"]}
+    demo_config["seed"] = "3"
+    demo_config["models"]["qwen-base"] = {"source": "hub", "repo": "Qwen/Qwen2.5-7B", "allow_pickle": "false"}
+    validate_config(demo_config)
+    assert demo_config["graft"]["alphas"] == [0.5, 0.1]
+    assert demo_config["seed"] == 3
+    assert demo_config["models"]["qwen-base"]["allow_pickle"] is False
