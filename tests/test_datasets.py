@@ -12,6 +12,8 @@ import json
 import random
 
 import pytest
+import yaml
+from conftest import ROOT, snakemake
 from dataset_fixtures import (
     INFINITY_README,
     alpaca_rows,
@@ -20,6 +22,7 @@ from dataset_fixtures import (
     write_jsonl,
 )
 from hub_fixtures import FakeHub
+from test_workflow import planned_jobs
 
 from shadowft.config import ConfigError, validate_config
 from shadowft.datasets import (
@@ -336,3 +339,25 @@ def test_config_rejects_a_wrong_dataset_entry(spec, message):
     with pytest.raises(ConfigError) as raised:
         validate_config(experiment(x=spec))
     assert message in str(raised.value)
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_training_on_shadow_2k_plans_the_download_and_the_preparation_first(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["datasets"]["shadow_2k"] = {
+        "source": "hub",
+        "repo": "BAAI/Infinity-Instruct",
+        "revision": "0" * 40,
+        "subset": "Gen",
+        "sample": {"count": 2000, "seed": 0},
+    }
+    config["datasets"]["tasks"] = {"source": "local", "file": "tasks.jsonl", "format": "alpaca"}
+    config["training"]["dataset"] = "shadow_2k"
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(tmp_path / "experiment.yaml"))
+    jobs = planned_jobs(result.stdout)
+    # One download and one preparation, before the four training runs; the unused local file is not prepared.
+    assert (jobs["download_dataset"], jobs["prepare_dataset"], jobs["train"]) == (1, 1, 4)
+    assert "data/datasets/shadow_2k" in result.stdout and "data/downloads/shadow_2k" in result.stdout
