@@ -13,11 +13,12 @@ Sampling is a rule, not a random state: the ``count`` rows whose sha256 of
 name for a local file; ``row`` its 0-based index in that file). The same files give the same
 rows whatever order they are listed in, on any machine and Python version.
 
-Every kept row is checked the way LLaMA-Factory will read it (``check_row``): a row it would
+Every kept row is checked the way LLaMA-Factory will read it (``RowChecker``): a row it would
 drop or misread (missing column, unknown role, a turn out of order, an odd turn count, empty
 conversation, non-string content) stops the preparation with an error naming the file, the row
-and the key, before any training job starts. LLaMA-Factory itself only logs such rows and
-skips them.
+and the key, before any training job starts; LLaMA-Factory itself only logs such rows and
+skips them. With ``invalid_rows: skip`` such rows are left out instead, each listed in the
+manifest with its problems, and a sample walks its ranking on to the next valid row.
 
 Runs in the train environment (pyarrow reads parquet; imported where a parquet file is read)
 and in the core one for JSON files: the top level imports only the standard library.
@@ -33,7 +34,7 @@ import hashlib
 import heapq
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,9 +180,8 @@ def sample_rows(row_counts: Mapping[str, int], count: int, seed: int) -> dict[st
     total = sum(row_counts.values())
     if count > total:
         raise ValueError(f"sample.count is {count}, but the source files hold only {total} rows")
-    every_row = ((sample_key(seed, file, index), file, index) for file, n in row_counts.items() for index in range(n))
     selected: dict[str, list[int]] = {file: [] for file in sorted(row_counts)}
-    for _, file, index in heapq.nsmallest(count, every_row):
+    for _, file, index in heapq.nsmallest(count, _ranking(row_counts, seed)):
         selected[file].append(index)
     return {file: sorted(indices) for file, indices in selected.items() if indices}
 
@@ -285,28 +285,42 @@ def check_alpaca(row: Row) -> list[str]:
     return problems
 
 
+class RowChecker:
+    """Checks rows one by one, remembering the sharegpt turn style the first row set."""
+
+    def __init__(self, format: str) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        self.format = format
+        self.tags: SharegptTags | None = None
+
+    def problems(self, row: Row) -> list[str]:
+        """What LLaMA-Factory would reject in `row` (an empty list when it reads it as meant)."""
+        if not isinstance(row.values, dict):
+            return [f"{row.where()}: a row must be an object, got {type(row.values).__name__}"]
+        if self.format == "alpaca":
+            return check_alpaca(row)
+        style = sharegpt_style(row)
+        if self.tags is None and style is not None:
+            self.tags = style
+        elif style is not None and style != self.tags:
+            return [
+                f"{row.where()}: {SHAREGPT_MESSAGES}[0]: turns use {style.role_tag!r}/{style.content_tag!r}, "
+                f"earlier rows {self.tags.role_tag!r}/{self.tags.content_tag!r}; one dataset uses one style"
+            ]
+        return check_sharegpt(row, self.tags or SHAREGPT_STYLES["from"])
+
+    def style(self) -> SharegptTags | None:
+        """The sharegpt turn style of the rows checked (None for alpaca)."""
+        return (self.tags or SHAREGPT_STYLES["from"]) if self.format == "sharegpt" else None
+
+
 def check_rows(rows: Iterable[Row], format: str) -> SharegptTags | None:
     """Check every row; return the sharegpt turn style (None for alpaca). Raise listing the problems."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    checker = RowChecker(format)
     problems: list[str] = []
-    tags = None
     for row in rows:
-        if not isinstance(row.values, dict):
-            problems.append(f"{row.where()}: a row must be an object, got {type(row.values).__name__}")
-        elif format == "alpaca":
-            problems.extend(check_alpaca(row))
-        else:
-            style = sharegpt_style(row)
-            if tags is None and style is not None:
-                tags = style
-            elif style is not None and style != tags:
-                problems.append(
-                    f"{row.where()}: {SHAREGPT_MESSAGES}[0]: turns use {style.role_tag!r}/{style.content_tag!r}, "
-                    f"earlier rows {tags.role_tag!r}/{tags.content_tag!r}; one dataset uses one style"
-                )
-                continue
-            problems.extend(check_sharegpt(row, tags or SHAREGPT_STYLES["from"]))
+        problems.extend(checker.problems(row))
         if len(problems) >= MAX_ERRORS:
             break
     if problems:
@@ -316,7 +330,66 @@ def check_rows(rows: Iterable[Row], format: str) -> SharegptTags | None:
             f"{len(shown)} format error(s){more}; LLaMA-Factory would drop or misread these rows:\n  "
             + "\n  ".join(shown)
         )
-    return tags if format == "sharegpt" else None
+    return checker.style()
+
+
+def valid_rows(
+    read: Callable[[Mapping[str, list[int] | None]], Iterator[Row]],
+    row_counts: Mapping[str, int],
+    format: str,
+    sample: Mapping[str, int] | None,
+) -> tuple[list[Row], list[dict], SharegptTags | None]:
+    """The rows that pass the checks, the ones skipped (where, problems), and the turn style.
+
+    Without a sample: every valid row. With one: SAMPLE_RULE over the valid rows, i.e. the
+    ranking is walked past an invalid row to the next, and only rows it reaches are read.
+    `read({file: indices or None})` yields those rows (with `Row.file` the file as errors name it).
+    """
+    checker = RowChecker(format)
+    kept: list[Row] = []
+    skipped: list[dict] = []
+
+    def judge(row: Row) -> None:
+        problems = checker.problems(row)
+        if problems:
+            skipped.append({"row": row.where(), "problems": problems})
+        else:
+            kept.append(row)
+
+    if sample is None:
+        for row in read(dict.fromkeys(sorted(row_counts))):
+            judge(row)
+        return kept, skipped, checker.style()
+    count, seed = sample["count"], sample.get("seed", 0)
+    total = sum(row_counts.values())
+    examined = 0
+    while len(kept) < count and examined < total:
+        limit = min(total, examined + 2 * (count - len(kept)))
+        batch = [(file, index) for _, file, index in heapq.nsmallest(limit, _ranking(row_counts, seed))][examined:]
+        wanted: dict[str, list[int]] = {}
+        for file, index in batch:
+            wanted.setdefault(file, []).append(index)
+        by_ref = {(file, row.index): row for file, rows in _grouped(read, wanted) for row in rows}
+        for ref in batch:
+            if len(kept) == count:
+                break
+            judge(by_ref[ref])
+        examined = limit
+    if len(kept) < count:
+        raise DatasetFormatError(
+            f"sample.count is {count}, but only {len(kept)} of the {total} rows pass the checks; the first skipped:\n  "
+            + "\n  ".join(problem for entry in skipped[:MAX_ERRORS] for problem in entry["problems"][:1])
+        )
+    return kept, skipped, checker.style()
+
+
+def _ranking(row_counts: Mapping[str, int], seed: int) -> Iterator[tuple[bytes, str, int]]:
+    return ((sample_key(seed, file, index), file, index) for file, n in row_counts.items() for index in range(n))
+
+
+def _grouped(read, wanted: Mapping[str, list[int]]) -> Iterator[tuple[str, list[Row]]]:
+    for file, indices in wanted.items():
+        yield file, list(read({file: indices}))
 
 
 # ---------------------------------------------------------------- registering
@@ -386,16 +459,29 @@ def prepare_dataset(name: str, spec: Mapping[str, Any], source: Path, dest: Path
     for entry in record["files"]:
         entry["rows"] = counts[entry["path"]]
     sample = spec.get("sample")
-    if sample is None:
-        selected = dict.fromkeys(sorted(labels))
+
+    def read(wanted: Mapping[str, list[int] | None]) -> Iterator[Row]:
+        for label, indices in wanted.items():
+            yield from read_rows(labels[label], _shown(labels[label], label, spec), columns, indices)
+
+    skipped: list[dict] = []
+    invalid_rows = spec.get("invalid_rows", "error")
+    if invalid_rows == "skip":
+        rows, skipped, tags = valid_rows(read, counts, format, sample)
+        shown_to_label = {_shown(path, label, spec): label for label, path in files}
+        selected: dict[str, list[int]] = {}
+        for row in rows:
+            selected.setdefault(shown_to_label[row.file], []).append(row.index)
+        selected = {label: sorted(indices) for label, indices in sorted(selected.items())}
+        rows.sort(key=lambda row: (shown_to_label[row.file], row.index))
     else:
-        selected = sample_rows(counts, sample["count"], sample.get("seed", 0))
-    rows = [
-        row
-        for label, indices in selected.items()
-        for row in read_rows(labels[label], _shown(labels[label], label, spec), columns, indices)
-    ]
-    tags = check_rows(rows, format)
+        selected = (
+            dict.fromkeys(sorted(labels))
+            if sample is None
+            else sample_rows(counts, sample["count"], sample.get("seed", 0))
+        )
+        rows = list(read(selected))
+        tags = check_rows(rows, format)
     kept = [_kept_values(row, format) for row in rows]
     present = sorted({key for values in kept for key in values})
     info = dataset_info(name, format, tags, present)
@@ -411,11 +497,13 @@ def prepare_dataset(name: str, spec: Mapping[str, Any], source: Path, dest: Path
             "sample": None
             if sample is None
             else {
-                "rule": SAMPLE_RULE,
+                "rule": SAMPLE_RULE + (", among the rows that pass the checks" if invalid_rows == "skip" else ""),
                 "count": sample["count"],
                 "seed": sample.get("seed", 0),
                 "selected": selected,
             },
+            "invalid_rows": invalid_rows,
+            "skipped": skipped,
             "rows": len(kept),
             "columns": present,
             "outputs": [

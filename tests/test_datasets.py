@@ -318,6 +318,7 @@ def test_config_fills_the_dataset_defaults():
                               "sample": {"count": 2000}})
     )  # fmt: skip
     assert config["datasets"]["shadow_2k"]["format"] == "sharegpt"
+    assert config["datasets"]["shadow_2k"]["invalid_rows"] == "error"
     assert config["datasets"]["shadow_2k"]["sample"] == {"count": 2000, "seed": 0}
 
 
@@ -361,3 +362,43 @@ def test_training_on_shadow_2k_plans_the_download_and_the_preparation_first(tmp_
     # One download and one preparation, before the four training runs; the unused local file is not prepared.
     assert (jobs["download_dataset"], jobs["prepare_dataset"], jobs["train"]) == (1, 1, 4)
     assert "data/datasets/shadow_2k" in result.stdout and "data/downloads/shadow_2k" in result.stdout
+
+
+def test_skipping_invalid_rows_walks_the_ranking_on_and_records_them(tmp_path):
+    rows = infinity_rows(30)
+    ranked = [row for _, _, row in sorted((sample_key(0, "gen.jsonl", i), "gen.jsonl", i) for i in range(30))]
+    broken = ranked[:3]
+    for index in broken:
+        rows[index] = {"conversations": [gpt()]}
+    source = write_jsonl(tmp_path / "gen.jsonl", rows)
+    spec = local(source, sample={"count": 10}, invalid_rows="skip")
+
+    manifest = prepare_dataset("g", spec, source, tmp_path / "out")
+
+    assert manifest["sample"]["selected"] == {"gen.jsonl": sorted(ranked[3:13])}
+    assert [entry["row"] for entry in manifest["skipped"]] == [f"{source}, row {i} (line {i + 1})" for i in broken]
+    assert "role 'gpt' out of turn" in manifest["skipped"][0]["problems"][0]
+    assert rows_written(tmp_path / "out") == [{"conversations": rows[i]["conversations"]} for i in sorted(ranked[3:13])]
+
+
+def test_skipping_without_a_sample_drops_the_invalid_rows(tmp_path):
+    rows = alpaca_rows(6)
+    rows[2]["output"] = None
+    source = tmp_path / "tasks.json"
+    source.write_text(json.dumps(rows))
+    manifest = prepare_dataset("t", local(source, "alpaca", invalid_rows="skip"), source, tmp_path / "out")
+    assert manifest["rows"] == 5 and rows_written(tmp_path / "out") == rows[:2] + rows[3:]
+    assert manifest["skipped"] == [
+        {"row": f"{source}, row 2", "problems": [f"{source}, row 2: output: not a string (NoneType)"]}
+    ]
+
+
+def test_too_few_valid_rows_for_the_sample_is_an_error(tmp_path):
+    rows = [{"conversations": []}] * 8 + infinity_rows(3)
+    source = write_jsonl(tmp_path / "gen.jsonl", rows)
+    with pytest.raises(DatasetFormatError, match="sample.count is 5, but only 3 of the 11 rows pass the checks"):
+        prepare_dataset("g", local(source, sample={"count": 5}, invalid_rows="skip"), source, tmp_path / "out")
+
+
+def rows_written(folder):
+    return [json.loads(line) for line in (folder / ROWS_FILE).read_text().splitlines()]
