@@ -3,9 +3,10 @@ fake hub, and small sharegpt/alpaca files.
 
 The fake Infinity-Instruct repository is laid out like the real one as far as it could be
 checked: the README's YAML front matter maps each config to its folder (`Gen` to `Gen/*`,
-`7M` to `7M/*`, ...), the data are parquet shards, and a row has `id`, `conversations` (turns
-of `from`/`value`, human then gpt), `label`, `langdetect`, `source` and `reward`. The shard
-names follow the Hub's `train-0000k-of-0000n.parquet` convention (not checked for Gen).
+`7M` to `7M/*`, ...), the data are parquet, and a row has `id`, `conversations` (turns of
+`from`/`value`, human then gpt), `label` (ability and category lists, English and Chinese),
+`langdetect`, `source` and (since 2025-01) `reward`. The shard names follow the Hub's
+`train-0000k-of-0000n.parquet` convention; Gen's own file names could not be checked.
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ def infinity_rows(count: int, *, start: int = 0, seed: int = 0) -> list[dict]:
             {
                 "id": number,
                 "conversations": turns,
-                "label": {"ability_en": [rng.choice(WORDS)], "cate_ability_en": ["writing"]},
+                "label": {
+                    "ability_en": [rng.choice(WORDS)],
+                    "ability_zh": ["写作"],
+                    "cate_ability_en": ["writing"],
+                    "cate_ability_zh": ["写作"],
+                },
                 "langdetect": "en",
                 "source": "fake",
                 "reward": rng.uniform(-5, 5),
