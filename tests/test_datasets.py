@@ -402,3 +402,16 @@ def test_too_few_valid_rows_for_the_sample_is_an_error(tmp_path):
 
 def rows_written(folder):
     return [json.loads(line) for line in (folder / ROWS_FILE).read_text().splitlines()]
+
+
+def test_a_dataset_folder_on_disk_is_used_as_it_is(tmp_path):
+    folder = tmp_path / "my_data"
+    prepare_dataset("mine", local(write_jsonl(tmp_path / "c.jsonl", infinity_rows(4))), tmp_path / "c.jsonl", folder)
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["datasets"]["mine"] = {"source": "local", "path": str(folder)}
+    config["training"]["dataset"] = "mine"
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(tmp_path / "experiment.yaml"))
+    jobs = planned_jobs(result.stdout)
+    assert "prepare_dataset" not in jobs and "download_dataset" not in jobs and jobs["train"] == 4
+    assert f"input: data/demo/base/model, {folder}" in result.stdout
