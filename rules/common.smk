@@ -37,6 +37,11 @@ def downloaded_models():
     return [name for name, spec in config["models"].items() if spec["source"] != "demo"]
 
 
+def prepared_datasets():
+    """Datasets the workflow samples, checks and registers: from the hub, or a local file."""
+    return [name for name, spec in config["datasets"].items() if spec["source"] == "hub" or "file" in spec]
+
+
 wildcard_constraints:
     pair=alternatives(PAIRS),
     tuning=alternatives(TUNINGS),
@@ -44,6 +49,7 @@ wildcard_constraints:
     alpha=alternatives(ALPHAS),
     benchmark=alternatives(BENCHMARKS),
     model=alternatives(downloaded_models()),
+    dataset=alternatives(prepared_datasets()),
     variant=f"base|instruct|({alternatives(TUNINGS)})/(instruct_ft|base_ft|shadow_a({alternatives(ALPHAS)}))",
     step="base|instruct",
 
@@ -69,7 +75,24 @@ def dataset_dir(name):
     spec = config["datasets"][name]
     if spec["source"] == "demo":
         return f"data/demo/{demo.DATASET_FOLDERS[name]}"
+    if name in prepared_datasets():
+        return f"data/datasets/{name}"
     return spec["path"]
+
+
+def dataset_source(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def dataset_spec(wildcards):
+    """A prepared dataset's config entry, as JSON for the command line."""
+    return json.dumps(dataset_source(wildcards), sort_keys=True)
+
+
+def dataset_rows_source(wildcards):
+    """What prepare_dataset reads: the hub download's folder, or the local file."""
+    spec = dataset_source(wildcards)
+    return f"data/downloads/{wildcards.dataset}" if spec["source"] == "hub" else spec["file"]
 
 
 def model_source(wildcards):

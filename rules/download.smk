@@ -1,7 +1,11 @@
 # Models from the Hugging Face Hub or a local folder, into data/models/{model}/ with a
-# manifest of every file's hash. Downloads run on the login node, where the network is.
+# manifest of every file's hash; training data from a Hub dataset or a local file, into a
+# LLaMA-Factory dataset folder data/datasets/{dataset}/ with its manifest. Downloads and
+# dataset preparation run on the login node, where the network is, before any training job.
 localrules:
     download_model,
+    download_dataset,
+    prepare_dataset,
 
 
 rule download_model:
@@ -15,3 +19,36 @@ rule download_model:
         source=model_source,
     script:
         "../scripts/download_model.py"
+
+
+# The data files of a Hub dataset at its pinned revision (a subset's, or those matching
+# `files`), as they are: sampling them again with another seed downloads nothing.
+rule download_dataset:
+    output:
+        directory("data/downloads/{dataset}"),
+    log:
+        "logs/download_dataset/{dataset}.log",
+    conda:
+        "../envs/core.yaml"
+    params:
+        source=dataset_source,
+    script:
+        "../scripts/download_dataset.py"
+
+
+# Sampled, checked row by row (a format error names its file and row) and registered in
+# a generated dataset_info.json. In the train environment: pyarrow reads parquet there.
+rule prepare_dataset:
+    input:
+        dataset_rows_source,
+    output:
+        directory("data/datasets/{dataset}"),
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        python=env_python("train"),
+        spec=dataset_spec,
+    shell:
+        "{params.python} -m shadowft.datasets prepare {wildcards.dataset} {params.spec:q} {input} {output} > {log} 2>&1"

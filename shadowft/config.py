@@ -89,6 +89,8 @@ def _deepest(error):
 def _message(error) -> str:
     if "propertyNames" in error.schema_path and error.validator == "enum":
         return f"unknown key {error.instance!r} (allowed here: {', '.join(error.validator_value)})"
+    if error.validator == "not" and list(error.validator_value) == ["required"]:
+        return f"give at most one of {', '.join(error.validator_value['required'])}"
     return error.message
 
 

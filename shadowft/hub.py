@@ -1,11 +1,12 @@
 """Bring models into the workflow, each with a manifest of what arrived.
 
 A model comes from the Hugging Face Hub at a pinned revision (``download_model``) or
-from a local folder (``link_local_model``); datasets are local (the config schema allows
-no Hub datasets). Every destination is built in a temporary folder beside it
-and renamed into place only when complete, so an interrupted download never leaves
-a folder a rerun would trust. Each one holds ``shadowft_manifest.json``: the source,
-the resolved commit, and the size and sha256 of every file.
+from a local folder (``link_local_model``); a dataset's data files come from the Hub at a
+pinned revision (``download_dataset``), and shadowft.datasets samples and registers them.
+Every destination is built in a temporary folder beside it and renamed into place only
+when complete, so an interrupted download never leaves a folder a rerun would trust.
+Each one holds ``shadowft_manifest.json``: the source, the resolved commit, and the size
+and sha256 of every file.
 
 Only safetensors weights are fetched by default: pickle weights (``*.bin``,
 ``*.pt``) can run arbitrary code when loaded. The Hub token is read from an
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import huggingface_hub
 import requests
+import yaml
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -67,8 +69,11 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 
-# select(file names, label for messages, read_json(name)) -> the names to fetch or link.
-Selector = Callable[[list[str], str, Callable[[str], dict]], list[str]]
+# select(file names, label for messages, fetch(name) -> its local path) -> the names to fetch or link.
+Selector = Callable[[list[str], str, Callable[[str], Path]], list[str]]
+
+# The files a dataset repository holds its rows in (what LLaMA-Factory and shadowft.datasets read).
+DATASET_FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 # huggingface_hub keeps its per-file download bookkeeping here inside local_dir.
 _HF_LOCAL_DIR_STATE = ".cache"
@@ -76,6 +81,10 @@ _HF_LOCAL_DIR_STATE = ".cache"
 
 class ModelSourceError(ValueError):
     """A repository or folder that is not a loadable safetensors model."""
+
+
+class DatasetSourceError(ValueError):
+    """A dataset repository without the data files the config asks for."""
 
 
 class HubError(RuntimeError):
@@ -139,7 +148,7 @@ def link_local_model(
         if file.is_file() and not any(part.startswith(".") for part in file.relative_to(source).parts)
     )
     select = _model_selector(allow_patterns, allow_pickle)
-    selected = select(names, f"local model {path}", lambda name: _read_json(source / name))
+    selected = select(names, f"local model {path}", lambda name: source / name)
     with atomic_directory(Path(dest)) as tmp:
         for name in selected:
             target = tmp / name
@@ -179,6 +188,100 @@ def fetch_model(source: dict, dest: Path, *, endpoint: str | None = None) -> dic
     raise ModelSourceError(f"model source {source['source']!r} is not downloaded (hub and local are)")
 
 
+def download_dataset(
+    repo_id: str,
+    revision: str,
+    dest: Path,
+    *,
+    subset: str | None = None,
+    files: Sequence[str] | None = None,
+    endpoint: str | None = None,
+    token_env: str = "HF_TOKEN",
+) -> dict:
+    """Download the data files of a dataset repository at ``revision`` into ``dest``; return its manifest.
+
+    Which files: those of the config named ``subset`` in the repository's README (its
+    ``configs`` front matter, as ``datasets.load_dataset(repo_id, subset)`` reads it; for
+    BAAI/Infinity-Instruct, ``Gen`` is ``Gen/*``), or those matching the glob patterns
+    ``files``, or else every data file (``*.parquet``, ``*.jsonl``, ``*.json``) of the repository.
+    """
+    if subset is not None and files is not None:
+        raise ValueError(f"dataset {repo_id!r}: give subset or files, not both")
+
+    def select(names: list[str], label: str, fetch: Callable[[str], Path]) -> list[str]:
+        if subset is not None:
+            patterns = _readme_config_patterns(names, label, subset, fetch)
+        else:
+            patterns = list(files) if files is not None else ["*"]
+        selected = [
+            name
+            for name in names
+            if name.endswith(DATASET_FILE_SUFFIXES) and any(_glob_matches(name, p) for p in patterns)
+        ]
+        if not selected:
+            raise DatasetSourceError(
+                f"{label}: no data file ({', '.join(DATASET_FILE_SUFFIXES)}) matches {', '.join(patterns)}"
+                + _listing(names)
+            )
+        # The README that mapped the subset to its files is kept and hashed with them.
+        return ["README.md", *selected] if subset is not None else selected
+
+    return _download(
+        repo_id, revision, Path(dest), repo_type="dataset", endpoint=endpoint, token_env=token_env, select=select
+    )
+
+
+def fetch_dataset(source: dict, dest: Path, *, endpoint: str | None = None) -> dict:
+    """A dataset as the workflow config describes it (``source: hub``) into ``dest``."""
+    if source["source"] != "hub":
+        raise DatasetSourceError(f"dataset source {source['source']!r} is not downloaded (hub is)")
+    return download_dataset(
+        source["repo"],
+        source["revision"],
+        dest,
+        subset=source.get("subset"),
+        files=source.get("files"),
+        endpoint=endpoint,
+    )
+
+
+def _readme_config_patterns(names: list[str], label: str, subset: str, fetch: Callable[[str], Path]) -> list[str]:
+    """The train-split data file patterns of config ``subset`` in the README's YAML front matter."""
+    configs = []
+    if "README.md" in names:
+        text = fetch("README.md").read_text(encoding="utf-8")
+        if text.startswith("---"):
+            front = text.split("---", 2)[1]
+            configs = (yaml.safe_load(front) or {}).get("configs") or []
+    by_name = {config.get("config_name"): config for config in configs if isinstance(config, dict)}
+    if subset not in by_name:
+        known = ", ".join(str(name) for name in by_name) or "none"
+        raise DatasetSourceError(f"{label}: the README defines no config {subset!r} (configs: {known})")
+    data_files = by_name[subset].get("data_files")
+    if isinstance(data_files, str):
+        return [data_files]
+    patterns = []
+    for entry in data_files or []:
+        if isinstance(entry, str):
+            patterns.append(entry)
+        elif isinstance(entry, dict) and entry.get("split", "train") == "train":
+            path = entry.get("path")
+            patterns.extend([path] if isinstance(path, str) else path or [])
+    if not patterns:
+        raise DatasetSourceError(f"{label}: config {subset!r} lists no train data_files")
+    return patterns
+
+
+def _glob_matches(name: str, pattern: str) -> bool:
+    """A Hub data_files glob: each '*' stays within one path segment, as fsspec's glob does."""
+    parts, pattern_parts = name.split("/"), pattern.split("/")
+    if pattern == "*":
+        return True
+    return len(parts) == len(pattern_parts) and all(
+        fnmatch.fnmatchcase(part, wanted) for part, wanted in zip(parts, pattern_parts, strict=True)
+    )
+
+
 def _download(
     repo_id: str,
     revision: str,
@@ -189,7 +292,7 @@ def _download(
     token_env: str,
     select: Selector,
 ) -> dict:
-    """Fetch the files ``select(names, label, read_json)`` picks from the repo listing."""
+    """Fetch the files ``select(names, label, fetch)`` picks from the repo listing."""
     if not revision:
         raise ValueError(f"{repo_type} {repo_id!r}: a revision (branch, tag or commit) is required")
     token = os.environ.get(token_env) or None
@@ -221,7 +324,7 @@ def _download(
             )
             return tmp / name
 
-        selected = select(sorted(siblings), label, lambda name: _read_json(fetch(name)))
+        selected = select(sorted(siblings), label, fetch)
         for name in selected:
             fetch(name)
         shutil.rmtree(tmp / _HF_LOCAL_DIR_STATE, ignore_errors=True)
@@ -248,13 +351,17 @@ def _download(
 
 
 def _model_selector(allow_patterns: Sequence[str], allow_pickle: bool) -> Selector:
-    """A ``select(names, label, read_json)`` for ``_download`` that accepts only loadable models."""
+    """A ``select(names, label, fetch)`` for ``_download`` that accepts only loadable models."""
     pickle_weights = (PICKLE_SINGLE, "pytorch_model-*.bin", PICKLE_INDEX) if allow_pickle else ()
     patterns = (*allow_patterns, *pickle_weights)
 
-    def select(names: list[str], label: str, read_json: Callable[[str], dict]) -> list[str]:
+    def select(names: list[str], label: str, fetch: Callable[[str], Path]) -> list[str]:
         return _select_model_files(
-            _select_files(names, patterns), names, label=label, allow_pickle=allow_pickle, read_json=read_json
+            _select_files(names, patterns),
+            names,
+            label=label,
+            allow_pickle=allow_pickle,
+            read_json=lambda name: _read_json(fetch(name)),
         )
 
     return select

@@ -21,6 +21,8 @@ WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".h5", ".msgpack", ".gguf",
 MODEL_MANIFEST = "shadowft_manifest.json"
 #: Manifest of a delta directory (``shadowft.delta``).
 DELTA_MANIFEST = "manifest.json"
+#: Manifest of a prepared training dataset folder (``shadowft.datasets``).
+DATASET_MANIFEST = "shadowft_dataset.json"
 
 #: PEFT prefixes adapter keys with the wrapper's path to the wrapped model.
 PEFT_PREFIX = "base_model.model."

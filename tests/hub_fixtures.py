@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.model")
+LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.model", "*.parquet")
 
 
 @dataclass(frozen=True)
