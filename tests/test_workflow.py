@@ -23,6 +23,10 @@ CHAIN_EDGES = [
     ("report", "all"),
     ("demo_train", "similarity"),
     ("similarity", "report"),
+    ("demo_train", "check_pair"),
+    ("check_pair", "train"),
+    ("check_pair", "similarity"),
+    ("check_pair", "evaluate"),
 ]
 
 
@@ -50,6 +54,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "evaluate": 12,
         "report": 1,
         "similarity": 1,
+        "check_pair": 1,
     }
 
 
