@@ -259,7 +259,7 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
     workdir.mkdir()
     paths = result_paths(name)
     started = time.monotonic()
-    snakemake(workdir, "--cores", "2", "--configfile", str(config_file), paths["scores"], timeout=600)
+    snakemake(workdir, paths["scores"], "--cores", "2", "--configfile", str(config_file), timeout=600)
     print(f"{name}: tiny LoRA step, extract, graft and evaluation in {time.monotonic() - started:.0f} s")
 
     # Training used the family's template (and the family's own hyper-parameters).
