@@ -52,8 +52,10 @@ QWEN3_CHAT = (
 )
 LLAMA3_CHAT = (
     "{{- bos_token }}{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{{- message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 GEMMA3_CHAT = (
     "{{ bos_token }}{%- for message in messages %}"
@@ -160,7 +162,13 @@ FAMILIES: dict[str, TinyFamily] = {
         build_model=_qwen3,
     ),
     "llama3": TinyFamily(
-        special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        special_tokens=[
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ],
         chat_template=LLAMA3_CHAT,
         tokens={"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": None, "unk_token": None},
         build_model=_llama31,
@@ -263,7 +271,9 @@ def tiny_sft_dataset(folder: Path, *, rows: int = 4) -> Path:
     ]
     (folder / "train.json").write_text(json.dumps(examples))
     (folder / "dataset_info.json").write_text(
-        json.dumps({"tiny": {"file_name": "train.json", "formatting": "sharegpt", "columns": {"messages": "conversations"}}})
+        json.dumps(
+            {"tiny": {"file_name": "train.json", "formatting": "sharegpt", "columns": {"messages": "conversations"}}}
+        )
     )
     (folder / "eval.jsonl").write_text(
         "".join(json.dumps({"question": f"copy the word {word}", "answer": word}) + "\n" for word in ("fox", "dog"))

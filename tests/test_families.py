@@ -163,7 +163,9 @@ def paper_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("paper")
     data = workdir / "data" / "datasets" / "shadow_2k"
     data.mkdir(parents=True)
-    (data / "dataset_info.json").write_text(json.dumps({"shadow_2k": {"file_name": "train.json", "formatting": "sharegpt"}}))
+    (data / "dataset_info.json").write_text(
+        json.dumps({"shadow_2k": {"file_name": "train.json", "formatting": "sharegpt"}})
+    )
     (data / "train.json").write_text("[]")
     (data / "eval.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     return workdir
@@ -178,7 +180,14 @@ def test_the_demo_config_is_not_merged_into_a_given_config(paper_workdir):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(paper_workdir, name):
     output = snakemake(
-        paper_workdir, "-n", "--profile", str(SLURM_PROFILE), "--configfile", str(PAPER), "--config", f"families=[{name}]"
+        paper_workdir,
+        "-n",
+        "--profile",
+        str(SLURM_PROFILE),
+        "--configfile",
+        str(PAPER),
+        "--config",
+        f"families=[{name}]",
     ).stdout
     assert planned_jobs(output) == {
         "download_model": 2,
