@@ -295,3 +295,21 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
 
     scores = read_scores(workdir / paths["scores"])
     assert [(row["benchmark"], row["num_examples"]) for row in scores] == [("tiny", 2)]
+
+
+def test_adapter_names_resolve_through_a_multimodal_checkpoint_layout():
+    """PEFT names Gemma-3's modules as transformers holds them; its checkpoint names them otherwise."""
+    from shadowft.adapters import NameResolver
+    from shadowft.layout import DeltaError
+
+    checkpoint = [
+        "language_model.model.layers.0.self_attn.q_proj.weight",
+        "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "language_model.lm_head.weight",
+    ]
+    resolve = NameResolver(checkpoint, "the base model")
+    runtime = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert resolve(runtime, "key") == checkpoint[0]
+    assert resolve("model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight", "key") == checkpoint[1]
+    with pytest.raises(DeltaError, match="not in the base model"):
+        resolve("model.language_model.layers.1.self_attn.q_proj.weight", "key")
