@@ -313,3 +313,53 @@ def test_adapter_names_resolve_through_a_multimodal_checkpoint_layout():
     assert resolve("model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight", "key") == checkpoint[1]
     with pytest.raises(DeltaError, match="not in the base model"):
         resolve("model.language_model.layers.1.self_attn.q_proj.weight", "key")
+
+
+# The published architectures (each base model's config.json on the hub, as its model card
+# states it), to check every family's declared `parameters` by a second route: the model
+# built on the meta device, no weights. Qwen3-0.6B and 1.7B store the tied lm_head in their
+# checkpoints as well; the others store a tied matrix once.
+QWEN3 = {"head_dim": 128, "num_key_value_heads": 8, "vocab_size": 151936}
+PUBLISHED_ARCHITECTURES = {
+    "qwen2.5-7b": ("Qwen2Config", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                   num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)),
+    "qwen2.5-14b": ("Qwen2Config", dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
+                    num_attention_heads=40, num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False)),
+    "qwen3-0.6b": ("Qwen3Config", dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                   num_attention_heads=16, tie_word_embeddings=True, **QWEN3)),
+    "qwen3-1.7b": ("Qwen3Config", dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                   num_attention_heads=16, tie_word_embeddings=True, **QWEN3)),
+    "qwen3-4b": ("Qwen3Config", dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                 num_attention_heads=32, tie_word_embeddings=True, **QWEN3)),
+    "qwen3-8b": ("Qwen3Config", dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                 num_attention_heads=32, tie_word_embeddings=False, **QWEN3)),
+    "llama-3.1-8b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)),
+    "mistral-7b-v0.3": ("MistralConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=8, vocab_size=32768, tie_word_embeddings=False)),
+    "falcon3-7b": ("LlamaConfig", dict(hidden_size=3072, intermediate_size=23040, num_hidden_layers=28,
+                   num_attention_heads=12, num_key_value_heads=4, head_dim=256, vocab_size=131072,
+                   tie_word_embeddings=False)),
+    "yi-1.5-9b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=48,
+                  num_attention_heads=32, num_key_value_heads=4, vocab_size=64000, tie_word_embeddings=False)),
+    "gemma-3-4b": ("Gemma3Config", dict(
+        text_config=dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                         num_key_value_heads=4, head_dim=256, vocab_size=262208),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                           image_size=896, patch_size=14, vision_use_head=False),
+        mm_tokens_per_image=256)),
+}  # fmt: skip
+PUBLISHED_ARCHITECTURES["qwen3-4b-2507"] = PUBLISHED_ARCHITECTURES["qwen3-4b"]
+STORES_TIED_HEAD = {"qwen3-0.6b", "qwen3-1.7b"}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_declared_parameters_match_the_published_architecture(name):
+    family = load_family(name)
+    config_class, settings = PUBLISHED_ARCHITECTURES[name]
+    config = getattr(transformers, config_class)(**settings)
+    with torch.device("meta"):
+        model = getattr(transformers, family.architecture)(config)
+    unique = sum(parameter.numel() for parameter in model.parameters())
+    stored = sum(tensor.numel() for tensor in model.state_dict().values())
+    assert family.parameters == (stored if name in STORES_TIED_HEAD else unique)
