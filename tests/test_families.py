@@ -40,6 +40,7 @@ def result_paths(pair, tuning="lora", alpha="1", benchmark="tiny"):
     """Where the workflow puts one run's outputs (the one place tests name these paths)."""
     return {
         "adapter": f"results/{pair}/{tuning}/train_base/model",
+        "merged_instruct": f"results/{pair}/{tuning}/train_instruct/merged",
         "shadow": f"results/{pair}/{tuning}/shadow_a{alpha}",
         "scores": f"results/{pair}/eval/{tuning}/shadow_a{alpha}/{benchmark}/scores.csv",
     }
@@ -242,10 +243,9 @@ def expected_graft(instruct_state, adapter_dir):
     return expected
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TINY_FAMILIES))
-def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_path, name):
-    family = load_family(name)
+def tiny_family_run(tmp_path, name):
+    """A tiny model of family `name` as its models (family_overrides: local), a tiny dataset, and
+    a config that trains one LoRA step and scores on a two-question custom benchmark."""
     base, instruct = build_tiny_pair(TINY_FAMILIES[name], tmp_path / "models")
     data = tiny_sft_dataset(tmp_path / "data")
     config = {
@@ -266,6 +266,14 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
     config_file.write_text(yaml.safe_dump(config))
     workdir = tmp_path / "work"
     workdir.mkdir()
+    return config_file, workdir, instruct
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY_FAMILIES))
+def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_path, name):
+    family = load_family(name)
+    config_file, workdir, instruct = tiny_family_run(tmp_path, name)
     paths = result_paths(name)
     started = time.monotonic()
     snakemake(workdir, paths["scores"], "--cores", "2", "--configfile", str(config_file), timeout=600)
@@ -363,3 +371,15 @@ def test_declared_parameters_match_the_published_architecture(name):
     unique = sum(parameter.numel() for parameter in model.parameters())
     stored = sum(tensor.numel() for tensor in model.state_dict().values())
     assert family.parameters == (stored if name in STORES_TIED_HEAD else unique)
+
+
+@pytest.mark.slow
+def test_a_tiny_gemma3_instruct_lora_merges_into_the_multimodal_layout(tmp_path):
+    """The instruct_ft baseline of Gemma-3: LLaMA-Factory's export with the family's template
+    keeps the checkpoint's tensor names, the processor and INSTRUCT's chat template."""
+    config_file, workdir, instruct = tiny_family_run(tmp_path, "gemma-3-4b")
+    merged = workdir / result_paths("gemma-3-4b")["merged_instruct"]
+    snakemake(workdir, str(merged.relative_to(workdir)), "--cores", "2", "--configfile", str(config_file), timeout=600)
+    assert sorted(load_file(merged / "model.safetensors")) == sorted(load_file(instruct / "model.safetensors"))
+    assert {"processor_config.json", "preprocessor_config.json"} <= {path.name for path in merged.iterdir()}
+    assert (merged / "chat_template.jinja").read_text() == (instruct / "chat_template.jinja").read_text()
