@@ -284,6 +284,7 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
     assert arguments["template"] == family.template
     for key, value in family.hyperparameters.get("common", {}).items():
         assert arguments[key] == value
+    assert arguments["max_steps"] == 1  # the test's family_overrides, laid over everything else
 
     # The graft equals instruct + (lora_alpha / r) B @ A, computed here with plain torch.
     instruct_state = runtime_state(family.architecture, instruct)
