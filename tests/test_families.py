@@ -111,9 +111,12 @@ def test_family_overrides_change_one_family_only():
             "hyperparameters": {"lora": {"learning_rate": 1.0e-4}, "common": {"cutoff_len": 2048}},
             "base": {"revision": "0123abc"},
             "instruct": {"source": "local", "path": "/shared/Qwen3-4B"},
+            "template": "qwen3_nothink",
         }
     }
     validate_config(config)
+    assert config["pairs"]["qwen3-4b"]["template"] == "qwen3_nothink"
+    assert config["pairs"]["llama-3.1-8b"]["template"] == "llama3"
     assert config["pairs"]["qwen3-4b"]["hyperparameters"] == {
         "common": {"enable_thinking": False, "cutoff_len": 2048},
         "lora": {"learning_rate": 1.0e-4},
