@@ -14,8 +14,12 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.
 
 from shadowft.config import validate_config
 
+# The demo is the default experiment, found beside this Snakefile whatever the working
+# directory; a `--configfile` replaces it rather than being merged into it (Snakemake would
+# otherwise plan the demo's pair beside the given config's).
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate_config(config)

@@ -130,9 +130,18 @@ def training_dataset_dir(wildcards):
     return dataset_dir(config["training"]["dataset"])
 
 
+def training_overrides(pair, tuning):
+    """The LLaMA-Factory arguments of one pair's runs over the paper's defaults: the experiment's
+    (common, then the tuning's), then the pair's own (a family's, with its family_overrides)."""
+    overrides = {}
+    for hyperparameters in (config["training"]["hyperparameters"], config["pairs"][pair]["hyperparameters"]):
+        overrides.update(hyperparameters.get("common", {}))
+        overrides.update(hyperparameters.get(tuning, {}))
+    return overrides
+
+
 def training_parameters(wildcards):
     """The ingredients of one fine-tuning run's LLaMA-Factory arguments."""
-    hyperparameters = config["training"]["hyperparameters"]
     return {
         "model_dir": trained_model_dir(wildcards),
         "dataset_dir": training_dataset_dir(wildcards),
@@ -141,7 +150,7 @@ def training_parameters(wildcards):
         "tuning": wildcards.tuning,
         "stage": "sft",
         "output_dir": f"results/{wildcards.pair}/{wildcards.tuning}/train_{wildcards.role}/work",
-        "overrides": {**hyperparameters.get("common", {}), **hyperparameters.get(wildcards.tuning, {})},
+        "overrides": training_overrides(wildcards.pair, wildcards.tuning),
         "seed": config["seed"],
     }
 
@@ -315,11 +324,15 @@ def job_workload(rulename, wildcards):
 
 
 def job_parameters(rulename, wildcards, input):
-    """The size of a job's model: its own input, else (planning) the pair's base, the same architecture."""
+    """The size of a job's model: its own input, else (planning) the pair's base, the same
+    architecture, else (before the download) the count the pair declares (a family's)."""
     own = parameters_of(input[SIZED_MODEL_INPUT[rulename]])
     if own is not None or "pair" not in wildcards.keys():
         return own
-    return parameters_of(pair_planning_model(wildcards.pair))
+    planned = parameters_of(pair_planning_model(wildcards.pair))
+    if planned is not None:
+        return planned
+    return config["pairs"][wildcards.pair].get("parameters")
 
 
 def job_tokens(rulename, wildcards, input):

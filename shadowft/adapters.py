@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowft.layout import PEFT_PREFIX, DeltaError, shared_rows
+from shadowft.layout import PEFT_PREFIX, RUNTIME_CHECKPOINT_PREFIXES, DeltaError, shared_rows
 from shadowft.numerics import byte_ranges
 from shadowft.parts import DeltaEntry, FullPart, LoraPart
 from shadowft.policy import Selection
@@ -94,8 +94,10 @@ class NameResolver:
 
     PEFT names follow the module tree of the model class it wrapped
     (``model.layers.0...`` for a CausalLM); checkpoints usually agree but may
-    carry a different prefix (``language_model.``, no ``model.``). An exact
-    match wins; otherwise a unique match on whole dotted components.
+    carry a different prefix (``language_model.``, no ``model.``), or a multimodal
+    wrapper's on-disk layout (``layout.RUNTIME_CHECKPOINT_PREFIXES``). An exact match
+    wins; otherwise a unique match on whole dotted components; otherwise the same
+    for the name in the wrapper's on-disk layout.
     """
 
     def __init__(self, names: Iterable[str], where: str):
@@ -104,16 +106,24 @@ class NameResolver:
         self._where = where
 
     def __call__(self, name: str, key: str) -> str:
-        if name in self._set:
-            return name
-        matches = [n for n in self._names if n.endswith("." + name) or name.endswith("." + n)]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise DeltaError(f"adapter tensor {key!r} targets {name!r}, which is not in {self._where}")
-        raise DeltaError(
-            f"adapter tensor {key!r} targets {name!r}, ambiguous in {self._where}: {', '.join(sorted(matches)[:4])}"
-        )
+        candidates = [name] + [
+            checkpoint + name.removeprefix(runtime)
+            for runtime, checkpoint in RUNTIME_CHECKPOINT_PREFIXES
+            if name.startswith(runtime)
+        ]
+        for candidate in candidates:
+            if candidate in self._set:
+                return candidate
+        for candidate in candidates:
+            matches = [n for n in self._names if n.endswith("." + candidate) or candidate.endswith("." + n)]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                raise DeltaError(
+                    f"adapter tensor {key!r} targets {name!r}, ambiguous in {self._where}: "
+                    f"{', '.join(sorted(matches)[:4])}"
+                )
+        raise DeltaError(f"adapter tensor {key!r} targets {name!r}, which is not in {self._where}")
 
 
 @dataclass

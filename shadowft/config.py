@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from shadowft import demo
+from shadowft.families import FAMILIES_DIR, FamilyError, expand_families
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
@@ -45,9 +46,23 @@ def key_path(path) -> str:
     return text or "(top level)"
 
 
-def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
-    """Validate `config` in place (filling the schema's defaults) and check its cross-references."""
+def validate_config(config: dict, schema_path: Path = SCHEMA, families_dir: Path = FAMILIES_DIR) -> dict:
+    """Validate `config` in place (filling the schema's defaults), add the chosen families'
+    models and pairs (shadowft.families), and check its cross-references."""
     schema = yaml.safe_load(Path(schema_path).read_text())
+    _check_schema(config, schema)
+    if config["families"]:
+        try:
+            expand_families(config, families_dir)
+        except FamilyError as error:
+            raise ConfigError(f"invalid configuration:\n  {error}") from None
+        _check_schema(config, schema)  # the families' entries gain their defaults and are checked too
+    _check_finite(config)
+    _check_references(config)
+    return config
+
+
+def _check_schema(config: dict, schema: dict) -> None:
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(map(str, error.absolute_path)))
     if _read_text_as_typed(config, errors):
@@ -55,9 +70,6 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     if errors:
         lines = [f"  {key_path(error.absolute_path)}: {_message(_deepest(error))}" for error in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
-    _check_finite(config)
-    _check_references(config)
-    return config
 
 
 def _non_finite_numbers(value, path=()):
@@ -133,6 +145,8 @@ def _typed(text: str, wanted):
 def _check_references(config: dict) -> None:
     problems = []
     models, datasets = config["models"], config["datasets"]
+    if not config["pairs"]:
+        problems.append("pairs: no pair to run; define pairs or choose families (e.g. families: [qwen3-4b])")
     for pair, spec in config["pairs"].items():
         for role in ("base", "instruct"):
             if spec[role] not in models:

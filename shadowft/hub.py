@@ -60,6 +60,10 @@ DEFAULT_MODEL_PATTERNS: tuple[str, ...] = (
     "*.tiktoken",
     "chat_template.jinja",
     "chat_template.json",
+    # Multimodal families (Gemma-3): LLaMA-Factory's template plugin reads the processor's
+    # image tokens even for text-only data, and fails without these.
+    "preprocessor_config.json",
+    "processor_config.json",
 )
 
 # transformers loads exactly these names; other *.safetensors at the root (Mistral's

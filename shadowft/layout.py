@@ -27,6 +27,17 @@ DATASET_MANIFEST = "shadowft_dataset.json"
 #: PEFT prefixes adapter keys with the wrapper's path to the wrapped model.
 PEFT_PREFIX = "base_model.model."
 
+#: Multimodal wrappers whose module tree (what PEFT names) differs from their checkpoint's
+#: tensor names: transformers >= 4.52 renames on load (the classes'
+#: ``_checkpoint_conversion_mapping``), e.g. Gemma-3's runtime ``model.language_model.layers.0``
+#: is ``language_model.model.layers.0`` on disk. (runtime prefix, checkpoint prefix) pairs.
+RUNTIME_CHECKPOINT_PREFIXES = (
+    ("model.language_model.", "language_model.model."),  # Gemma-3, LLaVA, PaliGemma, Mistral-3
+    ("model.language_model.", "model."),  # Qwen2-VL, Qwen2.5-VL
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+
 #: What to do with embeddings / lm_head whose vocabulary sizes differ.
 VOCAB_POLICIES = ("error", "shared", "keep")
 

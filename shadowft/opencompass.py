@@ -172,11 +172,30 @@ def model_config(
         "batch_size": batch_size,
         "run_cfg": {"num_gpus": num_gpus},
     }
+    if max_seq_len is None:
+        max_seq_len = nested_context_length(Path(model_dir))
     if max_seq_len is not None:
         model["max_seq_len"] = max_seq_len
     if meta_template is not None:
         model["meta_template"] = meta_template
     return model
+
+
+def nested_context_length(model_dir: Path) -> int | None:
+    """A multimodal model's context length, which OpenCompass cannot find itself.
+
+    OpenCompass looks for max_position_embeddings at the top of config.json only; a
+    multimodal wrapper (Gemma-3's Gemma3ForConditionalGeneration) keeps it in text_config,
+    and OpenCompass then stops. None when the top level has it (OpenCompass reads it) or
+    nothing does.
+    """
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "max_position_embeddings" in config:
+        return None
+    return config.get("text_config", {}).get("max_position_embeddings")
 
 
 def custom_datasets(spec: dict) -> list[dict]:
