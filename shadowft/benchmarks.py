@@ -172,6 +172,17 @@ def opencompass_benchmarks(evaluation: Mapping) -> dict[str, dict]:
     return {name: spec for name, spec in evaluation.get("benchmarks", {}).items() if spec.get("kind") == "opencompass"}
 
 
+def benchmark_scores(rows: Iterable[Mapping]) -> dict[str, float]:
+    """One score per benchmark from scores.csv rows: its first metric, unweighted mean over its datasets."""
+    first_metric: dict[str, str] = {}
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        metric = first_metric.setdefault(row["benchmark"], row["metric"])
+        if row["metric"] == metric:
+            values.setdefault(row["benchmark"], []).append(float(row["score"]))
+    return {benchmark: sum(scores) / len(scores) for benchmark, scores in values.items()}
+
+
 def group_averages(scores: Mapping[str, float], groups: Mapping[str, Iterable[str]]) -> dict[str, float]:
     """Each group's unweighted mean of its benchmarks' scores, NaN when one of them is missing.
 

@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from shadowft import demo
+from shadowft.benchmarks import expand_evaluation
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
@@ -51,6 +52,10 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     if errors:
         lines = [f"  {key_path(error.absolute_path)}: {_message(_deepest(error))}" for error in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    try:
+        expand_evaluation(config["evaluation"])
+    except ValueError as error:
+        raise ConfigError(f"invalid configuration:\n  {error}") from None
     _check_references(config)
     return config
 
@@ -85,8 +90,10 @@ def _check_references(config: dict) -> None:
             )
     if config["training"]["dataset"] not in datasets:
         problems.append(f"training.dataset: '{config['training']['dataset']}' is not a key of datasets")
+    if not config["evaluation"]["benchmarks"]:
+        problems.append("evaluation: no benchmarks (name some in benchmarks, or groups)")
     for name, benchmark in config["evaluation"]["benchmarks"].items():
-        if benchmark["dataset"] not in datasets:
+        if benchmark["kind"] == "custom" and benchmark["dataset"] not in datasets:
             problems.append(f"evaluation.benchmarks.{name}.dataset: '{benchmark['dataset']}' is not a key of datasets")
     demo_roles = sorted(spec["role"] for spec in models.values() if spec["source"] == "demo")
     if len(demo_roles) != len(set(demo_roles)):

@@ -70,6 +70,8 @@ BACKENDS = {
     "vllm": "opencompass.models.VLLMwithChatTemplate",
     "lmdeploy": "opencompass.models.TurboMindModelwithChatTemplate",
 }
+# backend -> the environment (envs/<name>.yaml) whose OpenCompass has that backend's engine
+BACKEND_ENVS = {"hf": "eval", "vllm": "vllm", "lmdeploy": "lmdeploy"}
 # Prompts handed to the model at once, per GPU (the CPU counts as one). The engines batch
 # continuously, so they take more than transformers' padded batches; OpenCompass's own
 # vLLM/LMDeploy configs use 16 on one GPU.
@@ -640,16 +642,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     fetch.add_argument("--data-cache", type=Path, required=True, help="the COMPASS_DATA_CACHE folder to fill")
     fetch.add_argument("--manifest", type=Path, required=True, help="the manifest (JSON, sha256 per file) to write")
-    fetch.add_argument("--urls", type=Path, help="a JSON of DATASETS_URL entries ({key: {url, md5}}) to use first")
+    fetch.add_argument(
+        "--urls", type=_benchmark_argument, help="DATASETS_URL entries ({key: {url, md5}}) to use first: JSON or a file"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "prefetch":
         from shadowft.opencompass_data import MissingDataError, prefetch
 
-        urls = json.loads(args.urls.read_text(encoding="utf-8")) if args.urls else None
         try:
-            prefetch(args.benchmarks_json, args.data_cache, args.manifest, urls=urls)
+            prefetch(args.benchmarks_json, args.data_cache, args.manifest, urls=args.urls)
         except (MissingDataError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
