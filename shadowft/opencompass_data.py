@@ -85,7 +85,10 @@ def required_paths(datasets: list[dict]) -> dict[str, list[str]]:
         path = dataset.get("path")
         if not isinstance(path, str) or os.path.isabs(path):
             continue  # custom files and absolute paths are the config's own
-        paths.setdefault(local_data_path(path), []).append(dataset["abbr"])
+        local = local_data_path(path)
+        if isinstance(dataset.get("file_name"), str):  # a file inside the folder (MATH-500, Minerva-math)
+            local = os.path.join(local, dataset["file_name"])
+        paths.setdefault(local, []).append(dataset["abbr"])
     return paths
 
 
@@ -167,7 +170,8 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
         for local, abbrs in required_paths(datasets).items():
             key = download_key(local, table)
             target = cache / local
-            if not target.exists():
+            downloaded = not target.exists()
+            if downloaded:
                 if key is None:
                     raise MissingDataError(
                         f"benchmark {name}: OpenCompass has no download for {local} (datasets {', '.join(abbrs)}); "
@@ -185,6 +189,7 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
                     "datasets": abbrs,
                     "url": table[key]["url"] if key else None,
                     "md5": table[key]["md5"] if key else None,
+                    "downloaded": downloaded,  # False: found in the cache (url is where OpenCompass would fetch it)
                     "files": _hash_tree(cache, _top_entry(local)),
                 }
             )
