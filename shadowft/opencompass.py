@@ -219,7 +219,9 @@ def model_config(
     return model
 
 
-def _engine_model_config(model_dir, backend, num_gpus, batch_size, max_seq_len, dtype, trust_remote_code, meta_template):
+def _engine_model_config(
+    model_dir, backend, num_gpus, batch_size, max_seq_len, dtype, trust_remote_code, meta_template
+):
     """vLLM's or TurboMind's model entry (VLLMwithChatTemplate, TurboMindModelwithChatTemplate)."""
     model = {"type": BACKENDS[backend], "abbr": MODEL_ABBR, "path": str(Path(model_dir).resolve())}
     if backend == "vllm":

@@ -126,7 +126,9 @@ def check_prefetched(name: str, datasets: list[dict], cache: Path) -> None:
         if not (cache / local).exists()
     ]
     missing += [
-        f"{extra}: {extra_path(cache, extra)}" for extra in required_extras(name) if not extra_path(cache, extra).exists()
+        f"{extra}: {extra_path(cache, extra)}"
+        for extra in required_extras(name)
+        if not extra_path(cache, extra).exists()
     ]
     if missing:
         raise MissingDataError(
@@ -179,7 +181,10 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
                     )
                 log.info("%s: downloading %s for %s", name, table[key]["url"], local)
                 download_and_extract_archive(
-                    url=table[key]["url"], download_root=str(cache / "data"), md5=table[key]["md5"], remove_finished=True
+                    url=table[key]["url"],
+                    download_root=str(cache / "data"),
+                    md5=table[key]["md5"],
+                    remove_finished=True,
                 )
                 if not target.exists():
                     raise MissingDataError(f"benchmark {name}: {table[key]['url']} did not hold {local}")

@@ -82,7 +82,9 @@ def test_groups_expand_into_benchmarks_with_the_paper_defaults():
 
 
 def test_a_benchmark_keeps_its_own_settings():
-    evaluation = expand_evaluation({"groups": ["math7"], "benchmarks": {"gsm8k": {"kind": "opencompass", "max_out_len": 8}}})
+    evaluation = expand_evaluation(
+        {"groups": ["math7"], "benchmarks": {"gsm8k": {"kind": "opencompass", "max_out_len": 8}}}
+    )
     assert evaluation["benchmarks"]["gsm8k"]["max_out_len"] == 8
     assert evaluation["benchmarks"]["gsm8k"]["config"] == "opencompass.configs.datasets.gsm8k.gsm8k_gen"
     assert evaluation["benchmarks"]["math"]["max_out_len"] == PAPER_MAX_OUT_LEN

@@ -136,7 +136,7 @@ def test_prefetch_rule_fills_the_cache_and_the_manifest(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--cores", "1", "--configfile", str(workdir / "config.yaml"), str(cache / "manifest.json"))
+    snakemake(workdir, str(cache / "manifest.json"), "--cores", "1", "--configfile", str(workdir / "config.yaml"))
 
     assert sorted(p.name for p in (cache / "data" / "gsm8k").iterdir()) == ["test.jsonl", "train.jsonl"]
     assert not (cache / "data" / "gsm8k.zip").exists(), "the zip is removed once extracted"
@@ -156,7 +156,9 @@ def test_missing_dataset_is_a_clear_error_before_opencompass_starts(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     benchmark = {"name": "gsm8k", **CATALOG["gsm8k"].spec()}
-    result = evaluate_in_eval_env(EVAL_PYTHON, ROOT, tmp_path, model, benchmark, "--data-cache", str(tmp_path / "cache"))
+    result = evaluate_in_eval_env(
+        EVAL_PYTHON, ROOT, tmp_path, model, benchmark, "--data-cache", str(tmp_path / "cache")
+    )
     assert result.returncode == 1
     assert "benchmark gsm8k: not in the data cache" in result.stderr
     assert f"dataset gsm8k: {tmp_path / 'cache' / 'data' / 'gsm8k'}" in result.stderr
@@ -176,7 +178,7 @@ def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     target = scores_path(workdir, "demo", "base", "gsm8k")
-    snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "config.yaml"), str(target.relative_to(workdir)))
+    snakemake(workdir, str(target.relative_to(workdir)), "--cores", "2", "--configfile", str(workdir / "config.yaml"))
 
     rows = read_scores(target)
     assert [(row["benchmark"], row["dataset"], row["metric"], row["num_examples"]) for row in rows] == [
@@ -192,5 +194,8 @@ def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
     log = (workdir / "logs" / "evaluate" / "demo" / "base" / "gsm8k.log").read_text()
     assert "Downloading" not in log and "download" not in log.lower()
     manifest = json.loads((cache / "manifest.json").read_text())
-    assert set(manifest["benchmarks"]["gsm8k"]["data"][0]["files"]) == {"data/gsm8k/test.jsonl", "data/gsm8k/train.jsonl"}
+    assert set(manifest["benchmarks"]["gsm8k"]["data"][0]["files"]) == {
+        "data/gsm8k/test.jsonl",
+        "data/gsm8k/train.jsonl",
+    }
     assert manifest["benchmarks"]["gsm8k"]["data"][0]["downloaded"] is False, "the test's rows, not a download"
