@@ -399,7 +399,7 @@ def evaluate(
 
         check_prefetched(spec["name"], config["datasets"], Path(data_cache))
         check_packages(spec["name"])
-        env.update(evaluation_environment(Path(data_cache)))
+        env.update(evaluation_environment(spec["name"], Path(data_cache)))
     elif data_cache:
         env["COMPASS_DATA_CACHE"] = str(Path(data_cache).resolve())
     run_dir = _new_run_dir(work_dir)

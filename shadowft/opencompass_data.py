@@ -16,7 +16,9 @@ offline, so:
 
 ``urls`` overrides or extends ``DATASETS_URL`` (``{key: {"url", "md5"}}``, the format of
 OpenCompass's own ``~/.OPENCOMPASS_INTERNAL_DATA_URL.json``): a mirror, a dataset
-OpenCompass has no download for (Minerva-math), or a local ``file://`` zip in tests.
+OpenCompass has no download for (Minerva-math), or a local ``file://`` zip in tests. An
+extra's name as key (``"nltk:punkt_tab"``) gives a zip of that extra's folder instead of
+its tool's own download.
 Runs in the eval environment; OpenCompass is imported where it is needed.
 """
 
@@ -107,14 +109,14 @@ def extra_path(cache: Path, extra: str) -> Path:
     raise ValueError(f"unknown offline extra {extra!r}")
 
 
-def evaluation_environment(cache: Path) -> dict[str, str]:
-    """The variables that point evaluators at the cache's extras (and OpenCompass at its data)."""
+def evaluation_environment(name: str, cache: Path) -> dict[str, str]:
+    """The variables that point OpenCompass at the cache and benchmark `name`'s evaluator at its extras."""
     cache = Path(cache).resolve()
-    return {
-        "COMPASS_DATA_CACHE": str(cache),
-        "NLTK_DATA": str(cache / NLTK_FOLDER),
-        "HUMANEVAL_OVERRIDE_PATH": str(cache / EVALPLUS_FOLDER / "humaneval.jsonl"),
-    }
+    env = {"COMPASS_DATA_CACHE": str(cache), "NLTK_DATA": str(cache / NLTK_FOLDER)}
+    if "evalplus:humaneval" in required_extras(name):
+        # EvalPlus reads HumanEval+ from here instead of downloading it.
+        env["HUMANEVAL_OVERRIDE_PATH"] = str(extra_path(cache, "evalplus:humaneval"))
+    return env
 
 
 def check_prefetched(name: str, datasets: list[dict], cache: Path) -> None:
@@ -198,7 +200,7 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
                     "files": _hash_tree(cache, _top_entry(local)),
                 }
             )
-        extras = {extra: _fetch_extra(cache, extra) for extra in required_extras(name)}
+        extras = {extra: _fetch_extra(cache, extra, table.get(extra)) for extra in required_extras(name)}
         record["benchmarks"][name] = {"config": spec["config"], "data": entries, "extras": extras}
     atomic_write_json(Path(manifest), record)
     return record
@@ -224,11 +226,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_extra(cache: Path, extra: str) -> dict[str, str]:
+def _fetch_extra(cache: Path, extra: str, source: Mapping | None) -> dict[str, str]:
+    """Fetch an evaluator's extra unless the cache has it: from `source` (a zip of the folder,
+    a dataset_urls entry keyed by the extra's name, e.g. "nltk:punkt_tab") or its own tool."""
+    from opencompass.utils.fileio import download_and_extract_archive
+
     kind, _, item = extra.partition(":")
     target = extra_path(cache, extra)
     if not target.exists():
-        if kind == "nltk":
+        if source is not None:
+            download_and_extract_archive(
+                url=source["url"], download_root=str(target.parent), md5=source.get("md5"), remove_finished=True
+            )
+            if not target.exists():
+                raise MissingDataError(f"{extra}: {source['url']} did not hold {target.name}")
+        elif kind == "nltk":
             import nltk
 
             if not nltk.download(item, download_dir=str(cache / NLTK_FOLDER), quiet=True, raise_on_error=True):

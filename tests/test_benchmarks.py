@@ -254,3 +254,21 @@ def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
     }
     assert sorted(planned) == sorted(expected), "one evaluation job per (variant, benchmark)"
     assert len(re.findall(r"^(?:local)?rule prefetch_benchmarks:", output, re.MULTILINE)) == 1
+
+
+def test_a_missing_evaluator_extra_names_itself_and_the_prefetch_rule(tmp_path):
+    from shadowft.opencompass_data import MissingDataError, check_prefetched, evaluation_environment
+
+    with pytest.raises(MissingDataError) as error:
+        check_prefetched("ifeval", [], tmp_path)
+    assert f"nltk:punkt_tab: {tmp_path / 'nltk_data' / 'tokenizers' / 'punkt_tab'}" in str(error.value)
+    assert "snakemake --until prefetch_benchmarks" in str(error.value)
+    (tmp_path / "nltk_data" / "tokenizers" / "punkt_tab").mkdir(parents=True)
+    check_prefetched("ifeval", [], tmp_path)
+    assert evaluation_environment("ifeval", tmp_path) == {
+        "COMPASS_DATA_CACHE": str(tmp_path.resolve()),
+        "NLTK_DATA": str(tmp_path.resolve() / "nltk_data"),
+    }
+    assert evaluation_environment("humaneval_plus", tmp_path)["HUMANEVAL_OVERRIDE_PATH"] == str(
+        tmp_path.resolve() / "evalplus" / "humaneval.jsonl"
+    )

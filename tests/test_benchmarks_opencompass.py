@@ -199,3 +199,40 @@ def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
         "data/gsm8k/train.jsonl",
     }
     assert manifest["benchmarks"]["gsm8k"]["data"][0]["downloaded"] is False, "the test's rows, not a download"
+
+
+def zip_folder(folder, archive):
+    """A zip holding `folder` at its root, as OpenCompass and NLTK publish their data."""
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zipped.write(path, str(path.relative_to(folder.parent)))
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_prefetch_fetches_the_evaluators_extras(tmp_path):
+    # IFEval: its data zip and NLTK's punkt_tab (what its evaluator loads), both from file:// zips.
+    ifeval = tmp_path / "source" / "ifeval"
+    ifeval.mkdir(parents=True)
+    (ifeval / "input_data.jsonl").write_text(json.dumps({"key": 1, "prompt": "Say hi.", "instruction_id_list": []}))
+    punkt = tmp_path / "source" / "punkt_tab" / "english"
+    punkt.mkdir(parents=True)
+    (punkt / "sent_starters.txt").write_text("The\n")
+    urls = {}
+    for key, folder in (("/ifeval/", ifeval), ("nltk:punkt_tab", punkt.parent)):
+        archive, md5 = zip_folder(folder, tmp_path / f"{folder.name}.zip")
+        urls[key] = {"url": archive.as_uri(), "md5": md5}
+    cache = tmp_path / "cache"
+    code = "import sys; from shadowft.opencompass import main; sys.exit(main(sys.argv[1:]))"
+    args = ["prefetch", "--benchmarks-json", json.dumps({"ifeval": CATALOG["ifeval"].spec()})]
+    args += ["--data-cache", str(cache), "--manifest", str(cache / "manifest.json"), "--urls", json.dumps(urls)]
+    in_eval_env(code, *args)
+
+    record = json.loads((cache / "manifest.json").read_text())["benchmarks"]["ifeval"]
+    assert [entry["path"] for entry in record["data"]] == ["data/ifeval/input_data.jsonl"]
+    assert record["extras"] == {
+        "nltk:punkt_tab": {
+            "nltk_data/tokenizers/punkt_tab/english/sent_starters.txt": hashlib.sha256(b"The\n").hexdigest()
+        }
+    }
+    assert sorted(p.name for p in (cache / "nltk_data" / "tokenizers").iterdir()) == ["punkt_tab"]
