@@ -203,6 +203,11 @@ def prefetch_manifest():
     return os.path.join(data_cache(), "manifest.json")
 
 
+def manifest_folder(wildcards, output):
+    """The data cache a prefetch fills: the folder of its manifest."""
+    return os.path.dirname(output[0])
+
+
 def prefetched_benchmarks():
     """{name: spec} of every standard benchmark the config evaluates, as JSON for the command line."""
     return json.dumps(opencompass_benchmarks(config["evaluation"]), sort_keys=True)

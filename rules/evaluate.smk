@@ -15,7 +15,7 @@ rule prefetch_benchmarks:
     params:
         python=env_python(evaluation_env()),
         benchmarks=prefetched_benchmarks(),
-        data_cache=data_cache(),
+        data_cache=manifest_folder,
         urls=dataset_urls(),
     shell:
         "{params.python} -m shadowft.opencompass prefetch --benchmarks-json {params.benchmarks:q}"
