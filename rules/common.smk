@@ -174,7 +174,7 @@ def benchmark_data(wildcards):
     """What an evaluation reads besides the model: a custom benchmark's dataset folder, or the
     manifest of the prefetched standard benchmarks' data."""
     if config["evaluation"]["benchmarks"][wildcards.benchmark]["kind"] == "opencompass":
-        return prefetch_manifest()
+        return prefetch_manifest(wildcards.benchmark)
     return benchmark_dataset_dir(wildcards)
 
 
@@ -199,18 +199,21 @@ def data_cache():
     return config["evaluation"]["data_cache"]
 
 
-def prefetch_manifest():
-    return os.path.join(data_cache(), "manifest.json")
+def prefetch_manifest(benchmark):
+    """The record of one standard benchmark's prefetched data: one per benchmark, so adding a
+    benchmark leaves the others' evaluations alone."""
+    return os.path.join(data_cache(), "manifests", f"{benchmark}.json")
 
 
-def manifest_folder(wildcards, output):
-    """The data cache a prefetch fills: the folder of its manifest."""
-    return os.path.dirname(output[0])
+def manifest_cache(wildcards, output):
+    """The data cache a prefetch fills: the folder above its manifests/."""
+    return os.path.dirname(os.path.dirname(output[0]))
 
 
-def prefetched_benchmarks():
-    """{name: spec} of every standard benchmark the config evaluates, as JSON for the command line."""
-    return json.dumps(opencompass_benchmarks(config["evaluation"]), sort_keys=True)
+def prefetched_benchmark(wildcards):
+    """{name: spec} of the standard benchmark to prefetch, as JSON for the command line."""
+    name = wildcards.benchmark
+    return json.dumps({name: opencompass_benchmarks(config["evaluation"])[name]}, sort_keys=True)
 
 
 def dataset_urls():

@@ -7,15 +7,15 @@ localrules:
 
 rule prefetch_benchmarks:
     output:
-        prefetch_manifest(),
+        prefetch_manifest("{benchmark}"),
     log:
-        "logs/prefetch_benchmarks.log",
+        "logs/prefetch_benchmarks/{benchmark}.log",
     conda:
         f"../envs/{evaluation_env()}.yaml"
     params:
         python=env_python(evaluation_env()),
-        benchmarks=prefetched_benchmarks(),
-        data_cache=manifest_folder,
+        benchmarks=prefetched_benchmark,
+        data_cache=manifest_cache,
         urls=dataset_urls(),
     shell:
         "{params.python} -m shadowft.opencompass prefetch --benchmarks-json {params.benchmarks:q}"

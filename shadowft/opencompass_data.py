@@ -24,6 +24,7 @@ Runs in the eval environment; OpenCompass is imported where it is needed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -158,14 +159,23 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
     """Put every benchmark's data and evaluator extras under `cache`; write and return the manifest.
 
     ``benchmarks`` maps a name to its ``kind: opencompass`` spec (config, variable). Data
-    already in the cache is kept (not downloaded again) and hashed like the rest.
+    already in the cache is kept (not downloaded again) and hashed like the rest. Holds a
+    lock on the cache meanwhile: benchmarks share zips (GSM8K and its 0-shot, BBH and its 0-shot).
     """
+    cache = Path(cache).resolve()
+    (cache / "data").mkdir(parents=True, exist_ok=True)
+    with open(cache / ".prefetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = _prefetch_locked(benchmarks, cache, urls)
+    atomic_write_json(Path(manifest), record)
+    return record
+
+
+def _prefetch_locked(benchmarks: Mapping[str, dict], cache: Path, urls: Mapping | None) -> dict:
     from opencompass.utils.fileio import download_and_extract_archive
 
     from shadowft.opencompass import opencompass_datasets
 
-    cache = Path(cache).resolve()
-    (cache / "data").mkdir(parents=True, exist_ok=True)
     table = dataset_urls(urls)
     record = {"version": MANIFEST_VERSION, "opencompass": _opencompass_version(), "benchmarks": {}}
     for name, spec in sorted(benchmarks.items()):
@@ -202,7 +212,6 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
             )
         extras = {extra: _fetch_extra(cache, extra, table.get(extra)) for extra in required_extras(name)}
         record["benchmarks"][name] = {"config": spec["config"], "data": entries, "extras": extras}
-    atomic_write_json(Path(manifest), record)
     return record
 
 

@@ -36,6 +36,11 @@ def scores_path(workdir, pair: str, variant: str, benchmark: str):
     return workdir / "results" / pair / "eval" / variant / benchmark / "scores.csv"
 
 
+def manifest_path(cache, benchmark: str):
+    """Where prefetch_benchmarks records one benchmark's data under the cache."""
+    return cache / "manifests" / f"{benchmark}.json"
+
+
 def in_eval_env(code: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [str(EVAL_PYTHON), "-c", code, *args],
@@ -136,11 +141,11 @@ def test_prefetch_rule_fills_the_cache_and_the_manifest(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, str(cache / "manifest.json"), "--cores", "1", "--configfile", str(workdir / "config.yaml"))
+    snakemake(workdir, str(manifest_path(cache, "gsm8k")), "--cores", "1", "--configfile", str(workdir / "config.yaml"))
 
     assert sorted(p.name for p in (cache / "data" / "gsm8k").iterdir()) == ["test.jsonl", "train.jsonl"]
     assert not (cache / "data" / "gsm8k.zip").exists(), "the zip is removed once extracted"
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads(manifest_path(cache, "gsm8k").read_text())
     (entry,) = manifest["benchmarks"]["gsm8k"]["data"]
     assert entry["path"] == "data/gsm8k" and entry["datasets"] == ["gsm8k"]
     assert (entry["url"], entry["md5"], entry["downloaded"]) == (archive.as_uri(), md5, True)
@@ -193,7 +198,7 @@ def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
     assert float(line[4]) == pytest.approx(round(rows[0]["score"], 2))
     log = (workdir / "logs" / "evaluate" / "demo" / "base" / "gsm8k.log").read_text()
     assert "Downloading" not in log and "download" not in log.lower()
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads(manifest_path(cache, "gsm8k").read_text())
     assert set(manifest["benchmarks"]["gsm8k"]["data"][0]["files"]) == {
         "data/gsm8k/test.jsonl",
         "data/gsm8k/train.jsonl",
