@@ -273,3 +273,33 @@ def test_a_missing_evaluator_extra_names_itself_and_the_prefetch_rule(tmp_path):
     assert evaluation_environment("humaneval_plus", tmp_path)["HUMANEVAL_OVERRIDE_PATH"] == str(
         tmp_path.resolve() / "evalplus" / "humaneval.jsonl"
     )
+
+
+def test_report_adds_group_averages(tmp_path):
+    from shadowft.opencompass import write_scores
+    from shadowft.report import summarize
+
+    records = []
+    for variant, scores in (("base", {"gsm8k": 10.0, "svamp": 30.0}), ("instruct", {"gsm8k": 50.0, "svamp": 70.0})):
+        for benchmark, score in scores.items():
+            path = tmp_path / variant / benchmark / "scores.csv"
+            write_scores(
+                [
+                    {
+                        "benchmark": benchmark,
+                        "dataset": benchmark,
+                        "metric": "accuracy",
+                        "score": score,
+                        "num_examples": 2,
+                    }
+                ],
+                path,
+            )
+            records.append({"pair": "p", "variant": variant, "scores": path})
+    groups = {"math7": ["gsm8k", "svamp"]}
+    summarize(records, tmp_path / "summary.csv", tmp_path / "summary.md", benchmark_groups=groups)
+    markdown = (tmp_path / "summary.md").read_text()
+    section = markdown.split("## p: group averages\n", 1)[1]
+    assert "| Base | 20.0 |" in section and "| Instruct | 60.0 |" in section
+    summarize(records, tmp_path / "summary.csv", tmp_path / "plain.md")
+    assert "group averages" not in (tmp_path / "plain.md").read_text(), "nothing for a config without groups"
