@@ -24,6 +24,9 @@ EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 # Data OpenCompass 0.5.4 has no download for (shadowft's own config; evaluation.dataset_urls supplies it).
 NO_OPENCOMPASS_DOWNLOAD = {"minerva_math"}
 GSM8K_ROWS = [("What is 2 plus 2?", "2 + 2 = 4\n#### 4"), ("What is 3 plus 4?", "3 + 4 = 7\n#### 7")]
+# GSM8K's evaluator reads an answer without a number as "NULL": a gold "NULL" is right for
+# any such answer, so against a model that writes no digits these rows score exactly 50.
+NO_NUMBER_ROWS = [("What is 2 plus 2?", "2 + 2 = 4\n#### 4"), ("Name no number.", "None.\n#### NULL")]
 
 pytestmark = [
     pytest.mark.slow,
@@ -173,7 +176,7 @@ def test_missing_dataset_is_a_clear_error_before_opencompass_starts(tmp_path):
 
 def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
     cache = tmp_path / "cache"
-    write_gsm8k(cache / "data" / "gsm8k")
+    write_gsm8k(cache / "data" / "gsm8k", NO_NUMBER_ROWS)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["training"]["tunings"] = ["lora"]
     config["evaluation"].update(
@@ -185,10 +188,16 @@ def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
     target = scores_path(workdir, "demo", "base", "gsm8k")
     snakemake(workdir, str(target.relative_to(workdir)), "--cores", "2", "--configfile", str(workdir / "config.yaml"))
 
+    predictions = json.loads((target.parent / "predictions.json").read_text())["gsm8k"]
+    answers = [record["prediction"].split("Question:")[0] for record in predictions.values()]
+    assert len(answers) == 2 and not any(char.isdigit() for answer in answers for char in answer), (
+        f"the premise: the demo's base model writes no number ({answers})"
+    )
     rows = read_scores(target)
     assert [(row["benchmark"], row["dataset"], row["metric"], row["num_examples"]) for row in rows] == [
-        ("gsm8k", "gsm8k", "accuracy", len(GSM8K_ROWS))
+        ("gsm8k", "gsm8k", "accuracy", len(NO_NUMBER_ROWS))
     ]
+    assert rows[0]["score"] == 50.0
     # OpenCompass's own summary of the same run: summary/summary_<time>.csv in its run folder.
     (summary,) = (target.parent / "opencompass").glob("*/summary/summary_*.csv")
     header, *lines = summary.read_text().splitlines()
