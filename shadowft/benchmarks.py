@@ -198,6 +198,28 @@ def group_averages(scores: Mapping[str, float], groups: Mapping[str, Iterable[st
     return averages
 
 
+def group_average_sections(
+    rows: Iterable[Mapping], groups: Mapping[str, Iterable[str]], labels: Mapping[str, str], digits: int = 1
+) -> str:
+    """The report's group averages: per pair (in the rows' order), a Markdown table of its variants.
+
+    ``rows`` are summary rows (pair, variant, benchmark, metric, score); ``labels`` maps a
+    variant to the name its row shows. Empty when no group applies.
+    """
+    if not groups:
+        return ""
+    by_pair: dict[str, dict[str, list[Mapping]]] = {}
+    for row in rows:
+        by_pair.setdefault(row["pair"], {}).setdefault(row["variant"], []).append(row)
+    sections = ""
+    for pair, by_variant in by_pair.items():
+        scores = {labels.get(variant, variant): benchmark_scores(found) for variant, found in by_variant.items()}
+        table = group_average_markdown(scores, groups, digits)
+        if table:
+            sections += f"\n## {pair}: group averages\n\nUnweighted mean of each group's benchmarks.\n\n{table}"
+    return sections
+
+
 def group_average_markdown(table_rows: Mapping[str, Mapping[str, float]], groups: Mapping, digits: int = 1) -> str:
     """A Markdown table of group averages: one row per variant label, one column per group.
 

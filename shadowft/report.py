@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from shadowft.benchmarks import benchmark_scores, group_average_markdown
+from shadowft.benchmarks import group_average_sections
 from shadowft.io import atomic_write_text
 from shadowft.opencompass import SCORES_COLUMNS
 
@@ -109,15 +109,8 @@ def summarize(
     atomic_write_text(Path(out_csv), summary.to_csv(index=False))
     sigmas = {pair: overall_sigma(Path(path)) for pair, path in (similarity or {}).items()}
     markdown = render_markdown(summary, digits=digits, sigmas=sigmas, seed=seed)
-    for pair in dict.fromkeys(summary["pair"]) if benchmark_groups else ():
-        rows = summary[summary["pair"] == pair]
-        by_variant = {
-            Variant.parse(variant).label: benchmark_scores(rows[rows["variant"] == variant].to_dict("records"))
-            for variant in _variant_order(rows["variant"])
-        }
-        table = group_average_markdown(by_variant, benchmark_groups, digits)
-        if table:
-            markdown += f"\n## {pair}: group averages\n\nUnweighted mean of each group's benchmarks.\n\n{table}"
+    labels = {name: Variant.parse(name).label for name in summary["variant"].unique()}
+    markdown += group_average_sections(summary.to_dict("records"), benchmark_groups or {}, labels, digits)
     atomic_write_text(Path(out_md), markdown)
     if out_png is not None:
         plot_scores(summary, Path(out_png))

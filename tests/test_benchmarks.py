@@ -40,7 +40,7 @@ PAPER_GROUPS = {
 }
 
 
-def result_paths(pair: str, variant: str, benchmark: str) -> str:
+def scores_path(pair: str, variant: str, benchmark: str) -> str:
     """Where an evaluation's scores land (the one path literal of these tests)."""
     return f"results/{pair}/eval/{variant}/{benchmark}/scores.csv"
 
@@ -248,7 +248,7 @@ def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
     paper = [name for group in ("math7", "code3", "reasoning9") for name in GROUPS[group]]
     assert len(paper) == 19
     expected = {
-        result_paths("demo", variant, benchmark)
+        scores_path("demo", variant, benchmark)
         for variant in variants(expanded)
         for benchmark in [*paper, "demo_task", "demo_chat"]
     }
