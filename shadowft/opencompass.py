@@ -241,9 +241,12 @@ def _engine_model_config(
         model["engine_config"] = {"tp": num_gpus, "max_batch_size": batch_size}
         if max_seq_len is not None:
             model["engine_config"]["session_len"] = max_seq_len
+        if dtype == "float32":
+            raise ValueError("backend lmdeploy: TurboMind computes in float16 or bfloat16, not float32")
         if dtype != "auto":
             model["engine_config"]["dtype"] = dtype
-        # Greedy: top_k 1 (the paper's decoding); max_new_tokens follows each dataset's max_out_len.
+        # Greedy: top_k 1 (the paper's decoding; the wrapper also sets do_sample False);
+        # the wrapper replaces max_new_tokens by each dataset's max_out_len.
         model["gen_config"] = {"top_k": 1, "temperature": 1e-6, "top_p": 0.9, "max_new_tokens": DEFAULT_MAX_OUT_LEN}
     model.update({"max_out_len": DEFAULT_MAX_OUT_LEN, "batch_size": batch_size, "run_cfg": {"num_gpus": num_gpus}})
     if max_seq_len is not None:

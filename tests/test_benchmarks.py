@@ -204,6 +204,12 @@ def test_lmdeploy_entry_takes_the_jobs_gpus():
     }
 
 
+def test_lmdeploy_refuses_float32():
+    with pytest.raises(ValueError, match="TurboMind computes in float16 or bfloat16"):
+        model_config("m", backend="lmdeploy", num_gpus=1, dtype="float32")
+    assert model_config("m", backend="lmdeploy", num_gpus=1, dtype="bfloat16")["engine_config"]["dtype"] == "bfloat16"
+
+
 @pytest.mark.parametrize("backend", ["vllm", "lmdeploy"])
 def test_gpu_backends_refuse_a_cpu_job(backend):
     with pytest.raises(ValueError, match=f"backend {backend} runs on GPUs only"):
