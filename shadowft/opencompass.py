@@ -163,6 +163,12 @@ def max_out_len_of(benchmark: dict) -> int:
     return benchmark.get("max_out_len", default)
 
 
+def tensor_parallel_for(num_gpus: int) -> int:
+    """GPUs one model is split over: the most a power of two allows (vLLM and TurboMind split
+    attention heads evenly, and head counts are powers of two times a small factor)."""
+    return 1 << (max(num_gpus, 1).bit_length() - 1)
+
+
 def batch_size_for(backend: str, num_gpus: int) -> int:
     """The batch size of a job with `num_gpus` GPUs (0: CPU) on `backend`."""
     return BATCH_PER_GPU[backend] * max(num_gpus, 1)
@@ -183,7 +189,8 @@ def model_config(
 
     ``max_seq_len=None`` lets OpenCompass take the length from the model's config;
     ``batch_size=None`` takes `batch_size_for` the job's GPUs. vLLM and LMDeploy split the
-    model over all the job's GPUs (tensor parallelism = num_gpus) and need at least one.
+    model over the job's GPUs (`tensor_parallel_for`: all of them when a power of two) and
+    need at least one.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -227,7 +234,7 @@ def _engine_model_config(
     if backend == "vllm":
         # vLLM's LLM(...) arguments; OpenCompass defaults trust_remote_code to True.
         model["model_kwargs"] = {
-            "tensor_parallel_size": num_gpus,
+            "tensor_parallel_size": tensor_parallel_for(num_gpus),
             "trust_remote_code": trust_remote_code,
             "dtype": dtype,
         }
@@ -238,7 +245,7 @@ def _engine_model_config(
     else:
         # TurboMind's engine: tp GPUs, as many sequences at once as the batch.
         model["backend"] = "turbomind"
-        model["engine_config"] = {"tp": num_gpus, "max_batch_size": batch_size}
+        model["engine_config"] = {"tp": tensor_parallel_for(num_gpus), "max_batch_size": batch_size}
         if max_seq_len is not None:
             model["engine_config"]["session_len"] = max_seq_len
         if dtype == "float32":

@@ -204,6 +204,12 @@ def test_lmdeploy_entry_takes_the_jobs_gpus():
     }
 
 
+@pytest.mark.parametrize(("gpus", "tensor_parallel"), [(1, 1), (2, 2), (3, 2), (4, 4), (6, 4), (8, 8)])
+def test_engines_split_the_model_over_a_power_of_two_gpus(gpus, tensor_parallel):
+    assert model_config("m", backend="vllm", num_gpus=gpus)["model_kwargs"]["tensor_parallel_size"] == tensor_parallel
+    assert model_config("m", backend="lmdeploy", num_gpus=gpus)["engine_config"]["tp"] == tensor_parallel
+
+
 def test_lmdeploy_refuses_float32():
     with pytest.raises(ValueError, match="TurboMind computes in float16 or bfloat16"):
         model_config("m", backend="lmdeploy", num_gpus=1, dtype="float32")
