@@ -7,8 +7,9 @@ one list of versions for both worlds. A venv is rebuilt only when its env file c
 
 Standard library only: this runs before any environment exists.
 
-    python3 envs/build_venvs.py            # all env files
+    python3 envs/build_venvs.py            # what the workflow's CPU rules need: core, train, eval
     python3 envs/build_venvs.py core eval  # just these
+    python3 envs/build_venvs.py vllm       # a GPU backend's (evaluation.backend), only when named
 """
 
 import hashlib
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVS = ROOT / "envs"
 VENVS = ROOT / ".venvs"
 STAMP = ".shadowft-env-sha256"
+# Built when no name is given: the rules of the default backend (hf). The GPU backends'
+# environments (vllm, lmdeploy: multi-GB CUDA stacks) are built only when named.
+DEFAULT_ENVS = ("core", "train", "eval")
 
 
 def pip_requirements(env_file: Path) -> list[str]:
@@ -73,7 +77,7 @@ def build(name: str) -> None:
 
 
 def main(names: list[str]) -> None:
-    for name in names or sorted(path.stem for path in ENVS.glob("*.yaml")):
+    for name in names or DEFAULT_ENVS:
         build(name)
 
 

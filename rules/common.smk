@@ -8,9 +8,11 @@ from snakemake.common.tbdstring import TBDString
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from shadowft import demo
+from shadowft.benchmarks import benchmark_groups as catalog_benchmark_groups
+from shadowft.benchmarks import opencompass_benchmarks
 from shadowft.config import alpha_label, variants
 from shadowft.llamafactory import PAPER_DEFAULTS
-from shadowft.opencompass import max_out_len_of
+from shadowft.opencompass import BACKEND_ENVS, max_out_len_of
 from shadowft.resources import (
     ENGINE_THREADS,
     NODE_RESOURCE_KEYS,
@@ -206,14 +208,60 @@ def benchmark_dataset_dir(wildcards):
     return dataset_dir(config["evaluation"]["benchmarks"][wildcards.benchmark]["dataset"])
 
 
+def benchmark_data(wildcards):
+    """What an evaluation reads besides the model: a custom benchmark's dataset folder, or the
+    manifest of the prefetched standard benchmarks' data."""
+    if config["evaluation"]["benchmarks"][wildcards.benchmark]["kind"] == "opencompass":
+        return prefetch_manifest(wildcards.benchmark)
+    return benchmark_dataset_dir(wildcards)
+
+
 def benchmark_spec(wildcards):
     """The benchmark as shadowft.opencompass reads it, as JSON for the command line."""
     benchmark = {
         key: value for key, value in config["evaluation"]["benchmarks"][wildcards.benchmark].items() if key != "dataset"
     }
     benchmark["name"] = wildcards.benchmark
-    benchmark["path"] = os.path.join(benchmark_dataset_dir(wildcards), "eval.jsonl")
+    if benchmark["kind"] == "custom":
+        benchmark["path"] = os.path.join(benchmark_dataset_dir(wildcards), "eval.jsonl")
     return json.dumps(benchmark, sort_keys=True)
+
+
+def evaluation_env():
+    """The environment of the evaluation rules: the one holding the configured backend."""
+    return BACKEND_ENVS[config["evaluation"]["backend"]]
+
+
+def data_cache():
+    """COMPASS_DATA_CACHE: where prefetch_benchmarks puts the standard benchmarks' data."""
+    return config["evaluation"]["data_cache"]
+
+
+def prefetch_manifest(benchmark):
+    """The record of one standard benchmark's prefetched data: one per benchmark, so adding a
+    benchmark leaves the others' evaluations alone."""
+    return os.path.join(data_cache(), "manifests", f"{benchmark}.json")
+
+
+def manifest_cache(wildcards, output):
+    """The data cache a prefetch fills: the folder above its manifests/."""
+    return os.path.dirname(os.path.dirname(output[0]))
+
+
+def prefetched_benchmark(wildcards):
+    """{name: spec} of the standard benchmark to prefetch, as JSON for the command line."""
+    name = wildcards.benchmark
+    return json.dumps({name: opencompass_benchmarks(config["evaluation"])[name]}, sort_keys=True)
+
+
+def dataset_urls():
+    """The config's downloads that come before OpenCompass's own (DATASETS_URL's format), as JSON."""
+    return json.dumps(config["evaluation"]["dataset_urls"], sort_keys=True)
+
+
+def benchmark_groups():
+    """{group: [benchmark, ...]} of the evaluated standard benchmarks, for the report's group averages."""
+    return catalog_benchmark_groups(config["evaluation"])
 
 
 def score_records():

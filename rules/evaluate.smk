@@ -1,12 +1,32 @@
 # OpenCompass scores each variant of a pair on each benchmark, one job per
 # (pair, variant, benchmark), so adding a benchmark or a variant recomputes nothing else.
+# Standard benchmarks' data is prefetched on the login node; evaluation jobs run offline.
+localrules:
+    prefetch_benchmarks,
+
+
+rule prefetch_benchmarks:
+    output:
+        prefetch_manifest("{benchmark}"),
+    log:
+        "logs/prefetch_benchmarks/{benchmark}.log",
+    conda:
+        f"../envs/{evaluation_env()}.yaml"
+    params:
+        python=env_python(evaluation_env()),
+        benchmarks=prefetched_benchmark,
+        data_cache=manifest_cache,
+        urls=dataset_urls(),
+    shell:
+        "{params.python} -m shadowft.opencompass prefetch --benchmarks-json {params.benchmarks:q}"
+        " --data-cache {params.data_cache:q} --urls {params.urls:q} --manifest {output:q} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         checked="results/{pair}/preflight.json",
         model=variant_model_dir,
-        data=benchmark_dataset_dir,
+        data=benchmark_data,
     output:
         "results/{pair}/eval/{variant}/{benchmark}/scores.csv",
     log:
@@ -14,7 +34,7 @@ rule evaluate:
     benchmark:
         "benchmarks/evaluate/{pair}/{variant}/{benchmark}.tsv"
     conda:
-        "../envs/eval.yaml"
+        f"../envs/{evaluation_env()}.yaml"
     threads: tool_threads()
     resources:
         gpu=sized_gpu,
@@ -22,10 +42,13 @@ rule evaluate:
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
     params:
-        python=env_python("eval"),
+        python=env_python(evaluation_env()),
         benchmark=benchmark_spec,
+        backend=config["evaluation"]["backend"],
+        data_cache=data_cache(),
         work_dir="results/{pair}/eval/{variant}/{benchmark}/opencompass",
     shell:
         "{params.python} -m shadowft.opencompass evaluate --model {input.model}"
         " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir}"
+        " --backend {params.backend} --data-cache {params.data_cache:q}"
         " --num-gpus {resources.gpu} --scores {output} > {log} 2>&1"

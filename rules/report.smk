@@ -18,5 +18,6 @@ rule report:
         records=score_records(),
         similarity=similarity_by_pair(),
         seed=config["seed"],
+        benchmark_groups=benchmark_groups(),
     script:
         "../scripts/report.py"

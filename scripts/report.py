@@ -15,4 +15,5 @@ summarize(
     out_png=Path(snakemake.output.png),
     similarity=snakemake.params.similarity,
     seed=snakemake.params.seed,
+    benchmark_groups=snakemake.params.benchmark_groups,
 )

@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from shadowft import demo
+from shadowft.benchmarks import expand_evaluation
 from shadowft.families import FAMILIES_DIR, FamilyError, expand_families
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
@@ -58,6 +59,10 @@ def validate_config(config: dict, schema_path: Path = SCHEMA, families_dir: Path
             raise ConfigError(f"invalid configuration:\n  {error}") from None
         _check_schema(config, schema)  # the families' entries gain their defaults and are checked too
     _check_finite(config)
+    try:
+        expand_evaluation(config["evaluation"])
+    except ValueError as error:
+        raise ConfigError(f"invalid configuration:\n  {error}") from None
     _check_references(config)
     return config
 
@@ -161,8 +166,10 @@ def _check_references(config: dict) -> None:
             )
     if config["training"]["dataset"] not in datasets:
         problems.append(f"training.dataset: '{config['training']['dataset']}' is not a key of datasets")
+    if not config["evaluation"]["benchmarks"]:
+        problems.append("evaluation: no benchmarks (name some in benchmarks, or groups)")
     for name, benchmark in config["evaluation"]["benchmarks"].items():
-        if benchmark["dataset"] not in datasets:
+        if benchmark["kind"] == "custom" and benchmark["dataset"] not in datasets:
             problems.append(f"evaluation.benchmarks.{name}.dataset: '{benchmark['dataset']}' is not a key of datasets")
     demo_roles = sorted(spec["role"] for spec in models.values() if spec["source"] == "demo")
     if len(demo_roles) != len(set(demo_roles)):

@@ -10,9 +10,16 @@ A benchmark is a dict from the workflow configuration:
   JSON-lines file of ``{"question": str, "answer": str}``; the model is asked ``prompt``
   (default ``"{question}"``) as the user turn of its chat template, and its answer,
   stripped of surrounding whitespace, must equal the stripped answer (metric exact_match).
-- ``{"name", "kind": "opencompass", "config", "max_out_len"}``: a standard OpenCompass
-  dataset config such as ``gsm8k_gen``, scored by its own evaluator; its data is read from
-  ``COMPASS_DATA_CACHE`` (prefetched, since evaluation runs offline).
+- ``{"name", "kind": "opencompass", "config", "variable", "max_out_len"}``: a standard
+  OpenCompass dataset config, named as a module (``opencompass.configs.datasets.gsm8k.gsm8k_gen``,
+  the catalog's form, shadowft.benchmarks) or by its file name (``gsm8k_gen``), and the
+  list of dataset entries inside it (``variable``; default: every ``*_datasets``), scored
+  by its own evaluator; its data is read from ``COMPASS_DATA_CACHE``, prefetched
+  (shadowft.opencompass_data), since evaluation runs offline.
+
+The model runs on one of `BACKENDS`: ``hf`` (transformers; CPU or GPU), ``vllm`` or
+``lmdeploy`` (TurboMind; GPU only, each in its own environment, envs/vllm.yaml and
+envs/lmdeploy.yaml). The job's GPUs set tensor parallelism and the batch size.
 
 The run configuration is plain JSON (OpenCompass's config loader reads ``.json``; classes
 are named by their import paths), so it is written with ``json.dump`` and can be read in
@@ -57,6 +64,18 @@ DEFAULT_MAX_OUT_LEN = 4096
 DEFAULT_CUSTOM_MAX_OUT_LEN = 64
 DEFAULT_PROMPT = "{question}"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# backend -> OpenCompass's chat-template model wrapper (OpenCompass 0.5.4)
+BACKENDS = {
+    "hf": "opencompass.models.HuggingFacewithChatTemplate",
+    "vllm": "opencompass.models.VLLMwithChatTemplate",
+    "lmdeploy": "opencompass.models.TurboMindModelwithChatTemplate",
+}
+# backend -> the environment (envs/<name>.yaml) whose OpenCompass has that backend's engine
+BACKEND_ENVS = {"hf": "eval", "vllm": "vllm", "lmdeploy": "lmdeploy"}
+# Prompts handed to the model at once, per GPU (the CPU counts as one). The engines batch
+# continuously, so they take more than transformers' padded batches; OpenCompass's own
+# vLLM/LMDeploy configs use 16 on one GPU.
+BATCH_PER_GPU = {"hf": 8, "vllm": 32, "lmdeploy": 32}
 
 # OpenCompass's default chat meta-template ends every user turn with "\n" (it merges an
 # empty SYSTEM turn into the HUMAN one). A custom benchmark must ask exactly its prompt,
@@ -78,7 +97,7 @@ CUSTOM_METRICS = {
 
 _KIND_KEYS = {
     "custom": ({"name", "kind", "path"}, {"metric", "max_out_len", "prompt"}),
-    "opencompass": ({"name", "kind", "config"}, {"max_out_len"}),
+    "opencompass": ({"name", "kind", "config"}, {"max_out_len", "variable"}),
 }
 # The name becomes OpenCompass's dataset abbreviation, hence a file name.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -127,10 +146,14 @@ def check_benchmark(benchmark: dict) -> dict:
             raise ValueError(f"benchmark.metric: {spec['metric']!r} is not one of {', '.join(CUSTOM_METRICS)}")
         if not isinstance(spec["prompt"], str) or "{question}" not in spec["prompt"]:
             raise ValueError(f"benchmark.prompt: {spec['prompt']!r} must be a string containing '{{question}}'")
-    elif not isinstance(spec["config"], str) or not _NAME.fullmatch(spec["config"]):
-        raise ValueError(
-            f"benchmark.config: {spec['config']!r} must name an OpenCompass dataset config, e.g. gsm8k_gen"
-        )
+    else:
+        if not isinstance(spec["config"], str) or not _NAME.fullmatch(spec["config"]):
+            raise ValueError(
+                f"benchmark.config: {spec['config']!r} must name an OpenCompass dataset config, e.g. gsm8k_gen"
+            )
+        variable = spec.get("variable")
+        if variable is not None and (not isinstance(variable, str) or not variable.isidentifier()):
+            raise ValueError(f"benchmark.variable: {variable!r} must be a Python name, e.g. gsm8k_datasets")
     return spec
 
 
@@ -140,26 +163,50 @@ def max_out_len_of(benchmark: dict) -> int:
     return benchmark.get("max_out_len", default)
 
 
+def tensor_parallel_for(num_gpus: int) -> int:
+    """GPUs one model is split over: the most a power of two allows (vLLM and TurboMind split
+    attention heads evenly, and head counts are powers of two times a small factor)."""
+    return 1 << (max(num_gpus, 1).bit_length() - 1)
+
+
+def batch_size_for(backend: str, num_gpus: int) -> int:
+    """The batch size of a job with `num_gpus` GPUs (0: CPU) on `backend`."""
+    return BATCH_PER_GPU[backend] * max(num_gpus, 1)
+
+
 def model_config(
     model_dir: Path,
     *,
+    backend: str = "hf",
     num_gpus: int = 0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     max_seq_len: int | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
     meta_template: dict | None = None,
 ) -> dict:
-    """The OpenCompass model entry: a Hugging Face chat model, greedy decoding.
+    """The OpenCompass model entry: a chat model on `backend`, greedy decoding.
 
-    ``max_seq_len=None`` lets OpenCompass take the length from the model's config.
+    ``max_seq_len=None`` lets OpenCompass take the length from the model's config;
+    ``batch_size=None`` takes `batch_size_for` the job's GPUs. vLLM and LMDeploy split the
+    model over the job's GPUs (`tensor_parallel_for`: all of them when a power of two) and
+    need at least one.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    batch_size = batch_size_for(backend, num_gpus) if batch_size is None else batch_size
     if num_gpus < 0 or batch_size < 1:
         raise ValueError(f"num_gpus must be >= 0 and batch_size >= 1 (got {num_gpus}, {batch_size})")
+    if backend != "hf":
+        if num_gpus < 1:
+            raise ValueError(f"backend {backend} runs on GPUs only (got num_gpus={num_gpus}); use backend hf on CPU")
+        return _engine_model_config(
+            model_dir, backend, num_gpus, batch_size, max_seq_len, dtype, trust_remote_code, meta_template
+        )
     model = {
-        "type": "opencompass.models.HuggingFacewithChatTemplate",
+        "type": BACKENDS["hf"],
         "abbr": MODEL_ABBR,
         "path": str(Path(model_dir).resolve()),
         # OpenCompass defaults trust_remote_code to True for both; we never run a model's
@@ -196,6 +243,43 @@ def nested_context_length(model_dir: Path) -> int | None:
     if "max_position_embeddings" in config:
         return None
     return config.get("text_config", {}).get("max_position_embeddings")
+
+
+def _engine_model_config(
+    model_dir, backend, num_gpus, batch_size, max_seq_len, dtype, trust_remote_code, meta_template
+):
+    """vLLM's or TurboMind's model entry (VLLMwithChatTemplate, TurboMindModelwithChatTemplate)."""
+    model = {"type": BACKENDS[backend], "abbr": MODEL_ABBR, "path": str(Path(model_dir).resolve())}
+    if backend == "vllm":
+        # vLLM's LLM(...) arguments; OpenCompass defaults trust_remote_code to True.
+        model["model_kwargs"] = {
+            "tensor_parallel_size": tensor_parallel_for(num_gpus),
+            "trust_remote_code": trust_remote_code,
+            "dtype": dtype,
+        }
+        if max_seq_len is not None:
+            model["model_kwargs"]["max_model_len"] = max_seq_len
+        # Greedy: temperature 0 (the wrapper drops do_sample).
+        model["generation_kwargs"] = {"temperature": 0}
+    else:
+        # TurboMind's engine: tp GPUs, as many sequences at once as the batch.
+        model["backend"] = "turbomind"
+        model["engine_config"] = {"tp": tensor_parallel_for(num_gpus), "max_batch_size": batch_size}
+        if max_seq_len is not None:
+            model["engine_config"]["session_len"] = max_seq_len
+        if dtype == "float32":
+            raise ValueError("backend lmdeploy: TurboMind computes in float16 or bfloat16, not float32")
+        if dtype != "auto":
+            model["engine_config"]["dtype"] = dtype
+        # Greedy: top_k 1 (the paper's decoding; the wrapper also sets do_sample False);
+        # the wrapper replaces max_new_tokens by each dataset's max_out_len.
+        model["gen_config"] = {"top_k": 1, "temperature": 1e-6, "top_p": 0.9, "max_new_tokens": DEFAULT_MAX_OUT_LEN}
+    model.update({"max_out_len": DEFAULT_MAX_OUT_LEN, "batch_size": batch_size, "run_cfg": {"num_gpus": num_gpus}})
+    if max_seq_len is not None:
+        model["max_seq_len"] = max_seq_len
+    if meta_template is not None:
+        model["meta_template"] = meta_template
+    return model
 
 
 def custom_datasets(spec: dict) -> list[dict]:
@@ -238,7 +322,11 @@ def opencompass_datasets(spec: dict) -> list[dict]:
     from mmengine.config import Config
 
     config = Config.fromfile(str(_find_dataset_config(spec["config"])))
-    datasets = [dataset.to_dict() for key in config if key.endswith("_datasets") for dataset in config[key]]
+    variable = spec.get("variable")
+    if variable is not None and variable not in config:
+        raise ValueError(f"benchmark.variable: {spec['config']} has no {variable}")
+    keys = [variable] if variable else [key for key in config if key.endswith("_datasets")]
+    datasets = [dataset.to_dict() for key in keys for dataset in config[key]]
     if not datasets:
         raise ValueError(f"benchmark.config: {spec['config']} defines no *_datasets")
     try:
@@ -258,8 +346,9 @@ def run_config(
     model_dir: Path,
     benchmark: dict,
     *,
+    backend: str = "hf",
     num_gpus: int = 0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     max_seq_len: int | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
@@ -270,6 +359,7 @@ def run_config(
     meta_template = EXACT_PROMPT_META_TEMPLATE if spec["kind"] == "custom" else None
     model = model_config(
         model_dir,
+        backend=backend,
         num_gpus=num_gpus,
         batch_size=batch_size,
         max_seq_len=max_seq_len,
@@ -291,8 +381,9 @@ def evaluate(
     scores_csv: Path,
     *,
     predictions_json: Path | None = None,
+    backend: str = "hf",
     num_gpus: int = 0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     max_seq_len: int | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
@@ -305,7 +396,9 @@ def evaluate(
     ``predictions_json`` (default: ``predictions.json`` beside ``scores_csv``) are
     written atomically, only once every dataset has been scored; otherwise this raises
     EvaluationError naming the dataset and the log to read. ``data_cache`` becomes
-    COMPASS_DATA_CACHE, where standard benchmarks' data is read.
+    COMPASS_DATA_CACHE, where standard benchmarks' data is read; a standard benchmark whose
+    data is not there fails before OpenCompass starts (MissingDataError, naming the dataset
+    and the prefetch rule), as does one whose evaluator's package is not installed.
     """
     # Absolute: OpenCompass runs in the run folder, not in the caller's directory.
     model_dir, work_dir, scores_csv = Path(model_dir).resolve(), Path(work_dir).resolve(), Path(scores_csv)
@@ -322,20 +415,27 @@ def evaluate(
     config = run_config(
         model_dir,
         spec,
+        backend=backend,
         num_gpus=num_gpus,
         batch_size=batch_size,
         max_seq_len=max_seq_len,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
     )
+    env = {**os.environ, **_OFFLINE}
+    if spec["kind"] == "opencompass":
+        from shadowft.opencompass_data import check_packages, check_prefetched, evaluation_environment
+
+        check_prefetched(spec["name"], config["datasets"], Path(data_cache))
+        check_packages(spec["name"])
+        env.update(evaluation_environment(spec["name"], Path(data_cache)))
+    elif data_cache:
+        env["COMPASS_DATA_CACHE"] = str(Path(data_cache).resolve())
     run_dir = _new_run_dir(work_dir)
     config_path = run_dir / RUN_CONFIG_FILE
     atomic_write_json(config_path, config)
     log_path = run_dir / RUN_LOG_FILE
 
-    env = {**os.environ, **_OFFLINE}
-    if data_cache:
-        env["COMPASS_DATA_CACHE"] = str(Path(data_cache).resolve())
     if num_gpus == 0:
         env["CUDA_VISIBLE_DEVICES"] = ""
     command = [
@@ -353,7 +453,7 @@ def evaluate(
         # exits 0) and one interpreter starts instead of three.
         "--debug",
     ]
-    log.info("OpenCompass: %s on %s, log %s", model_dir, spec["name"], log_path)
+    log.info("OpenCompass (%s): %s on %s, log %s", backend, model_dir, spec["name"], log_path)
     # Which devices the job was given (SLURM sets CUDA_VISIBLE_DEVICES for a GPU job).
     log.info("devices: %d GPU(s), CUDA_VISIBLE_DEVICES=%s", num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     started = time.monotonic()
@@ -481,8 +581,19 @@ def _check_qa_file(path: Path) -> None:
 
 
 def _find_dataset_config(name: str) -> Path:
+    """The file of a dataset config: a module path (found without importing it) or a file name under
+    OpenCompass's configs/datasets/."""
+    import importlib.util
+
     import opencompass
 
+    if "." in name:
+        top, *rest = name.split(".")
+        spec = importlib.util.find_spec(top)
+        path = Path(spec.submodule_search_locations[0], *rest[:-1], f"{rest[-1]}.py") if spec and rest else None
+        if path is None or not path.is_file():
+            raise ValueError(f"benchmark.config: no config module {name} (looked for {path})")
+        return path
     root = Path(opencompass.__file__).parent / "configs" / "datasets"
     matches = sorted(root.rglob(f"{name}.py"))
     if len(matches) != 1:
@@ -549,15 +660,34 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--predictions", type=Path, help=f"the predictions JSON to write (default: {PREDICTIONS_FILE} beside --scores)"
     )
+    run.add_argument("--backend", choices=BACKENDS, default="hf", help="the inference backend (default hf)")
     run.add_argument("--num-gpus", type=int, default=0, help="GPUs for the model; 0 runs on CPU (default)")
-    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--batch-size", type=int, help="default: from the backend and the GPUs (batch_size_for)")
     run.add_argument("--max-seq-len", type=int, help="default: from the model's config")
     run.add_argument("--dtype", choices=DTYPES, default="auto")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
     run.add_argument("--data-cache", type=Path, help="COMPASS_DATA_CACHE: the prefetched standard datasets")
+    fetch = commands.add_parser("prefetch", help="put standard benchmarks' data into a COMPASS_DATA_CACHE")
+    fetch.add_argument(
+        "--benchmarks-json", type=_benchmark_argument, required=True, help="{name: spec}: a JSON file or inline JSON"
+    )
+    fetch.add_argument("--data-cache", type=Path, required=True, help="the COMPASS_DATA_CACHE folder to fill")
+    fetch.add_argument("--manifest", type=Path, required=True, help="the manifest (JSON, sha256 per file) to write")
+    fetch.add_argument(
+        "--urls", type=_benchmark_argument, help="DATASETS_URL entries ({key: {url, md5}}) to use first: JSON or a file"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "prefetch":
+        from shadowft.opencompass_data import MissingDataError, prefetch
+
+        try:
+            prefetch(args.benchmarks_json, args.data_cache, args.manifest, urls=args.urls)
+        except (MissingDataError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
     try:
         evaluate(
             args.model,
@@ -565,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             args.work_dir,
             args.scores,
             predictions_json=args.predictions,
+            backend=args.backend,
             num_gpus=args.num_gpus,
             batch_size=args.batch_size,
             max_seq_len=args.max_seq_len,
@@ -572,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=args.trust_remote_code,
             data_cache=args.data_cache,
         )
-    except (EvaluationError, ValueError) as error:
+    except (EvaluationError, ValueError, RuntimeError, ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

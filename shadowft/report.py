@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from shadowft.benchmarks import group_average_sections
 from shadowft.io import atomic_write_text
 from shadowft.opencompass import SCORES_COLUMNS
 
@@ -84,6 +85,7 @@ def summarize(
     similarity: Mapping[str, Path] | None = None,
     digits: int = 1,
     seed: int | None = None,
+    benchmark_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Stack the scores of ``records`` into ``out_csv`` and tabulate them in ``out_md``.
 
@@ -92,7 +94,8 @@ def summarize(
     ``SUMMARY_COLUMNS``; ``tuning`` is empty and ``alpha`` NaN where they do not apply).
     ``similarity`` maps a pair to its similarity CSV (shadowft.similarity), whose
     overall sigma is quoted under the pair's table; ``out_png`` also draws the scores.
-    ``seed`` is the experiment's seed, which the Markdown states.
+    ``seed`` is the experiment's seed, which the Markdown states. ``benchmark_groups``
+    ({group: [benchmark, ...]}, shadowft.benchmarks) adds each pair's group averages.
     """
     if not records:
         raise ValueError("summarize: no score records given")
@@ -105,7 +108,10 @@ def summarize(
 
     atomic_write_text(Path(out_csv), summary.to_csv(index=False))
     sigmas = {pair: overall_sigma(Path(path)) for pair, path in (similarity or {}).items()}
-    atomic_write_text(Path(out_md), render_markdown(summary, digits=digits, sigmas=sigmas, seed=seed))
+    markdown = render_markdown(summary, digits=digits, sigmas=sigmas, seed=seed)
+    labels = {name: Variant.parse(name).label for name in summary["variant"].unique()}
+    markdown += group_average_sections(summary.to_dict("records"), benchmark_groups or {}, labels, digits)
+    atomic_write_text(Path(out_md), markdown)
     if out_png is not None:
         plot_scores(summary, Path(out_png))
     return summary

@@ -163,16 +163,8 @@ def test_a_family_file_that_breaks_the_schema_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def paper_workdir(tmp_path_factory):
-    """A working directory holding the placeholder dataset paper.yaml names."""
-    workdir = tmp_path_factory.mktemp("paper")
-    data = workdir / "data" / "datasets" / "shadow_2k"
-    data.mkdir(parents=True)
-    (data / "dataset_info.json").write_text(
-        json.dumps({"shadow_2k": {"file_name": "train.json", "formatting": "sharegpt"}})
-    )
-    (data / "train.json").write_text("[]")
-    (data / "eval.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    return workdir
+    """An empty working directory: the paper's plan needs nothing on disk."""
+    return tmp_path_factory.mktemp("paper")
 
 
 def test_the_demo_config_is_not_merged_into_a_given_config(paper_workdir):
@@ -195,6 +187,9 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
     ).stdout
     assert planned_jobs(output) == {
         "download_model": 2,
+        "download_dataset": 1,
+        "prepare_dataset": 1,
+        "prefetch_benchmarks": 19,
         "training_config": 4,
         "train": 4,
         "merge_adapter": 1,
@@ -202,7 +197,7 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
         "graft": 2,
         "similarity": 1,
         "check_pair": 1,
-        "evaluate": 6,
+        "evaluate": 6 * 19,
         "report": 1,
         "all": 1,
     }

@@ -1,0 +1,1 @@
+"""OpenCompass dataset configs that OpenCompass 0.5.4 lacks, in its own format (mmengine config files)."""
