@@ -23,6 +23,11 @@ CHAIN_EDGES = [
     ("report", "all"),
     ("demo_train", "similarity"),
     ("similarity", "report"),
+    ("report", "figures"),
+    ("similarity", "figures"),
+    ("report", "alpha_figure"),
+    ("figures", "all"),
+    ("alpha_figure", "all"),
 ]
 
 
@@ -46,9 +51,11 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "train": 4,
         "merge_adapter": 1,
         "extract_delta": 2,
-        "graft": 2,
-        "evaluate": 12,
+        "graft": 8,
+        "evaluate": 24,
         "report": 1,
+        "figures": 1,
+        "alpha_figure": 1,
         "similarity": 1,
     }
 
