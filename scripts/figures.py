@@ -1,4 +1,4 @@
-"""Rules figures, alpha_figure and learning_rate_figure: the pair's figures its rule names as outputs, from summary.csv."""
+"""Rules figures, alpha_figure and learning_rate_figure: the figures their outputs name, from summary.csv."""
 
 import sys
 
