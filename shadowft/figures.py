@@ -229,7 +229,7 @@ def plot_similarity(similarity_csv: Path, out_png: Path, pair: str) -> Path:
     by_layer.set_ylabel("σ (%)")
     by_layer.set_title("per layer, one line per tensor type")
     by_layer.grid(alpha=0.3)
-    by_layer.legend(fontsize="x-small", ncols=2, frameon=False)
+    by_layer.legend(fontsize="x-small", ncols=2, frameon=False, loc="best")
     names = [*types, *others["name"].map(lambda name: name.removesuffix(".weight"))]
     values = [100 * in_layers.loc[in_layers["type"] == kind, "sigma"].mean() for kind in types]
     values += list(100 * others["sigma"])

@@ -13,7 +13,8 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import snakemake
+import yaml
+from conftest import ROOT, snakemake
 
 from shadowft import figures
 from shadowft.report import (
@@ -508,3 +509,17 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
     assert_report_holds(tmp_path, outputs)
     summary = read_summary(tmp_path / "results" / "summary.csv")
     assert len(summary) == len(scores) and not math.isnan(summary["score"].sum())
+    # The workflow's records carry the demo config's sweep values.
+    tuned = summary[summary["tuning"].notna()]
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    hyperparameters = config["training"]["hyperparameters"]
+    assert tuned.groupby("tuning")["learning_rate"].unique().map(list).to_dict() == {
+        tuning: [hyperparameters[tuning]["learning_rate"]] for tuning in config["training"]["tunings"]
+    }
+    assert set(tuned["stage"]) == {"sft"} and set(tuned["seed"]) == {config["seed"]}
+    assert (
+        set(tuned.loc[tuned["tuning"] == "lora", "lora_rank"]) == {8}
+        and tuned.loc[tuned["tuning"] == "full", "lora_rank"].isna().all()
+    )
+    assert sorted(tuned["alpha"].dropna().unique()) == sorted(config["graft"]["alphas"])
+    assert summary.loc[summary["tuning"].isna(), ["seed", "alpha", "learning_rate"]].isna().all().all()
