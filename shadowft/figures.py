@@ -212,7 +212,7 @@ def plot_similarity(similarity_csv: Path, out_png: Path, pair: str) -> Path:
     overall = table.loc[table["level"] == "overall", "sigma"]
     in_layers = tensors[tensors["layer"].notna()].assign(type=lambda frame: frame["name"].map(tensor_type))
     others = tensors[tensors["layer"].isna()]
-    figure = _figure(12.0, 5.0)
+    figure = _figure(12.0, 5.8)
     by_layer, by_type = figure.subplots(1, 2, width_ratios=[3, 2])
     colours = colormaps["tab20"]
     types = list(dict.fromkeys(in_layers["type"]))
@@ -229,7 +229,7 @@ def plot_similarity(similarity_csv: Path, out_png: Path, pair: str) -> Path:
     by_layer.set_ylabel("σ (%)")
     by_layer.set_title("per layer, one line per tensor type")
     by_layer.grid(alpha=0.3)
-    by_layer.legend(fontsize="x-small", ncols=2, frameon=False, loc="best")
+    by_layer.legend(fontsize="x-small", ncols=3, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     names = [*types, *others["name"].map(lambda name: name.removesuffix(".weight"))]
     values = [100 * in_layers.loc[in_layers["type"] == kind, "sigma"].mean() for kind in types]
     values += list(100 * others["sigma"])
