@@ -35,6 +35,10 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# `snakemake --report results/report.html`: this description, then every output flagged report().
+report: "report/workflow.rst"
+
+
 rule all:
     default_target: True
     input:

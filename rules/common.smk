@@ -11,8 +11,9 @@ from shadowft import demo
 from shadowft.benchmarks import benchmark_groups as catalog_benchmark_groups
 from shadowft.benchmarks import opencompass_benchmarks
 from shadowft.config import alpha_label, variants
-from shadowft.llamafactory import PAPER_DEFAULTS
+from shadowft.llamafactory import PAPER_DEFAULTS, TUNING_DEFAULTS
 from shadowft.opencompass import BACKEND_ENVS, max_out_len_of
+from shadowft.report import DIMENSIONS, pairs_sweeping_learning_rate
 from shadowft.resources import (
     ENGINE_THREADS,
     NODE_RESOURCE_KEYS,
@@ -265,13 +266,40 @@ def benchmark_groups():
 
 
 def score_records():
-    """Which pair and variant each score file belongs to, for the report."""
-    return [
-        {"pair": pair, "variant": variant, "scores": f"results/{pair}/eval/{variant}/{benchmark}/scores.csv"}
-        for pair in PAIRS
-        for variant in variants(config)
-        for benchmark in BENCHMARKS
-    ]
+    """One record per score file, for the report: the pair, the variant, its benchmark, the
+    run's sweep values (None where a dimension does not apply) and the scores.csv path."""
+    records = []
+    for pair in PAIRS:
+        for variant in variants(config):
+            run, _, name = variant.rpartition("/")
+            for benchmark in BENCHMARKS:
+                records.append(
+                    {
+                        "pair": pair,
+                        "variant": variant,
+                        **run_dimensions(run, name),
+                        "benchmark": benchmark,
+                        "scores": f"results/{pair}/eval/{variant}/{benchmark}/scores.csv",
+                    }
+                )
+    return records
+
+
+def run_dimensions(tuning, name):
+    """The sweep values of a variant under results/{pair}/eval/: its stage, tuning, learning rate,
+    LoRA rank, seed and graft alpha; all None for the untuned base and instruct."""
+    if not tuning:
+        return dict.fromkeys(DIMENSIONS)
+    hyperparameters = config["training"]["hyperparameters"]
+    arguments = {**TUNING_DEFAULTS[tuning], **hyperparameters.get("common", {}), **hyperparameters.get(tuning, {})}
+    return {
+        "stage": "sft",
+        "tuning": tuning,
+        "learning_rate": float(arguments["learning_rate"]),
+        "lora_rank": int(arguments["lora_rank"]) if tuning == "lora" else None,
+        "seed": config["seed"],
+        "alpha": float(name.removeprefix("shadow_a")) if name.startswith("shadow_a") else None,
+    }
 
 
 def score_files():
@@ -286,8 +314,20 @@ def similarity_files():
     return list(similarity_by_pair().values())
 
 
+def pair_figures(pair):
+    """The report's figures of one pair (the learning-rate figure only where a setting ran several)."""
+    figures = [f"results/plots/{pair}/{name}.png" for name in ("scores", "similarity")]
+    if "shadow" in config["evaluation"]["variants"]:
+        figures.append(f"results/plots/{pair}/alpha.png")
+    if pair in pairs_sweeping_learning_rate(score_records()):
+        figures.append(f"results/plots/{pair}/learning_rate.png")
+    return figures
+
+
 def final_outputs():
-    return ["results/summary.csv", "results/summary.md", "results/plots/scores.png"]
+    """Everything the report is made of: the tables and every pair's figures."""
+    tables = ["results/summary.csv", "results/summary.md", "results/summary.html"]
+    return tables + [figure for pair in PAIRS for figure in pair_figures(pair)]
 
 
 # Job sizes. The node the jobs run on is what the profile's default-resources describe

@@ -1,5 +1,6 @@
-# The paper-style table: every variant of every pair on every benchmark, with each pair's
-# base/instruct weight difference, and a bar chart of the same scores.
+# The report: the tidy table and the paper-style tables of every pair, then per pair its
+# figures, each output flagged for `snakemake --report results/report.html` with a caption
+# of its own (report/*.rst).
 
 
 rule report:
@@ -7,17 +8,89 @@ rule report:
         scores=score_files(),
         similarity=similarity_files(),
     output:
-        csv="results/summary.csv",
-        md="results/summary.md",
-        png="results/plots/scores.png",
+        csv=report("results/summary.csv", caption="../report/summary_csv.rst", category="Tables"),
+        md=report("results/summary.md", caption="../report/summary_md.rst", category="Tables"),
+        html=report("results/summary.html", caption="../report/summary_html.rst", category="Tables"),
     log:
         "logs/report.log",
     conda:
         "../envs/core.yaml"
     params:
         records=score_records(),
-        similarity=similarity_by_pair(),
-        seed=config["seed"],
         benchmark_groups=benchmark_groups(),
+        similarity=similarity_by_pair(),
     script:
         "../scripts/report.py"
+
+
+rule figures:
+    input:
+        summary="results/summary.csv",
+        similarity="results/{pair}/similarity.csv",
+    output:
+        scores=report(
+            "results/plots/{pair}/scores.png",
+            caption="../report/scores.rst",
+            category="Figures",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "figure": "scores per benchmark"},
+        ),
+        similarity=report(
+            "results/plots/{pair}/similarity.png",
+            caption="../report/similarity.rst",
+            category="Figures",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "figure": "weight similarity"},
+        ),
+    log:
+        "logs/figures/{pair}.log",
+    conda:
+        "../envs/core.yaml"
+    params:
+        benchmark_groups=benchmark_groups(),
+    script:
+        "../scripts/figures.py"
+
+
+# Drawn where the experiment grafts (final_outputs asks for it then).
+rule alpha_figure:
+    input:
+        summary="results/summary.csv",
+    output:
+        alpha=report(
+            "results/plots/{pair}/alpha.png",
+            caption="../report/alpha.rst",
+            category="Figures",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "figure": "score against alpha"},
+        ),
+    log:
+        "logs/figures/{pair}_alpha.log",
+    conda:
+        "../envs/core.yaml"
+    params:
+        benchmark_groups=benchmark_groups(),
+    script:
+        "../scripts/figures.py"
+
+
+# Drawn only where a setting ran more than one learning rate (final_outputs asks for it then).
+rule learning_rate_figure:
+    input:
+        summary="results/summary.csv",
+    output:
+        learning_rate=report(
+            "results/plots/{pair}/learning_rate.png",
+            caption="../report/learning_rate.rst",
+            category="Figures",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "figure": "score against learning rate"},
+        ),
+    log:
+        "logs/figures/{pair}_learning_rate.log",
+    conda:
+        "../envs/core.yaml"
+    params:
+        benchmark_groups=benchmark_groups(),
+    script:
+        "../scripts/figures.py"

@@ -1,4 +1,4 @@
-"""Rule report: results/summary.csv (tidy) and results/summary.md (the paper-style table)."""
+"""Rule report: results/summary.csv (tidy), summary.md and summary.html (the paper-style tables)."""
 
 import sys
 
@@ -12,8 +12,7 @@ summarize(
     snakemake.params.records,
     Path(snakemake.output.csv),
     Path(snakemake.output.md),
-    out_png=Path(snakemake.output.png),
-    similarity=snakemake.params.similarity,
-    seed=snakemake.params.seed,
+    out_html=Path(snakemake.output.html),
     benchmark_groups=snakemake.params.benchmark_groups,
+    similarity=snakemake.params.similarity,
 )

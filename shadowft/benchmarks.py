@@ -17,8 +17,7 @@ the workflow sees one list. Standard library only: the core environment imports 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # The paper's generation length for every standard benchmark (its configs set their own
@@ -171,66 +170,3 @@ def benchmark_groups(evaluation: Mapping) -> dict[str, list[str]]:
 def opencompass_benchmarks(evaluation: Mapping) -> dict[str, dict]:
     """The ``kind: opencompass`` entries of the (expanded) evaluation config, by name."""
     return {name: spec for name, spec in evaluation.get("benchmarks", {}).items() if spec.get("kind") == "opencompass"}
-
-
-def benchmark_scores(rows: Iterable[Mapping]) -> dict[str, float]:
-    """One score per benchmark from scores.csv rows: its first metric, unweighted mean over its datasets."""
-    first_metric: dict[str, str] = {}
-    values: dict[str, list[float]] = {}
-    for row in rows:
-        metric = first_metric.setdefault(row["benchmark"], row["metric"])
-        if row["metric"] == metric:
-            values.setdefault(row["benchmark"], []).append(float(row["score"]))
-    return {benchmark: sum(scores) / len(scores) for benchmark, scores in values.items()}
-
-
-def group_averages(scores: Mapping[str, float], groups: Mapping[str, Iterable[str]]) -> dict[str, float]:
-    """Each group's unweighted mean of its benchmarks' scores, NaN when one of them is missing.
-
-    ``scores`` maps a benchmark to its score (a benchmark of several datasets: their mean,
-    as the report's table shows it); the paper's group averages are over benchmarks too.
-    """
-    averages = {}
-    for group, names in groups.items():
-        values = [scores.get(name, math.nan) for name in names]
-        ok = values and not any(value is None or math.isnan(value) for value in values)
-        averages[GROUP_TITLES.get(group, group)] = sum(values) / len(values) if ok else math.nan
-    return averages
-
-
-def group_average_sections(
-    rows: Iterable[Mapping], groups: Mapping[str, Iterable[str]], labels: Mapping[str, str], digits: int = 1
-) -> str:
-    """The report's group averages: per pair (in the rows' order), a Markdown table of its variants.
-
-    ``rows`` are summary rows (pair, variant, benchmark, metric, score); ``labels`` maps a
-    variant to the name its row shows. Empty when no group applies.
-    """
-    if not groups:
-        return ""
-    by_pair: dict[str, dict[str, list[Mapping]]] = {}
-    for row in rows:
-        by_pair.setdefault(row["pair"], {}).setdefault(row["variant"], []).append(row)
-    sections = ""
-    for pair, by_variant in by_pair.items():
-        scores = {labels.get(variant, variant): benchmark_scores(found) for variant, found in by_variant.items()}
-        table = group_average_markdown(scores, groups, digits)
-        if table:
-            sections += f"\n## {pair}: group averages\n\nUnweighted mean of each group's benchmarks.\n\n{table}"
-    return sections
-
-
-def group_average_markdown(table_rows: Mapping[str, Mapping[str, float]], groups: Mapping, digits: int = 1) -> str:
-    """A Markdown table of group averages: one row per variant label, one column per group.
-
-    ``table_rows`` maps a row label to {benchmark: score}; empty string when no group applies.
-    """
-    if not groups or not table_rows:
-        return ""
-    titles = [GROUP_TITLES.get(group, group) for group in groups]
-    lines = ["| Variant | " + " | ".join(titles) + " |", "| :-- | " + " | ".join("--:" for _ in titles) + " |"]
-    for label, scores in table_rows.items():
-        averages = group_averages(scores, groups)
-        cells = ["-" if math.isnan(averages[title]) else f"{averages[title]:.{digits}f}" for title in titles]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -320,13 +320,13 @@ def seed_spread(summaries: Mapping[int, Path]):
 
 def render_seed_spread(table, *, digits: int = 1) -> str:
     """`seed_spread`'s table as Markdown, variants by their report labels."""
-    from shadowft.report import Variant
+    from shadowft.report import variant_name_label
 
     header = ["Pair", "Variant", "Benchmark", *(f"seed {c}" if isinstance(c, int) else str(c) for c in table.columns)]
     lines = ["| " + " | ".join(header) + " |", "| :-- | :-- | :-- | " + " | ".join("--:" for _ in table.columns) + " |"]
     for (pair, variant, benchmark), row in table.iterrows():
         cells = [f"{value:.{digits}f}" for value in row]
-        lines.append("| " + " | ".join([pair, Variant.parse(variant).label, benchmark, *cells]) + " |")
+        lines.append("| " + " | ".join([pair, variant_name_label(variant), benchmark, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

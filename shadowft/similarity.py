@@ -35,6 +35,13 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def tensor_type(name: str) -> str | None:
+    """A layer tensor's name within its layer, the same in every layer
+    (``model.layers.3.mlp.up_proj.weight`` -> ``mlp.up_proj``), else None."""
+    match = _LAYER.search(name)
+    return name[match.end() :].removesuffix(".weight") if match else None
+
+
 def similarity(
     a: Path,
     b: Path,

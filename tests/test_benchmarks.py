@@ -1,7 +1,6 @@
 """The benchmark catalog, its selection in the config, the backends' model entries and the plan, without OpenCompass."""
 
 import copy
-import math
 import re
 import sys
 
@@ -14,10 +13,7 @@ from shadowft.benchmarks import (
     GROUPS,
     PAPER_MAX_OUT_LEN,
     benchmark_groups,
-    benchmark_scores,
     expand_evaluation,
-    group_average_markdown,
-    group_averages,
 )
 from shadowft.config import ConfigError, validate_config, variants
 from shadowft.opencompass import BACKEND_ENVS, BACKENDS, batch_size_for, model_config, run_config
@@ -138,24 +134,33 @@ def test_bad_evaluation_is_rejected_naming_the_key(edit, message):
 # --- group averages ----------------------------------------------------------------------
 
 
-def test_benchmark_score_is_its_first_metric_over_datasets():
-    rows = [
-        {"benchmark": "bbh", "dataset": "a", "metric": "score", "score": 10.0},
-        {"benchmark": "bbh", "dataset": "b", "metric": "score", "score": 30.0},
-        {"benchmark": "ifeval", "dataset": "IFEval", "metric": "strict", "score": 50.0},
-        {"benchmark": "ifeval", "dataset": "IFEval", "metric": "loose", "score": 70.0},
-    ]
-    assert benchmark_scores(rows) == {"bbh": 20.0, "ifeval": 50.0}
+def test_group_and_overall_averages_count_each_benchmark_once_by_its_first_metric(tmp_path):
+    from shadowft.opencompass import write_scores
+    from shadowft.report import summarize
 
-
-def test_group_average_is_nan_when_a_benchmark_is_missing():
-    groups = {"code3": ["humaneval", "humaneval_plus", "livecodebench"], "ifeval": ["ifeval"]}
-    averages = group_averages({"humaneval": 30.0, "humaneval_plus": 20.0, "ifeval": 80.0}, groups)
-    assert math.isnan(averages["Code-3"]) and averages["IFEval"] == 80.0
-    averages = group_averages({"humaneval": 30.0, "humaneval_plus": 20.0, "livecodebench": 10.0}, groups)
-    assert averages["Code-3"] == 20.0
-    table = group_average_markdown({"Instruct": {"humaneval": 30.0, "humaneval_plus": 20.0, "ifeval": 80.0}}, groups)
-    assert table.splitlines() == ["| Variant | Code-3 | IFEval |", "| :-- | --: | --: |", "| Instruct | - | 80.0 |"]
+    scores = {
+        "bbh": [("a", "score", 10.0), ("b", "score", 30.0)],  # a benchmark of several datasets: their mean
+        "ifeval": [("IFEval", "strict", 50.0), ("IFEval", "loose", 70.0)],  # several metrics: the first
+        "gsm8k": [("gsm8k", "accuracy", 90.0)],
+    }
+    records = []
+    for benchmark, rows in scores.items():
+        path = tmp_path / "base" / benchmark / "scores.csv"
+        write_scores(
+            [{"benchmark": benchmark, "dataset": d, "metric": m, "score": v, "num_examples": 2} for d, m, v in rows],
+            path,
+        )
+        dimensions = dict.fromkeys(("stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha"))
+        records.append({"pair": "p", "variant": "base", "benchmark": benchmark, "scores": path, **dimensions})
+    groups = {"reasoning9": ["bbh"], "ifeval": ["ifeval"], "math7": ["gsm8k"]}
+    summarize(records, tmp_path / "summary.csv", tmp_path / "summary.md", benchmark_groups=groups)
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Variant"))
+    base = next(line for line in lines if line.startswith("| Base"))
+    cells = dict(zip(header.strip("|").split("|"), base.strip("|").split("|"), strict=True))
+    cells = {key.strip(): value.strip() for key, value in cells.items()}
+    assert cells["reasoning9 avg"] == "20.0" and cells["ifeval avg"] == "50.0" and cells["math7 avg"] == "90.0"
+    assert cells["Average"] == f"{(20.0 + 50.0 + 90.0) / 3:.1f}"
 
 
 # --- backends ----------------------------------------------------------------------------
@@ -285,33 +290,3 @@ def test_a_missing_evaluator_extra_names_itself_and_the_prefetch_rule(tmp_path):
     assert evaluation_environment("humaneval_plus", tmp_path)["HUMANEVAL_OVERRIDE_PATH"] == str(
         tmp_path.resolve() / "evalplus" / "humaneval.jsonl"
     )
-
-
-def test_report_adds_group_averages(tmp_path):
-    from shadowft.opencompass import write_scores
-    from shadowft.report import summarize
-
-    records = []
-    for variant, scores in (("base", {"gsm8k": 10.0, "svamp": 30.0}), ("instruct", {"gsm8k": 50.0, "svamp": 70.0})):
-        for benchmark, score in scores.items():
-            path = tmp_path / variant / benchmark / "scores.csv"
-            write_scores(
-                [
-                    {
-                        "benchmark": benchmark,
-                        "dataset": benchmark,
-                        "metric": "accuracy",
-                        "score": score,
-                        "num_examples": 2,
-                    }
-                ],
-                path,
-            )
-            records.append({"pair": "p", "variant": variant, "scores": path})
-    groups = {"math7": ["gsm8k", "svamp"]}
-    summarize(records, tmp_path / "summary.csv", tmp_path / "summary.md", benchmark_groups=groups)
-    markdown = (tmp_path / "summary.md").read_text()
-    section = markdown.split("## p: group averages\n", 1)[1]
-    assert "| Base | 20.0 |" in section and "| Instruct | 60.0 |" in section
-    summarize(records, tmp_path / "summary.csv", tmp_path / "plain.md")
-    assert "group averages" not in (tmp_path / "plain.md").read_text(), "nothing for a config without groups"

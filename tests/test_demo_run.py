@@ -9,15 +9,19 @@ import torch
 import yaml
 from conftest import ROOT, snakemake
 from safetensors.torch import load_file
+from test_report import REPORT_RULES, assert_report_holds, decoded, workflow_files
 
 from shadowft import demo
 
 pytestmark = pytest.mark.slow
 
 PAIR = "results/demo"
-VARIANTS = ["base", "instruct", "lora/instruct_ft", "lora/shadow_a1", "full/instruct_ft", "full/shadow_a1"]
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+ALPHAS = [f"{alpha:g}" for alpha in CONFIG["graft"]["alphas"]]
+VARIANTS = ["base", "instruct"] + [
+    f"{tuning}/{name}" for tuning in ("lora", "full") for name in ["instruct_ft"] + [f"shadow_a{a}" for a in ALPHAS]
+]
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BENCHMARKS = sorted(CONFIG["evaluation"]["benchmarks"])
 
 
@@ -51,8 +55,22 @@ def test_every_output_is_there(demo_run):
     for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
         assert f"| {label}" in table
     assert "sigma = " in table
-    assert f"One run, seed {CONFIG['seed']} (the config's `seed`)." in table
-    assert (demo_run / "results" / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")
+    assert f"One seed, {CONFIG['seed']}." in table
+    for name in ("scores", "alpha", "similarity"):
+        decoded(demo_run / "results" / "plots" / "demo" / f"{name}.png")
+    # One learning rate per tuning: the report says so and draws no learning-rate figure.
+    assert "one per setting, so there is no learning-rate figure" in table
+    assert not (demo_run / "results" / "plots" / "demo" / "learning_rate.png").exists()
+    for alpha in ALPHAS:
+        assert f"| Shadow-LoRA (α={alpha}) |" in table and f"| Shadow-Full (α={alpha}) |" in table
+
+
+def test_html_report_of_the_demo(demo_run):
+    """`snakemake --report` on the finished demo: every table and figure embedded, with its caption."""
+    snakemake(demo_run, "--report", "results/report.html")
+    outputs = [path for path, rule in workflow_files(demo_run) if rule in REPORT_RULES]
+    assert len(outputs) == 6
+    assert_report_holds(demo_run, outputs)
 
 
 def test_rerun_has_nothing_to_do(demo_run):
@@ -177,17 +195,18 @@ def test_lora_shadow_is_instruct_plus_adapter_update(demo_run):
     assert updated >= 7 * 2  # every projection of every layer
 
 
-def test_full_shadow_is_instruct_plus_base_update_on_projections(demo_run):
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_full_shadow_is_instruct_plus_base_update_on_projections(demo_run, alpha):
     base = state_dict(demo_run / "data" / "demo" / "base" / "model")
     tuned = state_dict(demo_run / PAIR / "full" / "train_base" / "model")
     instruct = state_dict(demo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(demo_run / PAIR / "full" / "shadow_a1")
+    shadow = state_dict(demo_run / PAIR / "full" / f"shadow_a{alpha}")
     assert shadow.keys() == instruct.keys()
     grafted = 0
     for name, weight in instruct.items():
         # The official preset grafts the projection modules, their biases (Qwen2's q/k/v) included.
         if name.split(".")[-2] in PROJECTIONS:
-            expected = (weight.float() + (tuned[name].float() - base[name].float())).to(weight.dtype)
+            expected = (weight.float() + float(alpha) * (tuned[name].float() - base[name].float())).to(weight.dtype)
             grafted += 1
         else:
             expected = weight

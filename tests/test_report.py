@@ -1,183 +1,357 @@
-"""summarize / score_table / plot_scores on small hand-written scores.csv files."""
+"""The report on stored fixture results: typed records, the tidy CSV, the paper's tables
+(Markdown and HTML, checked number by number against values computed here), every figure
+(decoded and looked at), and Snakemake's HTML report holding every table and figure."""
 
 from __future__ import annotations
 
+import base64
 import math
+import re
+import statistics
 
+import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from conftest import ROOT, snakemake
 
-from shadowft.report import SUMMARY_COLUMNS, Variant, overall_sigma, plot_scores, score_table, summarize
+from shadowft import figures
+from shadowft.report import (
+    SUMMARY_COLUMNS,
+    ScoreRecord,
+    pair_tables,
+    pairs_sweeping_learning_rate,
+    read_summary,
+    summarize,
+)
 
-# pair -> variant -> benchmark -> score, variants deliberately out of report order;
-# tunings and benchmarks are reported in the order they first appear (the config's).
-SCORES = {
-    "qwen": {
-        "lora/shadow_a1": {"gsm8k": 43.5, "mmlu": 60.04},
-        "full/shadow_a1": {"gsm8k": 44.0, "mmlu": 59.0},
-        "instruct": {"gsm8k": 40.0, "mmlu": 60.0},
-        "lora/shadow_a0.5": {"gsm8k": 42.0, "mmlu": 60.5},
-        "base": {"gsm8k": 30.0, "mmlu": 50.0},
-        "full/instruct_ft": {"gsm8k": 41.0, "mmlu": 58.0},
-        "lora/instruct_ft": {"gsm8k": 38.5, "mmlu": 61.0},
-    },
-}
+BENCHMARKS = ["gsm8k", "math", "mmlu"]
+GROUPS = {"Math": ["gsm8k", "math"]}
+UNTUNED = {"base": {"gsm8k": 20.0, "math": 10.0, "mmlu": 40.0}, "instruct": {"gsm8k": 40.0, "math": 30.0, "mmlu": 60.0}}
+# (tuning, learning rate, LoRA rank) of each run; every run twice, seeds 0 and 1; grafts at two alphas.
+SETTINGS = [("lora", 1e-4, 8), ("lora", 2e-4, 8), ("full", 1e-5, None)]
+SEEDS = [0, 1]
+ALPHAS = [0.5, 1.0]
+
+
+def tuned_score(tuning, learning_rate, kind, alpha, seed, benchmark):
+    """The fixture's score: Instruct's, minus 4 when tuned directly, plus 2 alpha for a graft;
+    +1 at the higher LoRA learning rate, -3 for full tuning, +2 on seed 1."""
+    score = UNTUNED["instruct"][benchmark] + (-4.0 if kind == "instruct_ft" else 2.0 * alpha)
+    return score + (learning_rate == 2e-4) - 3.0 * (tuning == "full") + 2.0 * seed
 
 
 def write_scores(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["benchmark", "dataset", "metric", "score", "num_examples"]).to_csv(path, index=False)
+    lines = ["benchmark,dataset,metric,score,num_examples"]
+    lines += [",".join(str(value) for value in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def records_for(root, scores):
-    """One scores.csv per (pair, variant, benchmark), laid out like results/{pair}/eval/{variant}/{benchmark}/."""
-    return [
-        {
-            "pair": pair,
-            "variant": variant,
-            "scores": write_scores(
-                root / pair / "eval" / variant / benchmark / "scores.csv",
-                [(benchmark, benchmark, "accuracy", score, 100)],
-            ),
-        }
-        for pair, variants in scores.items()
-        for variant, benchmarks in variants.items()
-        for benchmark, score in benchmarks.items()
-    ]
+def run_name(tuning, learning_rate, rank, seed):
+    return f"sft-{tuning}-lr{learning_rate:g}" + (f"-r{rank}" if rank else "") + f"-s{seed}"
 
 
-def table_rows(markdown: str, pair: str) -> list[list[str]]:
-    section = markdown.split(f"## {pair}\n", 1)[1].split("\n## ", 1)[0]
-    return [
-        [cell.strip() for cell in line.strip("|").split(" | ")] for line in section.splitlines() if line.startswith("|")
-    ]
+def sweep_records(root, pair="qwen"):
+    """Records in the workflow's shape (one per score file) for the fixture sweep, files written under root."""
+    records = []
+    for variant, scores in UNTUNED.items():
+        for benchmark in BENCHMARKS:
+            path = write_scores(
+                root / variant / f"{benchmark}.csv", [(benchmark, benchmark, "accuracy", scores[benchmark], 100)]
+            )
+            records.append(
+                {"pair": pair, "variant": variant, "benchmark": benchmark, "scores": path}
+                | dict.fromkeys(("stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha"))
+            )
+    for tuning, learning_rate, rank in SETTINGS:
+        for seed in SEEDS:
+            run = run_name(tuning, learning_rate, rank, seed)
+            for kind, alpha in [("instruct_ft", None), *(("shadow", alpha) for alpha in ALPHAS)]:
+                variant = f"{run}/{kind}" if alpha is None else f"{run}/shadow_a{alpha:g}"
+                for benchmark in BENCHMARKS:
+                    score = tuned_score(tuning, learning_rate, kind, alpha or 0.0, seed, benchmark)
+                    path = write_scores(
+                        root / variant / f"{benchmark}.csv", [(benchmark, benchmark, "accuracy", score, 100)]
+                    )
+                    records.append(
+                        {
+                            "pair": pair,
+                            "variant": variant,
+                            "stage": "sft",
+                            "tuning": tuning,
+                            "learning_rate": learning_rate,
+                            "lora_rank": rank,
+                            "seed": seed,
+                            "alpha": alpha,
+                            "benchmark": benchmark,
+                            "scores": path,
+                        }
+                    )
+    return records
+
+
+def write_similarity(path, layers=3):
+    rows = ["level,name,layer,numel,sum_abs_diff,sum_abs_a,sum_abs_b,sigma"]
+    types = ["self_attn.q_proj.weight", "self_attn.q_proj.bias", "mlp.up_proj.weight", "input_layernorm.weight"]
+    for layer in range(layers):
+        for index, name in enumerate(types):
+            rows.append(f"tensor,model.layers.{layer}.{name},{layer},16,1,10,10,{0.01 * (index + 1) + 0.002 * layer}")
+    rows += ["tensor,model.embed_tokens.weight,,16,1,10,10,0.003", "tensor,lm_head.weight,,16,1,10,10,0.004"]
+    rows += [f"layer,layers.{layer},{layer},,,,,0.02" for layer in range(layers)]
+    rows.append("overall,overall,,64,,,,0.0289")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def sections(markdown):
+    """Markdown tables by their ### heading: rows of cells, the header first (the --: line dropped)."""
+    tables = {}
+    for part in markdown.split("\n### ")[1:]:
+        title, body = part.split("\n", 1)
+        lines = [line for line in body.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+        tables[title] = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines if "--:" not in line]
+    return tables
+
+
+def per_seed(tuning, learning_rate, kind, alpha):
+    """Column -> the fixture's scores over the seeds, group average and average computed here."""
+    scores = {b: [tuned_score(tuning, learning_rate, kind, alpha, s, b) for s in SEEDS] for b in BENCHMARKS}
+    scores["Math avg"] = [statistics.fmean(pair) for pair in zip(scores["gsm8k"], scores["math"], strict=True)]
+    scores["Average"] = [statistics.fmean(values) for values in zip(*(scores[b] for b in BENCHMARKS), strict=True)]
+    return scores
+
+
+def mean_sd(values):
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 @pytest.fixture
-def summary(tmp_path):
-    records = records_for(tmp_path / "results", SCORES)
-    frame = summarize(records, tmp_path / "summary.csv", tmp_path / "summary.md")
-    return frame, (tmp_path / "summary.md").read_text()
+def sweep(tmp_path):
+    records = sweep_records(tmp_path / "scores")
+    similarity = write_similarity(tmp_path / "similarity.csv")
+    out = tmp_path / "out"
+    frame = summarize(
+        records,
+        out / "summary.csv",
+        out / "summary.md",
+        out_html=out / "summary.html",
+        benchmark_groups=GROUPS,
+        similarity={"qwen": similarity},
+    )
+    return {"records": records, "frame": frame, "out": out, "similarity": similarity}
 
 
-def test_summary_csv_is_tidy_with_tuning_and_alpha(summary, tmp_path):
-    frame, _ = summary
-    written = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False, na_values=[""])
+def test_records_are_typed(tmp_path):
+    record = ScoreRecord.parse(
+        {"pair": "p", "variant": "sft-lora-lr1e-4-r8-s0/shadow_a0.5", "stage": "sft", "tuning": "lora"}
+        | {"learning_rate": "1e-4", "lora_rank": 8.0, "seed": 0, "alpha": 0.5, "benchmark": "b", "scores": "x.csv"}
+    )
+    assert (record.learning_rate, record.lora_rank, record.alpha, record.kind) == (1e-4, 8, 0.5, "shadow")
+    assert isinstance(record.lora_rank, int) and str(record.scores) == "x.csv"
+    assert ScoreRecord.parse({"pair": "p", "variant": "instruct", "benchmark": "b", "scores": "y"}).kind == "instruct"
+    bad = {"pair": "p", "variant": "lora/instruct_ft", "tuning": "lora", "benchmark": "b", "scores": "y"}
+    with pytest.raises(ValueError, match="record 3 has unknown key"):
+        ScoreRecord.parse(bad | {"rank": 8}, 3)
+    with pytest.raises(ValueError, match="lacks benchmark"):
+        ScoreRecord.parse({k: v for k, v in bad.items() if k != "benchmark"})
+    with pytest.raises(ValueError, match="alpha is given exactly for shadow"):
+        ScoreRecord.parse(bad | {"alpha": 1.0})
+    with pytest.raises(ValueError, match="needs its tuning"):
+        ScoreRecord.parse(bad | {"tuning": None})
+    with pytest.raises(ValueError, match="lora_rank must be a whole number"):
+        ScoreRecord.parse(bad | {"lora_rank": 8.5})
+    with pytest.raises(ValueError, match="unknown variant 'lora/shadow'"):
+        ScoreRecord.parse(bad | {"variant": "lora/shadow"})
+    with pytest.raises(ValueError, match="unknown variant 'lora/base'"):
+        ScoreRecord.parse(bad | {"variant": "lora/base"})
 
-    assert list(written.columns) == list(SUMMARY_COLUMNS)
-    assert len(written) == 14
-    shadow = written[written["variant"] == "lora/shadow_a0.5"].iloc[0]
-    assert (shadow["tuning"], shadow["alpha"]) == ("lora", 0.5)
-    instruct = frame[frame["variant"] == "instruct"].iloc[0]
-    assert instruct["tuning"] == "" and math.isnan(instruct["alpha"])
-    assert list(dict.fromkeys(frame["variant"])) == [
+
+def test_summary_csv_is_tidy_with_a_column_per_sweep_dimension(sweep):
+    written = read_summary(sweep["out"] / "summary.csv")
+
+    assert list(pd.read_csv(sweep["out"] / "summary.csv").columns) == list(SUMMARY_COLUMNS)
+    assert len(written) == len(sweep["records"]) == 3 * (2 + len(SETTINGS) * len(SEEDS) * (1 + len(ALPHAS)))
+    graft = written[(written["variant"] == "sft-lora-lr0.0002-r8-s1/shadow_a0.5") & (written["benchmark"] == "math")]
+    assert graft[["kind", "stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha", "metric"]].iloc[
+        0
+    ].tolist() == [
+        "shadow",
+        "sft",
+        "lora",
+        2e-4,
+        8,
+        1,
+        0.5,
+        "accuracy",
+    ]
+    assert graft["score"].iloc[0] == tuned_score("lora", 2e-4, "shadow", 0.5, 1, "math") == 34.0
+    full = written[written["tuning"] == "full"]
+    assert full["lora_rank"].isna().all() and full["learning_rate"].eq(1e-5).all()
+    instruct = written[written["variant"] == "instruct"]
+    assert instruct[["stage", "tuning"]].isna().all().all() and instruct[["seed", "alpha"]].isna().all().all()
+    pd.testing.assert_frame_equal(written, sweep["frame"])  # read back, the same frame
+    assert list(dict.fromkeys(written["variant"]))[:4] == [
         "base",
         "instruct",
-        "lora/instruct_ft",
-        "lora/shadow_a0.5",
-        "lora/shadow_a1",
-        "full/instruct_ft",
-        "full/shadow_a1",
+        "sft-lora-lr0.0001-r8-s0/instruct_ft",
+        "sft-lora-lr0.0001-r8-s0/shadow_a0.5",
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "summary.csv", "summary.md"]
 
 
-def test_markdown_table_shows_scores_and_differences_from_instruct(summary):
-    _, markdown = summary
+def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
+    markdown = (sweep["out"] / "summary.md").read_text()
+    tables = sections(markdown)
 
-    rows = table_rows(markdown, "qwen")
+    assert list(tables) == ["SFT, LoRA, rank 8, lr 0.0001", "SFT, LoRA, rank 8, lr 0.0002", "SFT, Full, lr 1e-05"]
+    for (tuning, learning_rate, _), rows in zip(SETTINGS, tables.values(), strict=True):
+        label = {"lora": "LoRA", "full": "Full"}[tuning]
+        assert rows[0] == ["Variant", *BENCHMARKS, "Math avg", "Average"]
+        assert [row[0] for row in rows[1:]] == [
+            "Base",
+            "Instruct",
+            f"Instruct + {label}",
+            f"Shadow-{label} (α=0.5)",
+            f"Shadow-{label} (α=1)",
+        ]
+        instruct = UNTUNED["instruct"]
+        assert rows[2][1:] == ["40.0", "30.0", "60.0", "35.0", "43.3"]  # the reference: no differences
+        assert rows[1][1:] == ["20.0 (-20.0)", "10.0 (-20.0)", "40.0 (-20.0)", "15.0 (-20.0)", "23.3 (-20.0)"]
 
-    assert rows[0] == ["Variant", "gsm8k", "mmlu", "Average"]
-    assert rows[2:] == [
-        ["Base", "30.0 (-10.0)", "50.0 (-10.0)", "40.0 (-10.0)"],
-        ["Instruct", "40.0", "60.0", "50.0"],
-        ["Instruct + LoRA", "38.5 (-1.5)", "61.0 (+1.0)", "49.8 (-0.2)"],
-        ["Shadow-LoRA (α=0.5)", "42.0 (+2.0)", "60.5 (+0.5)", "51.2 (+1.2)"],
-        ["Shadow-LoRA (α=1)", "43.5 (+3.5)", "60.0 (+0.0)", "51.8 (+1.8)"],
-        ["Instruct + Full", "41.0 (+1.0)", "58.0 (-2.0)", "49.5 (-0.5)"],
-        ["Shadow-Full (α=1)", "44.0 (+4.0)", "59.0 (-1.0)", "51.5 (+1.5)"],
-    ]
-    assert "Table 1: qwen." in markdown
-    assert "difference from Instruct" in markdown
+        reference = {
+            column: statistics.fmean(values)
+            for column, values in per_seed(tuning, learning_rate, "instruct_ft", 0.0).items()
+        }
+        instruct_columns = {**instruct, "Math avg": 35.0, "Average": 130 / 3}
+        for row, (kind, alpha) in zip(rows[3:], [("instruct_ft", 0.0), ("shadow", 0.5), ("shadow", 1.0)], strict=True):
+            for cell, (column, values) in zip(
+                row[1:], per_seed(tuning, learning_rate, kind, alpha).items(), strict=True
+            ):
+                mean, sd = mean_sd(values)
+                expected = f"{mean:.1f} ± {sd:.1f} ({mean - instruct_columns[column]:+.1f}"
+                expected += ")" if kind == "instruct_ft" else f", {mean - reference[column]:+.1f})"
+                assert cell == expected, (row[0], column)
+    # One cell by hand: LoRA at 1e-4, alpha 1, gsm8k: seeds 42 and 44; Instruct 40; Instruct + LoRA 36 and 38.
+    assert tables["SFT, LoRA, rank 8, lr 0.0001"][5][1] == "43.0 ± 1.4 (+3.0, +6.0)"
+    assert "Table 3: qwen, SFT, Full, lr 1e-05." in markdown
+    assert "mean ± standard deviation over seeds 0, 1 (n=2)" in markdown
+    assert "from Instruct + Full (Instruct tuned directly, the paper's baseline)" in markdown
+    assert "Math avg: unweighted mean over the group's benchmarks." in markdown
+    assert "sigma = 2.89%" in markdown
+    assert "Learning rates: LoRA 0.0001, 0.0002; Full 1e-05 (the learning-rate figure" in markdown
 
 
-def test_pairs_get_one_table_each(tmp_path):
-    scores = {
-        "qwen": {"instruct": {"gsm8k": 40.0}},
-        "llama": {"base": {"gsm8k": 20.0}, "instruct": {"gsm8k": 25.0}, "lora/base_ft": {"gsm8k": 22.0}},
-    }
+def test_html_tables_hold_the_markdown_cells(sweep):
+    page = (sweep["out"] / "summary.html").read_text()
+    markdown = (sweep["out"] / "summary.md").read_text()
 
-    summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
+    assert page.count("<table>") == 3
+    for rows in sections(markdown).values():
+        for row in rows:
+            assert "".join(f"<td>{cell}</td>" for cell in row[1:]) in page or row[0] == "Variant"
+    assert "<h3>SFT, LoRA, rank 8, lr 0.0002</h3>" in page and "Table 2: qwen, SFT, LoRA" in page
+
+
+def test_pair_tables_compute_means_and_spread(sweep):
+    tables = pair_tables(sweep["frame"], "qwen", GROUPS)
+    graft = tables[1].row("shadow", 1.0)
+    values = [tuned_score("lora", 2e-4, "shadow", 1.0, seed, "mmlu") for seed in SEEDS]
+
+    assert graft.cells["mmlu"].mean == statistics.fmean(values) == 64.0
+    assert graft.cells["mmlu"].sd == pytest.approx(statistics.stdev(values)) and graft.cells["mmlu"].n == 2
+    assert graft.seeds == (0, 1) and tables[1].row("instruct").seeds == ()
+    assert tables[1].row("instruct").cells["Average"].sd is None
+
+
+def test_one_seed_shows_no_spread_and_says_so(tmp_path):
+    records = [r for r in sweep_records(tmp_path) if r["seed"] in (None, 0) and r["tuning"] in (None, "full")]
+
+    summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
     markdown = (tmp_path / "s.md").read_text()
-    assert markdown.index("## qwen") < markdown.index("## llama")
-    assert "Table 2: llama." in markdown
-    assert table_rows(markdown, "llama")[2:] == [
-        ["Base", "20.0 (-5.0)", "20.0 (-5.0)"],
-        ["Instruct", "25.0", "25.0"],
-        ["Base + LoRA", "22.0 (-3.0)", "22.0 (-3.0)"],
-    ]
+    rows = sections(markdown)["SFT, Full, lr 1e-05"]
+    assert rows[5][1] == "39.0 (-1.0, +6.0)"  # 40 + 2 - 3 against Instruct 40 and Instruct + Full 33
+    assert "±" not in markdown and "One seed, 0." in markdown
+    assert "Learning rates: Full 1e-05; one per setting, so there is no learning-rate figure." in markdown
 
 
 def test_datasets_are_averaged_and_metrics_kept_apart(tmp_path):
     bbh = [("bbh", "bbh-dates", "accuracy", 40.0, 10), ("bbh", "bbh-logic", "accuracy", 50.0, 10)]
     code = [("humaneval", "humaneval", "pass@1", 30.0, 164), ("humaneval", "humaneval", "pass@10", 60.0, 164)]
     records = [
-        {"pair": "p", "variant": "instruct", "scores": write_scores(tmp_path / "a.csv", bbh + code)},
+        {"pair": "p", "variant": "instruct", "benchmark": "bbh", "scores": write_scores(tmp_path / "a.csv", bbh)},
+        {
+            "pair": "p",
+            "variant": "instruct",
+            "benchmark": "humaneval",
+            "scores": write_scores(tmp_path / "b.csv", code),
+        },
     ]
 
     frame = summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
-    table = score_table(frame, "p")
-    assert list(table.columns) == ["bbh", "humaneval (pass@1)", "humaneval (pass@10)", "Average"]
-    assert table.loc["instruct"].tolist() == [45.0, 30.0, 60.0, 45.0]
-    assert "several datasets show their unweighted mean" in (tmp_path / "s.md").read_text()
+    (table,) = pair_tables(frame, "p", {})
+    assert table.columns == ["bbh", "humaneval (pass@1)", "humaneval (pass@10)", "Average"]
+    # The Average counts each benchmark once, by its first metric: (45 + 30) / 2.
+    assert [table.row("instruct").cells[c].mean for c in table.columns] == [45.0, 30.0, 60.0, 37.5]
 
 
 def test_missing_scores_show_a_dash_and_no_average(tmp_path):
-    scores = {"p": {"instruct": {"gsm8k": 40.0, "mmlu": 60.0}, "lora/shadow_a1": {"gsm8k": 45.0}}}
+    records = [r for r in sweep_records(tmp_path) if r["seed"] in (None, 0) and r["tuning"] in (None, "full")]
+    records = [r for r in records if not (r["alpha"] == 1.0 and r["benchmark"] == "mmlu")]
 
-    summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
+    summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
-    rows = table_rows((tmp_path / "s.md").read_text(), "p")
-    assert rows[-1] == ["Shadow-LoRA (α=1)", "45.0 (+5.0)", "–", "–"]
+    rows = sections((tmp_path / "s.md").read_text())["SFT, Full, lr 1e-05"]
+    assert rows[5][1:] == ["39.0 (-1.0, +6.0)", "29.0 (-1.0, +6.0)", "–", "–"]
 
 
 def test_without_instruct_there_are_no_differences(tmp_path):
-    scores = {"p": {"base": {"gsm8k": 20.0}, "lora/shadow_a1": {"gsm8k": 25.0}}}
+    records = [r for r in sweep_records(tmp_path) if r["variant"] in ("base", "sft-full-lr1e-05-s0/shadow_a1")]
 
-    summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
+    summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
     markdown = (tmp_path / "s.md").read_text()
-    assert table_rows(markdown, "p")[2:] == [["Base", "20.0", "20.0"], ["Shadow-LoRA (α=1)", "25.0", "25.0"]]
+    assert sections(markdown)["SFT, Full, lr 1e-05"][1:] == [
+        ["Base", "20.0", "10.0", "40.0", "23.3"],
+        ["Shadow-Full (α=1)", "39.0", "29.0", "59.0", "42.3"],
+    ]
     assert "no Instruct scores to compare with" in markdown
 
 
+def test_pairs_get_tables_of_their_own(tmp_path):
+    first = sweep_records(tmp_path / "q", "qwen")[:6]  # base and instruct
+    second = sweep_records(tmp_path / "l", "llama")[:3]
+
+    summarize(first + second, tmp_path / "s.csv", tmp_path / "s.md")
+
+    markdown = (tmp_path / "s.md").read_text()
+    assert markdown.index("## qwen") < markdown.index("## llama")
+    assert "Table 2: llama." in markdown and "No tuned variants." in markdown
+
+
 def test_missing_file_is_named(tmp_path):
-    missing = tmp_path / "p" / "eval" / "instruct" / "gsm8k" / "scores.csv"
+    missing = tmp_path / "p" / "instruct" / "gsm8k.csv"
+    record = {"pair": "p", "variant": "instruct", "benchmark": "gsm8k", "scores": missing}
 
     with pytest.raises(FileNotFoundError, match=rf"pair 'p', variant 'instruct': {missing}"):
-        summarize([{"pair": "p", "variant": "instruct", "scores": missing}], tmp_path / "s.csv", tmp_path / "s.md")
+        summarize([record], tmp_path / "s.csv", tmp_path / "s.md")
     assert not (tmp_path / "s.csv").exists()
-
-
-def test_missing_column_is_named(tmp_path):
-    path = tmp_path / "scores.csv"
-    path.write_text("benchmark,dataset,metric,num_examples\ngsm8k,gsm8k,accuracy,10\n")
-
-    with pytest.raises(ValueError, match=rf"{path} lacks column\(s\) score"):
-        summarize([{"pair": "p", "variant": "base", "scores": path}], tmp_path / "s.csv", tmp_path / "s.md")
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("", "is empty"),
+        ("benchmark,dataset,metric,num_examples\ng,g,acc,10\n", r"lacks column\(s\) score"),
         ("benchmark,dataset,metric,score,num_examples\n", "has no rows"),
         ("benchmark,dataset,metric,score,num_examples\ng,g,acc,high,1\n", "non-numeric score"),
         ("benchmark,dataset,metric,score,num_examples\ng,g,acc,-,1\n", "no score for g/g/acc"),
         ("benchmark,dataset,metric,score,num_examples\ng,d,acc,,1\n", "no score for g/d/acc"),
+        ("benchmark,dataset,metric,score,num_examples\nother,d,acc,1,1\n", "holds benchmark.s. other, not 'g'"),
     ],
 )
 def test_unusable_scores_file_is_named(tmp_path, content, message):
@@ -185,91 +359,168 @@ def test_unusable_scores_file_is_named(tmp_path, content, message):
     path.write_text(content)
 
     with pytest.raises(ValueError, match=rf"{path}.*{message}"):
-        summarize([{"pair": "p", "variant": "base", "scores": path}], tmp_path / "s.csv", tmp_path / "s.md")
+        summarize([{"pair": "p", "variant": "base", "benchmark": "g", "scores": path}], tmp_path / "s", tmp_path / "m")
 
 
-def test_duplicate_scores_are_refused(tmp_path):
-    path = write_scores(tmp_path / "scores.csv", [("gsm8k", "gsm8k", "accuracy", 1.0, 1)])
-    record = {"pair": "p", "variant": "base", "scores": path}
-
-    with pytest.raises(ValueError, match=r"twice: pair=p, variant=base, benchmark=gsm8k"):
+def test_duplicates_and_colliding_runs_are_refused(tmp_path):
+    path = write_scores(tmp_path / "scores.csv", [("g", "g", "accuracy", 1.0, 1)])
+    record = {"pair": "p", "variant": "base", "benchmark": "g", "scores": path}
+    with pytest.raises(ValueError, match=r"twice: pair=p, variant=base, benchmark=g"):
         summarize([record, record], tmp_path / "s.csv", tmp_path / "s.md")
-
-
-def test_bad_records_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no score records"):
         summarize([], tmp_path / "s.csv", tmp_path / "s.md")
-    with pytest.raises(ValueError, match="record 0 lacks scores"):
-        summarize([{"pair": "p", "variant": "base"}], tmp_path / "s.csv", tmp_path / "s.md")
-    with pytest.raises(ValueError, match="unknown variant 'lora/shadow'"):
-        summarize([{"pair": "p", "variant": "lora/shadow", "scores": "x"}], tmp_path / "s.csv", tmp_path / "s.md")
+    tuned = {"pair": "p", "stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "seed": 0, "benchmark": "g"}
+    twins = [tuned | {"variant": name, "scores": path} for name in ("a/instruct_ft", "b/instruct_ft")]
+    with pytest.raises(ValueError, match="variants a/instruct_ft, b/instruct_ft are the same run"):
+        summarize(twins, tmp_path / "s.csv", tmp_path / "s.md")
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("base", Variant("base", "base")),
-        ("instruct", Variant("instruct", "instruct")),
-        ("full/base_ft", Variant("full/base_ft", "base_ft", "full")),
-        ("lora_r8/instruct_ft", Variant("lora_r8/instruct_ft", "instruct_ft", "lora_r8")),
-        ("lora/shadow_a0.25", Variant("lora/shadow_a0.25", "shadow", "lora", 0.25)),
-    ],
+def test_benchmark_groups_must_name_scored_benchmarks(tmp_path):
+    records = sweep_records(tmp_path)[:6]
+    with pytest.raises(ValueError, match="group 'Code': pair 'qwen' has no scores for humaneval"):
+        summarize(records, tmp_path / "s.csv", tmp_path / "s.md", benchmark_groups={"Code": ["humaneval"]})
+
+
+def test_learning_rate_sweeps_are_found_per_setting(sweep):
+    assert pairs_sweeping_learning_rate(sweep["records"]) == ["qwen"]
+    one_rate = [r for r in sweep["records"] if r["learning_rate"] != 2e-4]
+    assert pairs_sweeping_learning_rate(one_rate) == []  # LoRA 1e-4 and full 1e-5: one rate per tuning
+
+
+def decoded(png):
+    """The PNG's pixels (which must decode), checked to be a real picture: large, and not one colour."""
+    pixels = matplotlib.image.imread(png)
+    assert pixels.ndim == 3 and pixels.shape[0] > 300 and pixels.shape[1] > 600, pixels.shape
+    assert np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0).shape[0] > 50
+    return pixels
+
+
+def test_every_figure_is_drawn_and_decodes(sweep, tmp_path):
+    names = ("scores", "alpha", "learning_rate", "similarity")
+    outputs = {name: tmp_path / "plots" / f"{name}.png" for name in names}
+
+    drawn = figures.draw_figures(
+        sweep["out"] / "summary.csv", "qwen", outputs, benchmark_groups=GROUPS, similarity_csv=sweep["similarity"]
+    )
+
+    assert drawn == list(outputs.values())
+    shapes = {name: decoded(path).shape for name, path in outputs.items()}
+    assert shapes["scores"][0] > shapes["similarity"][0]  # a panel per setting: three rows of bars
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{name}.png" for name in names)
+
+
+def test_learning_rate_figure_is_refused_for_one_rate(tmp_path):
+    records = [r for r in sweep_records(tmp_path) if r["learning_rate"] != 2e-4]
+    frame = summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
+    tables = pair_tables(frame, "qwen", {})
+
+    with pytest.raises(ValueError, match="one learning rate per setting: no learning-rate curve"):
+        figures.plot_learning_rate(tables, tmp_path / "lr.png")
+    assert not (tmp_path / "lr.png").exists()
+    decoded(figures.plot_alpha(tables, tmp_path / "alpha.png"))
+
+
+def test_similarity_figure_reads_the_similarity_columns(tmp_path):
+    assert figures.tensor_type("model.layers.12.self_attn.q_proj.bias") == "self_attn.q_proj.bias"
+    assert figures.tensor_type("model.layers.3.mlp.up_proj.weight") == "mlp.up_proj"
+    assert figures.tensor_type("lm_head.weight") is None
+    decoded(figures.plot_similarity(write_similarity(tmp_path / "s.csv", layers=24), tmp_path / "sim.png", "p"))
+    bare = tmp_path / "bare.csv"
+    bare.write_text("level,sigma\noverall,0.1\n")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) name, layer"):
+        figures.plot_similarity(bare, tmp_path / "x.png", "p")
+
+
+def test_unknown_figure_is_refused(sweep, tmp_path):
+    with pytest.raises(ValueError, match="unknown figure.s. heatmap"):
+        figures.draw_figures(sweep["out"] / "summary.csv", "qwen", {"heatmap": tmp_path / "h.png"})
+
+
+# --- Snakemake's HTML report -------------------------------------------------------------------
+
+REPORT_RULES = ("report", "figures", "alpha_figure", "learning_rate_figure", "all")
+CAPTIONS = (
+    "Every score in tidy form",
+    "The tables of summary.html as Markdown",
+    "one table per pair and sweep setting",
+    "the score of every variant (bars)",
+    "score against its strength alpha",
+    "sigma per layer, one line per tensor type",
 )
-def test_variant_names_parse(name, expected):
-    assert Variant.parse(name) == expected
 
 
-def test_plot_is_written(tmp_path):
-    scores = {**SCORES, "llama": {"instruct": {"gsm8k": 25.0}, "lora/shadow_a1": {"gsm8k": 27.0}}}
-    frame = summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
-
-    out = plot_scores(frame, tmp_path / "plots" / "scores.png")
-
-    assert out == tmp_path / "plots" / "scores.png"
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out.stat().st_size > 10_000
-    assert [p.name for p in out.parent.iterdir()] == ["scores.png"]
+def workflow_files(workdir):
+    """(path, rule) of every file the demo's workflow makes, from Snakemake's own summary."""
+    lines = snakemake(workdir, "--summary", "--cores", "1").stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("output_file"))
+    return [tuple(line.split("\t")[:3:2]) for line in lines[header + 1 :] if line.strip()]
 
 
-def test_plot_accepts_the_summary_read_back_from_csv(summary, tmp_path):
-    out = plot_scores(pd.read_csv(tmp_path / "summary.csv"), tmp_path / "scores.png")
+def report_files(report_html):
+    """What Snakemake's HTML report embeds: file name -> decoded bytes."""
+    text = report_html.read_text()
+    embedded = re.findall(r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", text)
+    return {name: base64.b64decode(data) for name, data in embedded}
 
-    assert out.stat().st_size > 10_000
+
+def assert_report_holds(workdir, outputs):
+    """The workflow's HTML report of workdir embeds every one of `outputs` (paths under workdir), byte for byte."""
+    report = workdir / "results" / "report.html"
+    assert report.stat().st_size > 100_000
+    embedded = report_files(report)
+    for output in outputs:
+        name = output.rsplit("/", 1)[-1]
+        same_name = [path for path in outputs if path.rsplit("/", 1)[-1] == name]
+        if len(same_name) == 1:  # the report keys files by name
+            assert embedded[name] == (workdir / output).read_bytes(), output
+    text = report.read_text()
+    assert "Shadow-FT: fine-tune BASE, graft its update onto INSTRUCT" in text  # the workflow description
+    for caption in CAPTIONS:  # one phrase of each caption file (report/*.rst)
+        assert caption in text, caption
+    assert "https://cdn" not in text
 
 
-def test_summary_quotes_sigma_and_draws_the_plot(tmp_path):
-    scores = tmp_path / "scores.csv"
-    scores.write_text("benchmark,dataset,metric,score,num_examples\ndemo_task,demo_task,exact_match,50.0,10\n")
-    similarity_csv = tmp_path / "similarity.csv"
-    similarity_csv.write_text(
-        "level,name,layer,numel,sum_abs_diff,sum_abs_a,sum_abs_b,sigma\n"
-        "tensor,model.layers.0.mlp.up_proj.weight,0,4,1,10,10,0.05\n"
-        "overall,overall,,4,,,,0.0397\n"
+@pytest.mark.slow
+def test_html_report_holds_every_table_and_figure(tmp_path):
+    """The report rules on stored scores in the demo's layout (no model is trained), then `snakemake --report`."""
+    files = workflow_files(tmp_path)
+    scores = [path for path, rule in files if rule == "evaluate"]
+    for index, path in enumerate(scores):
+        benchmark = path.split("/")[-2]
+        write_scores(tmp_path / path, [(benchmark, benchmark, "exact_match", float(index % 7 * 10), 200)])
+    for path, rule in files:
+        if rule == "similarity":
+            write_similarity(tmp_path / path, layers=2)
+    allowed = ("--allowed-rules", *REPORT_RULES)
+
+    snakemake(tmp_path, "--cores", "1", *allowed)
+    snakemake(tmp_path, "--report", "results/report.html", *allowed)
+
+    outputs = [path for path, rule in files if rule in REPORT_RULES]
+    assert {path.rsplit("/", 1)[-1] for path in outputs} >= {
+        "summary.csv",
+        "summary.md",
+        "summary.html",
+        "scores.png",
+        "alpha.png",
+        "similarity.png",
+    }
+    for png in (path for path in outputs if path.endswith(".png")):
+        decoded(tmp_path / png)
+    assert_report_holds(tmp_path, outputs)
+    summary = read_summary(tmp_path / "results" / "summary.csv")
+    assert len(summary) == len(scores) and not math.isnan(summary["score"].sum())
+    # The workflow's records carry the demo config's sweep values.
+    tuned = summary[summary["tuning"].notna()]
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    hyperparameters = config["training"]["hyperparameters"]
+    assert tuned.groupby("tuning")["learning_rate"].unique().map(list).to_dict() == {
+        tuning: [hyperparameters[tuning]["learning_rate"]] for tuning in config["training"]["tunings"]
+    }
+    assert set(tuned["stage"]) == {"sft"} and set(tuned["seed"]) == {config["seed"]}
+    assert (
+        set(tuned.loc[tuned["tuning"] == "lora", "lora_rank"]) == {8}
+        and tuned.loc[tuned["tuning"] == "full", "lora_rank"].isna().all()
     )
-    records = [{"pair": "demo", "variant": variant, "scores": scores} for variant in ("base", "instruct")]
-    summarize(
-        records,
-        tmp_path / "s.csv",
-        tmp_path / "s.md",
-        out_png=tmp_path / "plots" / "scores.png",
-        similarity={"demo": similarity_csv},
-    )
-    assert "sigma = 3.97%" in (tmp_path / "s.md").read_text()
-    assert (tmp_path / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")
-
-
-def test_similarity_without_overall_row_is_named(tmp_path):
-    similarity_csv = tmp_path / "similarity.csv"
-    similarity_csv.write_text("level,sigma\ntensor,0.1\n")
-    with pytest.raises(ValueError, match="similarity.csv"):
-        overall_sigma(similarity_csv)
-
-
-def test_markdown_states_the_seed_when_given(tmp_path):
-    records = records_for(tmp_path / "results", SCORES)
-    summarize(records, tmp_path / "seeded.csv", tmp_path / "seeded.md", seed=7)
-    summarize(records, tmp_path / "plain.csv", tmp_path / "plain.md")
-    seeded, plain = (tmp_path / "seeded.md").read_text(), (tmp_path / "plain.md").read_text()
-    assert "seed 7 (the config's `seed`)" in seeded.splitlines()[2]
-    assert "seed" not in plain.lower()
-    assert seeded.split("\n## ", 1)[1] == plain.split("\n## ", 1)[1]  # the tables are the same
+    assert sorted(tuned["alpha"].dropna().unique()) == sorted(config["graft"]["alphas"])
+    assert summary.loc[summary["tuning"].isna(), ["seed", "alpha", "learning_rate"]].isna().all().all()

@@ -27,6 +27,11 @@ CHAIN_EDGES = [
     ("check_pair", "train"),
     ("check_pair", "similarity"),
     ("check_pair", "evaluate"),
+    ("report", "figures"),
+    ("similarity", "figures"),
+    ("report", "alpha_figure"),
+    ("figures", "all"),
+    ("alpha_figure", "all"),
 ]
 
 
@@ -50,9 +55,11 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "train": 4,
         "merge_adapter": 1,
         "extract_delta": 2,
-        "graft": 2,
-        "evaluate": 12,
+        "graft": 8,
+        "evaluate": 24,
         "report": 1,
+        "figures": 1,
+        "alpha_figure": 1,
         "similarity": 1,
         "check_pair": 1,
     }
