@@ -118,6 +118,11 @@ def instruct_model_dir(wildcards):
     return pair_model_dir(wildcards.pair, "instruct")
 
 
+def pair_chat_template_kwargs(wildcards):
+    """The arguments the pair's chat template is rendered with in evaluation, as JSON."""
+    return json.dumps(config["pairs"][wildcards.pair]["chat_template_kwargs"], sort_keys=True)
+
+
 def pair_allows_pickle(wildcards):
     """Whether either model of the pair was configured to accept pickle weights."""
     pair = config["pairs"][wildcards.pair]

@@ -47,8 +47,10 @@ rule evaluate:
         backend=config["evaluation"]["backend"],
         data_cache=data_cache(),
         work_dir="results/{pair}/eval/{variant}/{benchmark}/opencompass",
+        chat_template_kwargs=pair_chat_template_kwargs,
     shell:
         "{params.python} -m shadowft.opencompass evaluate --model {input.model}"
         " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir}"
         " --backend {params.backend} --data-cache {params.data_cache:q}"
+        " --chat-template-kwargs {params.chat_template_kwargs:q}"
         " --num-gpus {resources.gpu} --scores {output} > {log} 2>&1"

@@ -130,6 +130,8 @@ def family_pair(family: Family, override: Mapping[str, Any] | None = None) -> di
     }
     if hyperparameters:
         pair["hyperparameters"] = hyperparameters
+    if family.chat_template_kwargs:
+        pair["chat_template_kwargs"] = dict(family.chat_template_kwargs)
     return pair
 
 

@@ -46,9 +46,12 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from shadowft.chat_templates import with_template_defaults
 from shadowft.io import atomic_write_json, atomic_write_text
 
 SCORES_COLUMNS = ("benchmark", "dataset", "metric", "score", "num_examples")
@@ -388,6 +391,7 @@ def evaluate(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     data_cache: Path | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Score `model_dir` on `benchmark` with OpenCompass, offline, and write its scores.
 
@@ -399,6 +403,9 @@ def evaluate(
     COMPASS_DATA_CACHE, where standard benchmarks' data is read; a standard benchmark whose
     data is not there fails before OpenCompass starts (MissingDataError, naming the dataset
     and the prefetch rule), as does one whose evaluator's package is not installed.
+    ``chat_template_kwargs`` (Qwen3: enable_thinking False) are set first in the model's chat
+    templates, in a view of the folder inside the run folder (shadowft.chat_templates): no
+    OpenCompass wrapper but vLLM's could pass them.
     """
     # Absolute: OpenCompass runs in the run folder, not in the caller's directory.
     model_dir, work_dir, scores_csv = Path(model_dir).resolve(), Path(work_dir).resolve(), Path(scores_csv)
@@ -432,6 +439,9 @@ def evaluate(
     elif data_cache:
         env["COMPASS_DATA_CACHE"] = str(Path(data_cache).resolve())
     run_dir = _new_run_dir(work_dir)
+    if chat_template_kwargs:
+        view = with_template_defaults(model_dir, run_dir / "model", chat_template_kwargs)
+        config["models"][0]["path"] = str(view)
     config_path = run_dir / RUN_CONFIG_FILE
     atomic_write_json(config_path, config)
     log_path = run_dir / RUN_LOG_FILE
@@ -666,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-seq-len", type=int, help="default: from the model's config")
     run.add_argument("--dtype", choices=DTYPES, default="auto")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    run.add_argument(
+        "--chat-template-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON object: arguments the chat template is rendered with, e.g. '{\"enable_thinking\": false}'",
+    )
     run.add_argument("--data-cache", type=Path, help="COMPASS_DATA_CACHE: the prefetched standard datasets")
     fetch = commands.add_parser("prefetch", help="put standard benchmarks' data into a COMPASS_DATA_CACHE")
     fetch.add_argument(
@@ -702,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             trust_remote_code=args.trust_remote_code,
             data_cache=args.data_cache,
+            chat_template_kwargs=args.chat_template_kwargs,
         )
     except (EvaluationError, ValueError, RuntimeError, ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

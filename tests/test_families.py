@@ -5,6 +5,7 @@ the workflow with their family's file: one LoRA step, extract, graft, one evalua
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,6 +67,7 @@ def test_family_file_is_valid_and_makes_a_pair(name):
         "template": family.template,
         "parameters": family.parameters,
         "hyperparameters": family.hyperparameters,
+        "chat_template_kwargs": family.chat_template_kwargs,
     }
     assert config["models"][f"{name}-base"] == {
         "source": "hub",
@@ -305,6 +307,18 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
 
     scores = read_scores(workdir / paths["scores"])
     assert [(row["benchmark"], row["num_examples"]) for row in scores] == [("tiny", 2)]
+    # The family's chat-template arguments reached evaluation (Qwen3: thinking off).
+    (run_config,) = (workdir / paths["scores"]).parent.glob("opencompass/*/shadowft_run.json")
+    scored = json.loads(run_config.read_text())["models"][0]["path"]
+    if family.chat_template_kwargs:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(scored)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "q"}], add_generation_prompt=True)
+        expected_prompt = transformers.AutoTokenizer.from_pretrained(instruct).apply_chat_template(
+            [{"role": "user", "content": "q"}], add_generation_prompt=True, **family.chat_template_kwargs
+        )
+        assert prompt == expected_prompt
+    else:
+        assert Path(scored) == (workdir / paths["shadow"]).resolve()
 
 
 def test_adapter_names_resolve_through_a_multimodal_checkpoint_layout():
