@@ -8,7 +8,6 @@ from snakemake.common.tbdstring import TBDString
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from shadowft import demo
-from shadowft.config import alpha_label, variants
 from shadowft.llamafactory import PAPER_DEFAULTS
 from shadowft.opencompass import max_out_len_of
 from shadowft.resources import (
@@ -21,9 +20,10 @@ from shadowft.resources import (
     node_from_resources,
     size_job,
 )
+from shadowft.runs import Run, Variant, VariantKind, alpha_label, runs, variants
 
 PAIRS = sorted(config["pairs"])
-TUNINGS = config["training"]["tunings"]
+RUNS = {run.name: run for run in runs(config)}
 ALPHAS = [alpha_label(alpha) for alpha in config["graft"]["alphas"]]
 BENCHMARKS = sorted(config["evaluation"]["benchmarks"])
 
@@ -39,12 +39,12 @@ def downloaded_models():
 
 wildcard_constraints:
     pair=alternatives(PAIRS),
-    tuning=alternatives(TUNINGS),
+    run=alternatives(RUNS),
     role="base|instruct",
     alpha=alternatives(ALPHAS),
     benchmark=alternatives(BENCHMARKS),
     model=alternatives(downloaded_models()),
-    variant=f"base|instruct|({alternatives(TUNINGS)})/(instruct_ft|base_ft|shadow_a({alternatives(ALPHAS)}))",
+    variant=f"base|instruct|({alternatives(RUNS)})/(instruct_ft|base_ft|shadow_a({alternatives(ALPHAS)}))",
     step="base|instruct",
 
 
@@ -97,23 +97,51 @@ def trained_model_dir(wildcards):
     return pair_model_dir(wildcards.pair, wildcards.role)
 
 
+def lora_run_names():
+    """The runs that train a LoRA adapter (merged into its model for evaluation)."""
+    return [name for name, run in RUNS.items() if run.tuning == "lora"]
+
+
+def run_of(wildcards):
+    """The run a job belongs to, from its `run` wildcard (shadowft.runs names it)."""
+    return RUNS[wildcards.run]
+
+
+def run_tuning(wildcards):
+    return run_of(wildcards).tuning
+
+
+def training_dataset_name(wildcards):
+    """SFT trains on training.dataset, DPO on training.preference_dataset."""
+    if run_of(wildcards).stage == "dpo":
+        return config["training"]["preference_dataset"]
+    return config["training"]["dataset"]
+
+
 def training_dataset_dir(wildcards):
-    return dataset_dir(config["training"]["dataset"])
+    return dataset_dir(training_dataset_name(wildcards))
 
 
 def training_parameters(wildcards):
     """The ingredients of one fine-tuning run's LLaMA-Factory arguments."""
+    run = run_of(wildcards)
     hyperparameters = config["training"]["hyperparameters"]
     return {
         "model_dir": trained_model_dir(wildcards),
         "dataset_dir": training_dataset_dir(wildcards),
-        "dataset": config["training"]["dataset"],
+        "dataset": training_dataset_name(wildcards),
         "template": pair_template(wildcards),
-        "tuning": wildcards.tuning,
-        "stage": "sft",
-        "output_dir": f"results/{wildcards.pair}/{wildcards.tuning}/train_{wildcards.role}/work",
-        "overrides": {**hyperparameters.get("common", {}), **hyperparameters.get(wildcards.tuning, {})},
-        "seed": config["seed"],
+        "tuning": run.tuning,
+        "stage": run.stage,
+        "output_dir": f"results/{wildcards.pair}/{wildcards.run}/train_{wildcards.role}/work",
+        "overrides": {
+            **hyperparameters.get("common", {}),
+            **hyperparameters.get(run.stage, {}),
+            **hyperparameters.get(run.tuning, {}),
+        },
+        "seed": run.seed,
+        "learning_rate": run.learning_rate,
+        "lora_rank": run.lora_rank,
     }
 
 
@@ -144,24 +172,25 @@ def demo_step_paths(wildcards):
 
 def delta_source(wildcards):
     """What extract_delta reads: the adapter (LoRA) or the tuned weights (full) of base."""
-    return f"results/{wildcards.pair}/{wildcards.tuning}/train_base/model"
+    return f"results/{wildcards.pair}/{wildcards.run}/train_base/model"
+
+
+@lru_cache(maxsize=None)
+def parsed_variant(name):
+    return Variant.parse(name)
 
 
 def variant_model_dir(wildcards):
     """The model folder scored as `variant` of a pair."""
-    pair, variant = wildcards.pair, wildcards.variant
-    if variant in ("base", "instruct"):
-        return pair_model_dir(pair, variant)
-    tuning, name = variant.split("/")
-    if name == "instruct_ft":
-        if tuning == "lora":
-            return f"results/{pair}/lora/train_instruct/merged"
-        return f"results/{pair}/full/train_instruct/model"
-    if name == "base_ft":
-        if tuning == "lora":
-            return f"results/{pair}/lora/train_base/merged"
-        return f"results/{pair}/full/train_base/model"
-    return f"results/{pair}/{variant}"
+    pair, variant = wildcards.pair, parsed_variant(wildcards.variant)
+    if variant.run is None:
+        return pair_model_dir(pair, variant.kind.value)
+    if variant.kind is VariantKind.SHADOW:
+        return f"results/{pair}/{wildcards.variant}"
+    role = "instruct" if variant.kind is VariantKind.INSTRUCT_FT else "base"
+    # A LoRA run's adapter is scored merged into the model it was trained on.
+    folder = "merged" if variant.run.tuning == "lora" else "model"
+    return f"results/{pair}/{variant.run.name}/train_{role}/{folder}"
 
 
 def benchmark_dataset_dir(wildcards):
@@ -179,9 +208,16 @@ def benchmark_spec(wildcards):
 
 
 def score_records():
-    """Which pair and variant each score file belongs to, for the report."""
+    """One record per score file, for the report: its pair, variant, the variant's sweep
+    dimensions (shadowft.runs; None where one does not apply), benchmark and path."""
     return [
-        {"pair": pair, "variant": variant, "scores": f"results/{pair}/eval/{variant}/{benchmark}/scores.csv"}
+        {
+            "pair": pair,
+            "variant": variant.name,
+            **variant.dimensions(),
+            "benchmark": benchmark,
+            "scores": f"results/{pair}/eval/{variant.name}/{benchmark}/scores.csv",
+        }
         for pair in PAIRS
         for variant in variants(config)
         for benchmark in BENCHMARKS
@@ -277,7 +313,8 @@ SIZED_MODEL_INPUT = {
 
 def job_workload(rulename, wildcards):
     if rulename == "train":
-        return Workload.training(wildcards.tuning)
+        run = run_of(wildcards)
+        return Workload.training(run.tuning, run.stage)
     return {
         "demo_train": Workload.TRAIN_FULL,
         "merge_adapter": Workload.MERGE,

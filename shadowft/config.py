@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from shadowft import demo
+from shadowft.runs import runs
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
@@ -85,6 +86,7 @@ def _check_references(config: dict) -> None:
             )
     if config["training"]["dataset"] not in datasets:
         problems.append(f"training.dataset: '{config['training']['dataset']}' is not a key of datasets")
+    problems += _sweep_problems(config)
     for name, benchmark in config["evaluation"]["benchmarks"].items():
         if benchmark["dataset"] not in datasets:
             problems.append(f"evaluation.benchmarks.{name}.dataset: '{benchmark['dataset']}' is not a key of datasets")
@@ -95,19 +97,24 @@ def _check_references(config: dict) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
 
 
-def alpha_label(alpha: float) -> str:
-    """The graft strength as it appears in paths: 1.0 -> '1', 0.5 -> '0.5'."""
-    return f"{alpha:g}"
+# Hyper-parameters that name a run's folder (shadowft.runs): set by the sweep lists, never overridden.
+SWEPT_HYPERPARAMETERS = {"learning_rate": "training.learning_rates", "lora_rank": "training.lora_ranks"}
 
 
-def variants(config: dict) -> list[str]:
-    """The evaluated variants of every pair, as they appear under results/{pair}/eval/."""
-    wanted = config["evaluation"]["variants"]
-    names = [variant for variant in ("base", "instruct") if variant in wanted]
-    for tuning in config["training"]["tunings"]:
-        for variant in ("instruct_ft", "base_ft"):
-            if variant in wanted:
-                names.append(f"{tuning}/{variant}")
-        if "shadow" in wanted:
-            names.extend(f"{tuning}/shadow_a{alpha_label(alpha)}" for alpha in config["graft"]["alphas"])
-    return names
+def _sweep_problems(config: dict) -> list[str]:
+    """The sweep's lists: DPO's data, no swept value set twice, one folder per run."""
+    training, problems = config["training"], []
+    if "dpo" in training["stages"]:
+        preference = training.get("preference_dataset")
+        if preference is None:
+            problems.append("training.preference_dataset: stages holds dpo, which needs a preference dataset")
+        elif preference not in config["datasets"]:
+            problems.append(f"training.preference_dataset: '{preference}' is not a key of datasets")
+    for group, overrides in training["hyperparameters"].items():
+        for key, home in SWEPT_HYPERPARAMETERS.items():
+            if key in overrides:
+                problems.append(f"training.hyperparameters.{group}.{key}: set it in {home} (it names the run's folder)")
+    names = [run.name for run in runs(config)]
+    if len(names) != len(set(names)):
+        problems.append("training: two runs of the sweep would share a folder")
+    return problems

@@ -7,15 +7,14 @@ pair, variants as rows, benchmarks as columns, each score followed by its
 difference from the Instruct model, the reference every Shadow-FT claim is made
 against. ``plot_scores`` draws the same numbers as grouped bars.
 
-Variant names follow the result paths: ``base``, ``instruct``,
-``{tuning}/instruct_ft``, ``{tuning}/base_ft`` and ``{tuning}/shadow_a{alpha}``.
+Variant names follow the result paths (shadowft.runs names them): ``base``, ``instruct``,
+``{run}/instruct_ft``, ``{run}/base_ft`` and ``{run}/shadow_a{alpha}``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from shadowft import runs
 from shadowft.io import atomic_write_text
 from shadowft.opencompass import SCORES_COLUMNS
 
@@ -33,41 +33,35 @@ SUMMARY_COLUMNS = ("pair", "variant", "tuning", "alpha", *SCORE_COLUMNS)
 AVERAGE = "Average"
 REFERENCE_VARIANT = "instruct"
 
-_VARIANT = re.compile(
-    r"(?P<plain>base|instruct)"
-    r"|(?P<tuning>[A-Za-z0-9_.-]+)/(?:(?P<tuned>base_ft|instruct_ft)|shadow_a(?P<alpha>\d+(?:\.\d+)?))"
-)
 _TUNING_LABELS = {"lora": "LoRA", "full": "Full"}
-# Within a tuning group: the tuned base, the paper's baseline (tuned instruct), then the grafts.
+# Within a run's group: the tuned base, the paper's baseline (tuned instruct), then the grafts.
 _KIND_RANK = {"base": 0, "instruct": 1, "base_ft": 2, "instruct_ft": 3, "shadow": 4}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A parsed variant name such as ``lora/shadow_a0.5``."""
+    """A parsed variant name such as ``sft-lora-lr1e-4-r8-s0/shadow_a0.5`` (shadowft.runs)."""
 
     name: str
     kind: str  # base | instruct | base_ft | instruct_ft | shadow
     tuning: str = ""
     alpha: float | None = None
+    run: str = ""  # the run's name; empty for base and instruct
+    stage: str = ""
 
     @classmethod
     def parse(cls, name: str) -> Variant:
-        match = _VARIANT.fullmatch(name)
-        if match is None:
-            raise ValueError(
-                f"unknown variant {name!r}; expected base, instruct, "
-                "{tuning}/instruct_ft, {tuning}/base_ft or {tuning}/shadow_a{alpha}"
-            )
-        if match["plain"]:
-            return cls(name, match["plain"])
-        if match["tuned"]:
-            return cls(name, match["tuned"], match["tuning"])
-        return cls(name, "shadow", match["tuning"], float(match["alpha"]))
+        variant = runs.Variant.parse(name)
+        if variant.run is None:
+            return cls(name, variant.kind.value)
+        run = variant.run
+        return cls(name, variant.kind.value, run.tuning, variant.alpha, run.name, run.stage)
 
     @property
     def label(self) -> str:
         tuning = _TUNING_LABELS.get(self.tuning, self.tuning)
+        if self.stage == "dpo":
+            tuning = f"DPO-{tuning}"
         if self.kind == "shadow":
             return f"Shadow-{tuning} (α={self.alpha:g})"
         if self.tuning:
@@ -281,12 +275,12 @@ def _order(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _variant_order(names: Iterable[str]) -> list[str]:
-    """Base, Instruct, then per tuning (in order of first appearance): base_ft, instruct_ft, shadows by alpha."""
+    """Base, Instruct, then per run (in order of first appearance): base_ft, instruct_ft, shadows by alpha."""
     variants = [Variant.parse(name) for name in dict.fromkeys(names)]
-    tuning_rank = {tuning: rank for rank, tuning in enumerate(dict.fromkeys(v.tuning for v in variants if v.tuning))}
+    run_rank = {run: rank for rank, run in enumerate(dict.fromkeys(v.run for v in variants if v.run))}
 
     def key(variant: Variant) -> tuple[int, int, float]:
-        group = tuning_rank[variant.tuning] if variant.tuning else -1
+        group = run_rank[variant.run] if variant.run else -1
         return (group, _KIND_RANK[variant.kind], variant.alpha or 0.0)
 
     return [variant.name for variant in sorted(variants, key=key)]
