@@ -9,17 +9,19 @@ import pytest
 
 from shadowft.report import SUMMARY_COLUMNS, Variant, overall_sigma, plot_scores, score_table, summarize
 
+# Runs as shadowft.runs names them (the paper's learning rates and rank, seed 0).
+LORA, FULL = "sft-lora-lr2e-4-r8-s0", "sft-full-lr1e-5-s0"
 # pair -> variant -> benchmark -> score, variants deliberately out of report order;
 # tunings and benchmarks are reported in the order they first appear (the config's).
 SCORES = {
     "qwen": {
-        "lora/shadow_a1": {"gsm8k": 43.5, "mmlu": 60.04},
-        "full/shadow_a1": {"gsm8k": 44.0, "mmlu": 59.0},
+        f"{LORA}/shadow_a1": {"gsm8k": 43.5, "mmlu": 60.04},
+        f"{FULL}/shadow_a1": {"gsm8k": 44.0, "mmlu": 59.0},
         "instruct": {"gsm8k": 40.0, "mmlu": 60.0},
-        "lora/shadow_a0.5": {"gsm8k": 42.0, "mmlu": 60.5},
+        f"{LORA}/shadow_a0.5": {"gsm8k": 42.0, "mmlu": 60.5},
         "base": {"gsm8k": 30.0, "mmlu": 50.0},
-        "full/instruct_ft": {"gsm8k": 41.0, "mmlu": 58.0},
-        "lora/instruct_ft": {"gsm8k": 38.5, "mmlu": 61.0},
+        f"{FULL}/instruct_ft": {"gsm8k": 41.0, "mmlu": 58.0},
+        f"{LORA}/instruct_ft": {"gsm8k": 38.5, "mmlu": 61.0},
     },
 }
 
@@ -67,18 +69,18 @@ def test_summary_csv_is_tidy_with_tuning_and_alpha(summary, tmp_path):
 
     assert list(written.columns) == list(SUMMARY_COLUMNS)
     assert len(written) == 14
-    shadow = written[written["variant"] == "lora/shadow_a0.5"].iloc[0]
+    shadow = written[written["variant"] == f"{LORA}/shadow_a0.5"].iloc[0]
     assert (shadow["tuning"], shadow["alpha"]) == ("lora", 0.5)
     instruct = frame[frame["variant"] == "instruct"].iloc[0]
     assert instruct["tuning"] == "" and math.isnan(instruct["alpha"])
     assert list(dict.fromkeys(frame["variant"])) == [
         "base",
         "instruct",
-        "lora/instruct_ft",
-        "lora/shadow_a0.5",
-        "lora/shadow_a1",
-        "full/instruct_ft",
-        "full/shadow_a1",
+        f"{LORA}/instruct_ft",
+        f"{LORA}/shadow_a0.5",
+        f"{LORA}/shadow_a1",
+        f"{FULL}/instruct_ft",
+        f"{FULL}/shadow_a1",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "summary.csv", "summary.md"]
 
@@ -105,7 +107,7 @@ def test_markdown_table_shows_scores_and_differences_from_instruct(summary):
 def test_pairs_get_one_table_each(tmp_path):
     scores = {
         "qwen": {"instruct": {"gsm8k": 40.0}},
-        "llama": {"base": {"gsm8k": 20.0}, "instruct": {"gsm8k": 25.0}, "lora/base_ft": {"gsm8k": 22.0}},
+        "llama": {"base": {"gsm8k": 20.0}, "instruct": {"gsm8k": 25.0}, f"{LORA}/base_ft": {"gsm8k": 22.0}},
     }
 
     summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
@@ -136,7 +138,7 @@ def test_datasets_are_averaged_and_metrics_kept_apart(tmp_path):
 
 
 def test_missing_scores_show_a_dash_and_no_average(tmp_path):
-    scores = {"p": {"instruct": {"gsm8k": 40.0, "mmlu": 60.0}, "lora/shadow_a1": {"gsm8k": 45.0}}}
+    scores = {"p": {"instruct": {"gsm8k": 40.0, "mmlu": 60.0}, f"{LORA}/shadow_a1": {"gsm8k": 45.0}}}
 
     summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
 
@@ -145,7 +147,7 @@ def test_missing_scores_show_a_dash_and_no_average(tmp_path):
 
 
 def test_without_instruct_there_are_no_differences(tmp_path):
-    scores = {"p": {"base": {"gsm8k": 20.0}, "lora/shadow_a1": {"gsm8k": 25.0}}}
+    scores = {"p": {"base": {"gsm8k": 20.0}, f"{LORA}/shadow_a1": {"gsm8k": 25.0}}}
 
     summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
 
@@ -210,9 +212,12 @@ def test_bad_records_are_refused(tmp_path):
     [
         ("base", Variant("base", "base")),
         ("instruct", Variant("instruct", "instruct")),
-        ("full/base_ft", Variant("full/base_ft", "base_ft", "full")),
-        ("lora_r8/instruct_ft", Variant("lora_r8/instruct_ft", "instruct_ft", "lora_r8")),
-        ("lora/shadow_a0.25", Variant("lora/shadow_a0.25", "shadow", "lora", 0.25)),
+        (f"{FULL}/base_ft", Variant(f"{FULL}/base_ft", "base_ft", "full", None, FULL, "sft")),
+        (
+            "dpo-lora-lr5e-6-r16-s1/instruct_ft",
+            Variant("dpo-lora-lr5e-6-r16-s1/instruct_ft", "instruct_ft", "lora", None, "dpo-lora-lr5e-6-r16-s1", "dpo"),
+        ),
+        (f"{LORA}/shadow_a0.25", Variant(f"{LORA}/shadow_a0.25", "shadow", "lora", 0.25, LORA, "sft")),
     ],
 )
 def test_variant_names_parse(name, expected):
@@ -220,7 +225,7 @@ def test_variant_names_parse(name, expected):
 
 
 def test_plot_is_written(tmp_path):
-    scores = {**SCORES, "llama": {"instruct": {"gsm8k": 25.0}, "lora/shadow_a1": {"gsm8k": 27.0}}}
+    scores = {**SCORES, "llama": {"instruct": {"gsm8k": 25.0}, f"{LORA}/shadow_a1": {"gsm8k": 27.0}}}
     frame = summarize(records_for(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md")
 
     out = plot_scores(frame, tmp_path / "plots" / "scores.png")
