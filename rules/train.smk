@@ -58,8 +58,6 @@ rule train:
 # A LoRA run's adapter merged into the model it was trained on, for evaluation:
 # LLaMA-Factory's own export, independent of shadowft's graft.
 rule merge_adapter:
-    wildcard_constraints:
-        run=alternatives(lora_run_names()),
     input:
         model=trained_model_dir,
         adapter="results/{pair}/{run}/train_{role}/model",
@@ -69,6 +67,8 @@ rule merge_adapter:
         "logs/train/{pair}/{run}/{role}_merge.log",
     benchmark:
         "benchmarks/train/{pair}/{run}/{role}_merge.tsv"
+    wildcard_constraints:
+        run=alternatives(lora_run_names()),
     conda:
         "../envs/train.yaml"
     threads: tool_threads()

@@ -79,7 +79,9 @@ class Run:
         if self.tuning not in TUNINGS:
             raise ValueError(f"run: tuning must be one of {', '.join(TUNINGS)}, got {self.tuning!r}")
         if (self.tuning == "lora") != (self.lora_rank is not None):
-            raise ValueError(f"run: a LoRA run has a rank and a full run none (tuning {self.tuning}, rank {self.lora_rank})")
+            raise ValueError(
+                f"run: a LoRA run has a rank and a full run none (tuning {self.tuning}, rank {self.lora_rank})"
+            )
         if self.lora_rank is not None and (isinstance(self.lora_rank, bool) or self.lora_rank < 1):
             raise ValueError(f"run: lora_rank must be a whole number >= 1, got {self.lora_rank!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -102,7 +104,11 @@ class Run:
             )
         rank = match["lora_rank"]
         run = cls(
-            match["stage"], match["tuning"], float(match["learning_rate"]), None if rank is None else int(rank), int(match["seed"])
+            match["stage"],
+            match["tuning"],
+            float(match["learning_rate"]),
+            None if rank is None else int(rank),
+            int(match["seed"]),
         )
         if run.name != name:
             raise ValueError(f"run {name!r} is not written canonically (its canonical name is {run.name!r})")

@@ -233,16 +233,36 @@ def write_summary(path, scores):
 
 def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys):
     runs = {
-        0: {("base", "demo_task"): 0.0, ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 88.0, ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 10.5},
-        1: {("base", "demo_task"): 0.0, ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 51.0, ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 12.0},
-        5: {("base", "demo_task"): 1.0, ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 70.0, ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 9.0},
+        0: {
+            ("base", "demo_task"): 0.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 88.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 10.5,
+        },
+        1: {
+            ("base", "demo_task"): 0.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 51.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 12.0,
+        },
+        5: {
+            ("base", "demo_task"): 1.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 70.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 9.0,
+        },
     }
     paths = {
         seed: write_summary(tmp_path / f"s{seed}" / "results" / "summary.csv", scores) for seed, scores in runs.items()
     }
     table = demo.seed_spread(paths)
     assert list(table.columns) == [0, 1, 5, "mean", "min", "max", "spread"]
-    assert table.loc[("demo", "sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task")].tolist() == [88.0, 51.0, 70.0, 209 / 3, 51.0, 88.0, 37.0]
+    assert table.loc[("demo", "sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task")].tolist() == [
+        88.0,
+        51.0,
+        70.0,
+        209 / 3,
+        51.0,
+        88.0,
+        37.0,
+    ]
     assert table.loc[("demo", "sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"), "spread"] == 3.0
     assert table.loc[("demo", "base", "demo_task"), "spread"] == 1.0
 

@@ -64,9 +64,7 @@ def test_rerun_has_nothing_to_do(demo_run):
 
 def test_every_llamafactory_run_gets_the_config_seed(demo_run):
     runs = [demo_run / "data" / "demo" / f"{step}.yaml" for step in ("base", "instruct")]
-    runs += [
-        demo_run / PAIR / run / f"train_{role}.yaml" for run in RUNS.values() for role in ("base", "instruct")
-    ]
+    runs += [demo_run / PAIR / run / f"train_{role}.yaml" for run in RUNS.values() for role in ("base", "instruct")]
     assert [yaml.safe_load(run.read_text())["seed"] for run in runs] == [CONFIG["seed"]] * len(runs)
 
 

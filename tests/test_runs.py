@@ -29,7 +29,14 @@ def test_learning_rates_are_written_exactly():
 
 @pytest.mark.parametrize(
     "name",
-    ["lora", "sft-lora-lr1e-4-s0", "sft-full-lr1e-5-r8-s0", "sft-lora-lr1e-04-r8-s0", "sft-lora-lr0.0001-r8-s0", "ppo-lora-lr1e-4-r8-s0"],
+    [
+        "lora",
+        "sft-lora-lr1e-4-s0",
+        "sft-full-lr1e-5-r8-s0",
+        "sft-lora-lr1e-04-r8-s0",
+        "sft-lora-lr0.0001-r8-s0",
+        "ppo-lora-lr1e-4-r8-s0",
+    ],
 )
 def test_names_that_are_not_canonical_runs_are_refused(name):
     with pytest.raises(ValueError, match="run"):
