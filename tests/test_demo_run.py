@@ -9,6 +9,7 @@ import torch
 import yaml
 from conftest import ROOT, snakemake
 from safetensors.torch import load_file
+from test_workflow import planned_jobs
 
 from shadowft import demo
 
@@ -60,6 +61,18 @@ def test_every_output_is_there(demo_run):
 def test_rerun_has_nothing_to_do(demo_run):
     result = snakemake(demo_run, "-n", "--cores", "2")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_adding_an_alpha_plans_only_its_grafts_their_evaluations_and_the_report(demo_run, tmp_path):
+    """With the finished demo's metadata: a new alpha renames nothing and retrains nothing."""
+    config = {**CONFIG, "graft": {**CONFIG["graft"], "alphas": [*CONFIG["graft"]["alphas"], 0.5]}}
+    configfile = tmp_path / "alphas.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    output = snakemake(demo_run, "-n", "--cores", "2", "--configfile", str(configfile)).stdout
+    print(output.split("Job stats:", 1)[1].split("\n\n", 1)[0])  # the job table, for the record
+    assert planned_jobs(output) == {"graft": 2, "evaluate": 2 * len(BENCHMARKS), "report": 1, "all": 1}
+    for run in RUNS.values():
+        assert f"output: {PAIR}/{run}/shadow_a0.5\n" in output
 
 
 def test_every_llamafactory_run_gets_the_config_seed(demo_run):
