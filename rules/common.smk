@@ -1,9 +1,11 @@
 # Helpers shared by the rules: every function is named for what it returns.
+import inspect
 import json
 import re
 
 from functools import lru_cache
 
+from snakemake.common import get_function_params, overwrite_function_params
 from snakemake.common.tbdstring import TBDString
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -347,14 +349,24 @@ def job_tokens(rulename, wildcards, input):
     return 0.0
 
 
+_JOB_SIZES = {}
+
+
 def job_size(rulename, wildcards, input, attempt):
-    """The JobResources of one job, or None while its model does not exist yet."""
+    """The JobResources of one job, or None while its model does not exist yet.
+
+    Each sized resource of a job asks for its size: it is computed once per job, attempt and
+    state of its inputs (a sweep's plan sizes thousands of jobs)."""
+    key = (rulename, tuple(wildcards.items()), attempt, tuple(map(os.path.exists, input)))
+    if key in _JOB_SIZES:
+        return _JOB_SIZES[key]
     parameters = job_parameters(rulename, wildcards, input)
     if parameters is None:
         return None
     workload = job_workload(rulename, wildcards)
     tokens = job_tokens(rulename, wildcards, input)
-    return size_job(workload, parameters, cluster_node(), attempt=attempt, tokens=tokens)
+    size = _JOB_SIZES[key] = size_job(workload, parameters, cluster_node(), attempt=attempt, tokens=tokens)
+    return size
 
 
 def sized_gpu(wildcards, input, attempt, rulename):
@@ -392,3 +404,11 @@ def sized_tasks_per_node(wildcards, input, attempt, rulename):
     """Tasks a multi-node job may start on each node: one per GPU (absent for one node)."""
     size = job_size(rulename, wildcards, input, attempt)
     return size.gpus_per_node if size is not None and size.nodes > 1 else None
+
+
+# Snakemake reads an input function's signature at every call, which a sweep's plan makes
+# thousands of times; record each helper's signature once, the way snakemake.ioutils does.
+# Keep this at the end of the file: it covers the functions defined above it.
+for _helper in [value for value in globals().values() if inspect.isfunction(value)]:
+    if _helper.__code__.co_filename.endswith(os.path.join("rules", "common.smk")):
+        overwrite_function_params(_helper, get_function_params(_helper))
