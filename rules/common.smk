@@ -22,7 +22,7 @@ from shadowft.resources import (
     node_from_resources,
     size_job,
 )
-from shadowft.runs import Run, Variant, VariantKind, alpha_label, runs, variants
+from shadowft.runs import Variant, VariantKind, alpha_label, runs, variants
 
 PAIRS = sorted(config["pairs"])
 RUNS = {run.name: run for run in runs(config)}
@@ -179,6 +179,7 @@ def delta_source(wildcards):
 
 @lru_cache(maxsize=None)
 def parsed_variant(name):
+    """The variant a `variant` wildcard names (shadowft.runs), parsed once per name."""
     return Variant.parse(name)
 
 
