@@ -136,11 +136,16 @@ def training_parameters(wildcards):
         "tuning": run.tuning,
         "stage": run.stage,
         "output_dir": f"results/{wildcards.pair}/{wildcards.run}/train_{wildcards.role}/work",
-        "overrides": {
-            **hyperparameters.get("common", {}),
-            **hyperparameters.get(run.stage, {}),
-            **hyperparameters.get(run.tuning, {}),
-        },
+        # Sorted: the run's parameters (and Snakemake's params trigger) do not depend on the config's key order.
+        "overrides": dict(
+            sorted(
+                {
+                    **hyperparameters.get("common", {}),
+                    **hyperparameters.get(run.stage, {}),
+                    **hyperparameters.get(run.tuning, {}),
+                }.items()
+            )
+        ),
         "seed": run.seed,
         "learning_rate": run.learning_rate,
         "lora_rank": run.lora_rank,

@@ -67,7 +67,7 @@ def test_adding_an_alpha_plans_only_its_grafts_their_evaluations_and_the_report(
     """With the finished demo's metadata: a new alpha renames nothing and retrains nothing."""
     config = {**CONFIG, "graft": {**CONFIG["graft"], "alphas": [*CONFIG["graft"]["alphas"], 0.5]}}
     configfile = tmp_path / "alphas.yaml"
-    configfile.write_text(yaml.safe_dump(config))
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     output = snakemake(demo_run, "-n", "--cores", "2", "--configfile", str(configfile)).stdout
     print(output.split("Job stats:", 1)[1].split("\n\n", 1)[0])  # the job table, for the record
     assert planned_jobs(output) == {"graft": 2, "evaluate": 2 * len(BENCHMARKS), "report": 1, "all": 1}
