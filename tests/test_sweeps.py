@@ -9,9 +9,13 @@ import re
 
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import ROOT, snakemake
 from model_fixtures import write_sparse_model
+from test_slurm_plan import planned_resources
 from test_workflow import planned_jobs
+
+from shadowft.resources import Workload, node_from_resources, size_job
+from shadowft.runs import Run
 
 PAIRS = ("p1", "p2")
 LEARNING_RATES = {"lora": [1.0e-4, 2.0e-4, 5.0e-4], "full": [1.0e-5, 2.0e-5, 5.0e-5]}
@@ -26,6 +30,7 @@ RUNS = [
     "sft-full-lr5e-5-s0",
 ]
 ALPHA_FOLDERS = ["shadow_a0.5", "shadow_a1", "shadow_a1.5"]
+PROFILE = ROOT / "profiles" / "slurm"
 MODEL_FILES = ("config.json", "model.safetensors.index.json", "model-00001-of-00001.safetensors")
 
 
@@ -145,3 +150,28 @@ def test_adding_an_alpha_plans_only_the_new_grafts_and_their_evaluations(inputs,
     assert {path for rule, outputs in jobs if rule == "evaluate" for path in outputs} == set(
         score_files(["shadow_a2"])
     ) - set(score_files([]))
+
+
+def test_dpo_jobs_are_sized_as_training_of_their_tuning_plus_a_reference_model(inputs, tmp_path):
+    """The SLURM profile's plan of an SFT and a DPO run per tuning: each training job asks for its workload."""
+    root, _, data = inputs
+    config = yaml.safe_load(sweep_config(inputs, [1.0]).read_text())
+    config["training"].update(stages=["sft", "dpo"], preference_dataset="sft")
+    config["training"]["learning_rates"] = {"lora": [1.0e-4], "full": [1.0e-5]}
+    configfile = root / "dpo-sizes.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    output = snakemake(tmp_path, "-n", "--profile", str(PROFILE), "--configfile", str(configfile)).stdout
+    jobs = planned_resources(output)
+    node = node_from_resources(yaml.safe_load((PROFILE / "config.yaml").read_text())["default-resources"])
+    sized = {}
+    for (rule, wildcards), values in jobs.items():
+        if rule != "train":
+            continue
+        run = Run.parse(dict(item.split("=", 1) for item in wildcards.split(", "))["run"])
+        expected = size_job(Workload.training(run.tuning, run.stage), 500_000_000, node)
+        assert (int(values["mem_mb"]), int(values.get("gpu", 0))) == (expected.mem_mb, expected.gpu), wildcards
+        sized[(run.stage, run.tuning)] = int(values["mem_mb"])
+    assert len(sized) == 4
+    # Full DPO holds the frozen reference model on the host too; LoRA DPO's reference is the base without the adapter.
+    assert sized[("dpo", "full")] > sized[("sft", "full")]
+    assert sized[("dpo", "lora")] == sized[("sft", "lora")]
