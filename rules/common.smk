@@ -1,19 +1,20 @@
 # Helpers shared by the rules: every function is named for what it returns.
+import inspect
 import json
 import re
 
 from functools import lru_cache
 
+from snakemake.common import get_function_params, overwrite_function_params
 from snakemake.common.tbdstring import TBDString
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from shadowft import demo
 from shadowft.benchmarks import benchmark_groups as catalog_benchmark_groups
 from shadowft.benchmarks import opencompass_benchmarks
-from shadowft.config import alpha_label, variants
-from shadowft.llamafactory import PAPER_DEFAULTS, TUNING_DEFAULTS
+from shadowft.llamafactory import PAPER_DEFAULTS
 from shadowft.opencompass import BACKEND_ENVS, max_out_len_of
-from shadowft.report import DIMENSIONS, pairs_sweeping_learning_rate
+from shadowft.report import pairs_sweeping_learning_rate
 from shadowft.resources import (
     ENGINE_THREADS,
     NODE_RESOURCE_KEYS,
@@ -24,9 +25,10 @@ from shadowft.resources import (
     node_from_resources,
     size_job,
 )
+from shadowft.runs import Variant, VariantKind, alpha_label, runs, variants
 
 PAIRS = sorted(config["pairs"])
-TUNINGS = config["training"]["tunings"]
+RUNS = {run.name: run for run in runs(config)}
 ALPHAS = [alpha_label(alpha) for alpha in config["graft"]["alphas"]]
 BENCHMARKS = sorted(config["evaluation"]["benchmarks"])
 
@@ -47,13 +49,13 @@ def prepared_datasets():
 
 wildcard_constraints:
     pair=alternatives(PAIRS),
-    tuning=alternatives(TUNINGS),
+    run=alternatives(RUNS),
     role="base|instruct",
     alpha=alternatives(ALPHAS),
     benchmark=alternatives(BENCHMARKS),
     model=alternatives(downloaded_models()),
     dataset=alternatives(prepared_datasets()),
-    variant=f"base|instruct|({alternatives(TUNINGS)})/(instruct_ft|base_ft|shadow_a({alternatives(ALPHAS)}))",
+    variant=f"base|instruct|({alternatives(RUNS)})/(instruct_ft|base_ft|shadow_a({alternatives(ALPHAS)}))",
     step="base|instruct",
 
 
@@ -134,32 +136,57 @@ def trained_model_dir(wildcards):
     return pair_model_dir(wildcards.pair, wildcards.role)
 
 
+def lora_run_names():
+    """The runs that train a LoRA adapter (merged into its model for evaluation)."""
+    return [name for name, run in RUNS.items() if run.tuning == "lora"]
+
+
+def run_of(wildcards):
+    """The run a job belongs to, from its `run` wildcard (shadowft.runs names it)."""
+    return RUNS[wildcards.run]
+
+
+def run_tuning(wildcards):
+    return run_of(wildcards).tuning
+
+
+def training_dataset_name(wildcards):
+    """SFT trains on training.dataset, DPO on training.preference_dataset."""
+    if run_of(wildcards).stage == "dpo":
+        return config["training"]["preference_dataset"]
+    return config["training"]["dataset"]
+
+
 def training_dataset_dir(wildcards):
-    return dataset_dir(config["training"]["dataset"])
+    return dataset_dir(training_dataset_name(wildcards))
 
 
-def training_overrides(pair, tuning):
-    """The LLaMA-Factory arguments of one pair's runs over the paper's defaults: the experiment's
-    (common, then the tuning's), then the pair's own (a family's, with its family_overrides)."""
+def training_overrides(pair, run):
+    """The LLaMA-Factory arguments of one run over the paper's defaults: the experiment's (common,
+    the stage's, then the tuning's), then the pair's own (a family's, with its family_overrides).
+    Sorted: the run's parameters (and Snakemake's params trigger) do not depend on the config's key order."""
     overrides = {}
     for hyperparameters in (config["training"]["hyperparameters"], config["pairs"][pair]["hyperparameters"]):
-        overrides.update(hyperparameters.get("common", {}))
-        overrides.update(hyperparameters.get(tuning, {}))
-    return overrides
+        for section in ("common", run.stage, run.tuning):
+            overrides.update(hyperparameters.get(section, {}))
+    return dict(sorted(overrides.items()))
 
 
 def training_parameters(wildcards):
     """The ingredients of one fine-tuning run's LLaMA-Factory arguments."""
+    run = run_of(wildcards)
     return {
         "model_dir": trained_model_dir(wildcards),
         "dataset_dir": training_dataset_dir(wildcards),
-        "dataset": config["training"]["dataset"],
+        "dataset": training_dataset_name(wildcards),
         "template": pair_template(wildcards),
-        "tuning": wildcards.tuning,
-        "stage": "sft",
-        "output_dir": f"results/{wildcards.pair}/{wildcards.tuning}/train_{wildcards.role}/work",
-        "overrides": training_overrides(wildcards.pair, wildcards.tuning),
-        "seed": config["seed"],
+        "tuning": run.tuning,
+        "stage": run.stage,
+        "output_dir": f"results/{wildcards.pair}/{wildcards.run}/train_{wildcards.role}/work",
+        "overrides": training_overrides(wildcards.pair, run),
+        "seed": run.seed,
+        "learning_rate": run.learning_rate,
+        "lora_rank": run.lora_rank,
     }
 
 
@@ -190,24 +217,26 @@ def demo_step_paths(wildcards):
 
 def delta_source(wildcards):
     """What extract_delta reads: the adapter (LoRA) or the tuned weights (full) of base."""
-    return f"results/{wildcards.pair}/{wildcards.tuning}/train_base/model"
+    return f"results/{wildcards.pair}/{wildcards.run}/train_base/model"
+
+
+@lru_cache(maxsize=None)
+def parsed_variant(name):
+    """The variant a `variant` wildcard names (shadowft.runs), parsed once per name."""
+    return Variant.parse(name)
 
 
 def variant_model_dir(wildcards):
     """The model folder scored as `variant` of a pair."""
-    pair, variant = wildcards.pair, wildcards.variant
-    if variant in ("base", "instruct"):
-        return pair_model_dir(pair, variant)
-    tuning, name = variant.split("/")
-    if name == "instruct_ft":
-        if tuning == "lora":
-            return f"results/{pair}/lora/train_instruct/merged"
-        return f"results/{pair}/full/train_instruct/model"
-    if name == "base_ft":
-        if tuning == "lora":
-            return f"results/{pair}/lora/train_base/merged"
-        return f"results/{pair}/full/train_base/model"
-    return f"results/{pair}/{variant}"
+    pair, variant = wildcards.pair, parsed_variant(wildcards.variant)
+    if variant.run is None:
+        return pair_model_dir(pair, variant.kind.value)
+    if variant.kind is VariantKind.SHADOW:
+        return f"results/{pair}/{wildcards.variant}"
+    role = "instruct" if variant.kind is VariantKind.INSTRUCT_FT else "base"
+    # A LoRA run's adapter is scored merged into the model it was trained on.
+    folder = "merged" if variant.run.tuning == "lora" else "model"
+    return f"results/{pair}/{variant.run.name}/train_{role}/{folder}"
 
 
 def benchmark_dataset_dir(wildcards):
@@ -271,40 +300,20 @@ def benchmark_groups():
 
 
 def score_records():
-    """One record per score file, for the report: the pair, the variant, its benchmark, the
-    run's sweep values (None where a dimension does not apply) and the scores.csv path."""
-    records = []
-    for pair in PAIRS:
-        for variant in variants(config):
-            run, _, name = variant.rpartition("/")
-            for benchmark in BENCHMARKS:
-                records.append(
-                    {
-                        "pair": pair,
-                        "variant": variant,
-                        **run_dimensions(run, name),
-                        "benchmark": benchmark,
-                        "scores": f"results/{pair}/eval/{variant}/{benchmark}/scores.csv",
-                    }
-                )
-    return records
-
-
-def run_dimensions(tuning, name):
-    """The sweep values of a variant under results/{pair}/eval/: its stage, tuning, learning rate,
-    LoRA rank, seed and graft alpha; all None for the untuned base and instruct."""
-    if not tuning:
-        return dict.fromkeys(DIMENSIONS)
-    hyperparameters = config["training"]["hyperparameters"]
-    arguments = {**TUNING_DEFAULTS[tuning], **hyperparameters.get("common", {}), **hyperparameters.get(tuning, {})}
-    return {
-        "stage": "sft",
-        "tuning": tuning,
-        "learning_rate": float(arguments["learning_rate"]),
-        "lora_rank": int(arguments["lora_rank"]) if tuning == "lora" else None,
-        "seed": config["seed"],
-        "alpha": float(name.removeprefix("shadow_a")) if name.startswith("shadow_a") else None,
-    }
+    """One record per score file, for the report: its pair, variant, the variant's sweep
+    dimensions (shadowft.runs; None where one does not apply), benchmark and path."""
+    return [
+        {
+            "pair": pair,
+            "variant": variant.name,
+            **variant.dimensions(),
+            "benchmark": benchmark,
+            "scores": f"results/{pair}/eval/{variant.name}/{benchmark}/scores.csv",
+        }
+        for pair in PAIRS
+        for variant in variants(config)
+        for benchmark in BENCHMARKS
+    ]
 
 
 def score_files():
@@ -408,7 +417,8 @@ SIZED_MODEL_INPUT = {
 
 def job_workload(rulename, wildcards):
     if rulename == "train":
-        return Workload.training(wildcards.tuning)
+        run = run_of(wildcards)
+        return Workload.training(run.tuning, run.stage)
     return {
         "demo_train": Workload.TRAIN_FULL,
         "merge_adapter": Workload.MERGE,
@@ -445,14 +455,24 @@ def job_tokens(rulename, wildcards, input):
     return 0.0
 
 
+_JOB_SIZES = {}
+
+
 def job_size(rulename, wildcards, input, attempt):
-    """The JobResources of one job, or None while its model does not exist yet."""
+    """The JobResources of one job, or None while its model does not exist yet.
+
+    Each sized resource of a job asks for its size: it is computed once per job, attempt and
+    state of its inputs (a sweep's plan sizes thousands of jobs)."""
+    key = (rulename, tuple(wildcards.items()), attempt, tuple(map(os.path.exists, input)))
+    if key in _JOB_SIZES:
+        return _JOB_SIZES[key]
     parameters = job_parameters(rulename, wildcards, input)
     if parameters is None:
         return None
     workload = job_workload(rulename, wildcards)
     tokens = job_tokens(rulename, wildcards, input)
-    return size_job(workload, parameters, cluster_node(), attempt=attempt, tokens=tokens)
+    size = _JOB_SIZES[key] = size_job(workload, parameters, cluster_node(), attempt=attempt, tokens=tokens)
+    return size
 
 
 def sized_gpu(wildcards, input, attempt, rulename):
@@ -490,3 +510,11 @@ def sized_tasks_per_node(wildcards, input, attempt, rulename):
     """Tasks a multi-node job may start on each node: one per GPU (absent for one node)."""
     size = job_size(rulename, wildcards, input, attempt)
     return size.gpus_per_node if size is not None and size.nodes > 1 else None
+
+
+# Snakemake reads an input function's signature at every call, which a sweep's plan makes
+# thousands of times; record each helper's signature once, the way snakemake.ioutils does.
+# Keep this at the end of the file: it covers the functions defined above it.
+for _helper in [value for value in globals().values() if inspect.isfunction(value)]:
+    if _helper.__code__.co_filename.endswith(os.path.join("rules", "common.smk")):
+        overwrite_function_params(_helper, get_function_params(_helper))

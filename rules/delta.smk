@@ -6,11 +6,11 @@ rule extract_delta:
         base=base_model_dir,
         tuned=delta_source,
     output:
-        directory("results/{pair}/{tuning}/delta"),
+        directory("results/{pair}/{run}/delta"),
     log:
-        "logs/delta/{pair}/{tuning}/extract.log",
+        "logs/delta/{pair}/{run}/extract.log",
     benchmark:
-        "benchmarks/delta/{pair}/{tuning}/extract.tsv"
+        "benchmarks/delta/{pair}/{run}/extract.tsv"
     conda:
         "../envs/core.yaml"
     threads: engine_threads()
@@ -18,7 +18,7 @@ rule extract_delta:
         mem_mb=sized_mem_mb,
         runtime=sized_runtime,
     params:
-        tuning="{tuning}",
+        tuning=run_tuning,
     script:
         "../scripts/extract_delta.py"
 
@@ -26,13 +26,13 @@ rule extract_delta:
 rule graft:
     input:
         instruct=instruct_model_dir,
-        delta="results/{pair}/{tuning}/delta",
+        delta="results/{pair}/{run}/delta",
     output:
-        directory("results/{pair}/{tuning}/shadow_a{alpha}"),
+        directory("results/{pair}/{run}/shadow_a{alpha}"),
     log:
-        "logs/delta/{pair}/{tuning}/graft_a{alpha}.log",
+        "logs/delta/{pair}/{run}/graft_a{alpha}.log",
     benchmark:
-        "benchmarks/delta/{pair}/{tuning}/graft_a{alpha}.tsv"
+        "benchmarks/delta/{pair}/{run}/graft_a{alpha}.tsv"
     conda:
         "../envs/core.yaml"
     threads: engine_threads()

@@ -18,6 +18,7 @@ import yaml
 from shadowft import demo
 from shadowft.benchmarks import expand_evaluation
 from shadowft.families import FAMILIES_DIR, FamilyError, expand_families
+from shadowft.runs import runs
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
@@ -168,6 +169,7 @@ def _check_references(config: dict) -> None:
         problems.append(f"training.dataset: '{config['training']['dataset']}' is not a key of datasets")
     if not config["evaluation"]["benchmarks"]:
         problems.append("evaluation: no benchmarks (name some in benchmarks, or groups)")
+    problems += _sweep_problems(config)
     for name, benchmark in config["evaluation"]["benchmarks"].items():
         if benchmark["kind"] == "custom" and benchmark["dataset"] not in datasets:
             problems.append(f"evaluation.benchmarks.{name}.dataset: '{benchmark['dataset']}' is not a key of datasets")
@@ -178,19 +180,27 @@ def _check_references(config: dict) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
 
 
-def alpha_label(alpha: float) -> str:
-    """The graft strength as it appears in paths: 1.0 -> '1', 0.5 -> '0.5'."""
-    return f"{alpha:g}"
+# Hyper-parameters that name a run's folder (shadowft.runs): set by the sweep lists, never overridden.
+SWEPT_HYPERPARAMETERS = {"learning_rate": "training.learning_rates", "lora_rank": "training.lora_ranks"}
 
 
-def variants(config: dict) -> list[str]:
-    """The evaluated variants of every pair, as they appear under results/{pair}/eval/."""
-    wanted = config["evaluation"]["variants"]
-    names = [variant for variant in ("base", "instruct") if variant in wanted]
-    for tuning in config["training"]["tunings"]:
-        for variant in ("instruct_ft", "base_ft"):
-            if variant in wanted:
-                names.append(f"{tuning}/{variant}")
-        if "shadow" in wanted:
-            names.extend(f"{tuning}/shadow_a{alpha_label(alpha)}" for alpha in config["graft"]["alphas"])
-    return names
+def _sweep_problems(config: dict) -> list[str]:
+    """The sweep's lists: DPO's data, no swept value set twice, one folder per run."""
+    training, problems = config["training"], []
+    if "dpo" in training["stages"]:
+        preference = training.get("preference_dataset")
+        if preference is None:
+            problems.append("training.preference_dataset: stages holds dpo, which needs a preference dataset")
+        elif preference not in config["datasets"]:
+            problems.append(f"training.preference_dataset: '{preference}' is not a key of datasets")
+    sections = [("training.hyperparameters", training["hyperparameters"])]
+    sections += [(f"pairs.{pair}.hyperparameters", spec["hyperparameters"]) for pair, spec in config["pairs"].items()]
+    for where, hyperparameters in sections:
+        for group, overrides in hyperparameters.items():
+            for key, home in SWEPT_HYPERPARAMETERS.items():
+                if key in overrides:
+                    problems.append(f"{where}.{group}.{key}: set it in {home} (it names the run's folder)")
+    names = [run.name for run in runs(config)]
+    if len(names) != len(set(names)):
+        problems.append("training: two runs of the sweep would share a folder")
+    return problems

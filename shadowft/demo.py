@@ -17,6 +17,9 @@ fine-tune are then made by LLaMA-Factory through `shadowft.llamafactory`, like a
 - ``task``: ``demo_task``, the fine-tuning target "Shift: c a f b" -> "d b g c" (every letter
   one step on). No chat example asks for it, so neither BASE nor INSTRUCT answers it before
   tuning. ``eval.jsonl`` holds held-out questions (disjoint words) with exact-match answers.
+  ``preference.jsonl`` (``demo_preference``) holds the first training questions as preference
+  pairs for DPO: chosen the right shift, rejected the word copied unshifted (the mistake a model
+  that knows the chat skill "Copy" makes).
 
 Every variant is scored on both benchmarks: the task shows what fine-tuning gains, the chat
 skills what it keeps of instruction tuning (the paper's two halves).
@@ -40,9 +43,11 @@ DEFAULT_SYSTEM = ""
 CORPUS_DATASET = "demo_corpus"
 CHAT_DATASET = "demo_chat"
 TASK_DATASET = "demo_task"
+PREFERENCE_DATASET = "demo_preference"
 EVAL_FILE = "eval.jsonl"
+PREFERENCE_FILE = "preference.jsonl"
 # The folder (under data/demo/) of each dataset the workflow may name with `source: demo`.
-DATASET_FOLDERS = {CHAT_DATASET: "chat", TASK_DATASET: "task"}
+DATASET_FOLDERS = {CHAT_DATASET: "chat", TASK_DATASET: "task", PREFERENCE_DATASET: "task"}
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -59,7 +64,7 @@ ALPHABET = "abcdefghij"
 # Fixed-length words: each answer letter sits at a fixed distance from its source letter, which
 # a two-layer model learns in a few hundred steps; mixed lengths needed several times more.
 WORD_LENGTH = 4
-SIZES = {"corpus": 6000, "chat": 2400, "chat_eval": 200, "task_train": 2000, "task_eval": 200}
+SIZES = {"corpus": 6000, "chat": 2400, "chat_eval": 200, "task_train": 2000, "task_eval": 200, "preference": 400}
 # A ceiling: the whitespace-isolated pieces of the demo's texts run out of merges below it.
 TOKENIZER_MAX_VOCAB = 384
 MODEL_SHAPE = {
@@ -111,7 +116,14 @@ def build_demo(init_dir: Path, pretrain_dir: Path, chat_dir: Path, task_dir: Pat
     with atomic_directory(Path(task_dir)) as tmp:
         _write_jsonl(tmp / "train.jsonl", (_conversation([(q, a)]) for q, a in task_train))
         _write_jsonl(tmp / EVAL_FILE, ({"question": q, "answer": a} for q, a in task_eval))
-        _write_json(tmp / "dataset_info.json", {TASK_DATASET: _sharegpt_entry("train.jsonl")})
+        _write_jsonl(tmp / PREFERENCE_FILE, _preference_pairs(task_train[: SIZES["preference"]]))
+        _write_json(
+            tmp / "dataset_info.json",
+            {
+                TASK_DATASET: _sharegpt_entry("train.jsonl"),
+                PREFERENCE_DATASET: _sharegpt_ranking_entry(PREFERENCE_FILE),
+            },
+        )
 
     tokenizer_texts = corpus + [_render_chatml(c["conversations"]) for c in chat]
     tokenizer_texts += [_render_chatml(_conversation([pair])["conversations"]) for pair in task_train]
@@ -206,6 +218,17 @@ def _task_split(rng: random.Random) -> tuple[list[tuple[str, str]], list[tuple[s
     return pairs[: SIZES["task_train"]], pairs[SIZES["task_train"] :]
 
 
+def _preference_pairs(pairs: Iterable[tuple[str, str]]) -> Iterable[dict]:
+    """DPO pairs of the task, no randomness: chosen the shifted word, rejected the word unshifted."""
+    for question, answer in pairs:
+        word = question.split(": ", 1)[1]
+        yield {
+            "conversations": [{"from": "human", "value": question}],
+            "chosen": {"from": "gpt", "value": answer},
+            "rejected": {"from": "gpt", "value": word},
+        }
+
+
 def _conversation(turns: Iterable[tuple[str, str]]) -> dict:
     messages = []
     for question, answer in turns:
@@ -216,6 +239,16 @@ def _conversation(turns: Iterable[tuple[str, str]]) -> dict:
 def _sharegpt_entry(file_name: str) -> dict:
     # The same layout as the paper's Shadow_2k (Infinity-Instruct): sharegpt, human/gpt turns.
     return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"}}
+
+
+def _sharegpt_ranking_entry(file_name: str) -> dict:
+    # LLaMA-Factory's preference layout (stage dpo): the prompt's turns, then one chosen and one rejected reply.
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "ranking": True,
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+    }
 
 
 def _render_chatml(messages: list[dict]) -> str:
@@ -297,17 +330,23 @@ def seed_spread(summaries: Mapping[int, Path]):
     """Scores of the same experiment run with several seeds, and how far they move.
 
     `summaries` maps each seed to the `results/summary.csv` of its run. Returns a frame with
-    one row per (pair, variant, benchmark) in the first run's (report) order, a column per
-    seed, then ``mean``, ``min``, ``max`` and ``spread`` (max - min). Every run must hold the
-    same scores.
+    one row per (pair, variant label, benchmark) in the first run's (report) order, a column
+    per seed, then ``mean``, ``min``, ``max`` and ``spread`` (max - min). Variants are matched
+    by their report label, which leaves the seed out of the run's name (``sft-lora-lr1e-2-r8-s0``
+    and ``...-s1`` are one row). Every run must hold the same scores.
     """
     import pandas as pd
+
+    from shadowft.report import variant_name_label
 
     if len(summaries) < 2:
         raise ValueError("seed_spread: give at least two runs")
     columns = {}
     for seed, path in summaries.items():
         summary = pd.read_csv(path)
+        summary["variant"] = summary["variant"].map(variant_name_label)
+        if (summary.groupby(["pair", "variant", "benchmark", "dataset", "metric"])["score"].size() > 1).any():
+            raise ValueError(f"seed_spread: {path} holds two runs of one label (a sweep); compare one run per seed")
         scores = summary.groupby(["pair", "variant", "benchmark"], sort=False)["score"].mean()
         if columns and set(scores.index) != set(next(iter(columns.values())).index):
             raise ValueError(f"seed_spread: {path} (seed {seed}) does not hold the same variants and benchmarks")
@@ -319,14 +358,12 @@ def seed_spread(summaries: Mapping[int, Path]):
 
 
 def render_seed_spread(table, *, digits: int = 1) -> str:
-    """`seed_spread`'s table as Markdown, variants by their report labels."""
-    from shadowft.report import variant_name_label
-
+    """`seed_spread`'s table as Markdown."""
     header = ["Pair", "Variant", "Benchmark", *(f"seed {c}" if isinstance(c, int) else str(c) for c in table.columns)]
     lines = ["| " + " | ".join(header) + " |", "| :-- | :-- | :-- | " + " | ".join("--:" for _ in table.columns) + " |"]
     for (pair, variant, benchmark), row in table.iterrows():
         cells = [f"{value:.{digits}f}" for value in row]
-        lines.append("| " + " | ".join([pair, variant_name_label(variant), benchmark, *cells]) + " |")
+        lines.append("| " + " | ".join([pair, variant, benchmark, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

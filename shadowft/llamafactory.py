@@ -143,11 +143,15 @@ def training_arguments(
     stage: str = "sft",
     overrides: Mapping[str, Any] | None = None,
     seed: int = RUN_DEFAULTS["seed"],
+    learning_rate: float | None = None,
+    lora_rank: int | None = None,
 ) -> dict[str, Any]:
     """The LLaMA-Factory argument dict: run mechanics, paper defaults, then `overrides`.
 
     `seed` seeds everything random in the run (initialisation of LoRA weights, data order,
-    dropout): the workflow passes the experiment's `seed`.
+    dropout): the workflow passes the run's seed (shadowft.runs). `learning_rate` and
+    `lora_rank`, when given, are the run's own (its folder names them) and win over
+    `overrides`; the LoRA alpha then follows as 2 x rank unless `overrides` set it.
 
     Keys are checked against LLaMA-Factory's own dataclasses by `check_arguments` in the train
     environment (this function runs in the core one, without LLaMA-Factory).
@@ -168,11 +172,20 @@ def training_arguments(
             f"LLaMA-Factory override(s) {', '.join(managed)} are set by the workflow (model, dataset, "
             "template, tuning, stage, output path; the seed by the config's top-level `seed`) and cannot be overridden"
         )
+    swept: dict[str, Any] = {}
+    if learning_rate is not None:
+        swept["learning_rate"] = float(learning_rate)
+    if lora_rank is not None:
+        if tuning != "lora":
+            raise ValueError(f"lora_rank applies to LoRA runs only (tuning {tuning!r})")
+        swept["lora_rank"] = int(lora_rank)
+        swept["lora_alpha"] = overrides.get("lora_alpha", 2 * int(lora_rank))
     return {
         **RUN_DEFAULTS,
         **PAPER_DEFAULTS,
         **TUNING_DEFAULTS[tuning],
         **overrides,
+        **swept,
         "model_name_or_path": os.fspath(model_dir),
         "dataset_dir": os.fspath(dataset_dir),
         "dataset": dataset,

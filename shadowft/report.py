@@ -28,6 +28,7 @@ import pandas as pd
 
 from shadowft.io import atomic_write_text
 from shadowft.opencompass import SCORES_COLUMNS
+from shadowft.runs import Variant
 
 SCORE_COLUMNS = SCORES_COLUMNS  # the columns shadowft.opencompass writes
 # The sweep dimensions of a run, in the order the summary lists them.
@@ -198,12 +199,12 @@ def variant_label(kind: str, setting: Setting | None = None, alpha: float | None
 
 
 def variant_name_label(variant: str) -> str:
-    """A variant's label from its name alone, reading the run part of the name as its tuning
-    (``lora/shadow_a1`` -> ``Shadow-LoRA (α=1)``): for tables that carry no sweep values."""
-    kind = variant_kind(variant)
-    run, _, last = variant.rpartition("/")
-    alpha = float(_SHADOW.fullmatch(last)["alpha"]) if kind == "shadow" else None
-    return variant_label(kind, Setting(tuning=run) if run else None, alpha)
+    """A variant's label from its name alone (``sft-lora-lr1e-2-r8-s0/shadow_a1`` -> ``Shadow-LoRA (α=1)``),
+    for tables that carry no sweep values; the run's seed is not part of it."""
+    parsed = Variant.parse(variant)
+    run = parsed.run
+    setting = None if run is None else Setting(run.stage, run.tuning, run.learning_rate, run.lora_rank)
+    return variant_label(parsed.kind.value, setting, parsed.alpha)
 
 
 def read_scores(records: Sequence[Mapping | ScoreRecord]) -> pd.DataFrame:

@@ -12,7 +12,12 @@ GPU memory, per GPU, must hold the model state plus an activation reserve, withi
   bf16 weights and gradients, fp32 master weights and two Adam moments, plus buffers);
 - LoRA keeps the bf16 base weights (2 bytes per parameter) on every GPU, and shards them
   with ZeRO-3 only when one GPU cannot hold them;
-- evaluation holds the bf16 weights (2 bytes per parameter) plus the KV cache.
+- evaluation holds the bf16 weights (2 bytes per parameter) plus the KV cache;
+- DPO is training of the same tuning plus its reference model: full DPO holds a frozen copy
+  of the model (2 more bytes per parameter, sharded like the rest under ZeRO-3, and one more
+  model on the host); LoRA DPO's reference is the same weights with the adapter switched
+  off, so it costs no memory. Both run the reference forward over every pair (2 FLOP per
+  parameter and token more).
 
 The reserve grows with the model (hidden size and depth grow with it):
 ``reserve_base + reserve_per_billion * billions``. For training it holds the checkpointed
@@ -69,13 +74,23 @@ class Workload(enum.Enum):
 
     TRAIN_FULL = "train_full"
     TRAIN_LORA = "train_lora"
+    DPO_FULL = "dpo_full"
+    DPO_LORA = "dpo_lora"
     EVALUATE = "evaluate"
     MERGE = "merge"  # a LoRA adapter merged into its model, on the CPU
     ENGINE = "engine"  # shadowft's own streaming delta engine, on the CPU
 
     @classmethod
-    def training(cls, tuning: str) -> Workload:
+    def training(cls, tuning: str, stage: str = "sft") -> Workload:
+        """The workload of a training run: its tuning, and whether DPO adds a reference model."""
+        if stage == "dpo":
+            return {"full": cls.DPO_FULL, "lora": cls.DPO_LORA}[tuning]
         return {"full": cls.TRAIN_FULL, "lora": cls.TRAIN_LORA}[tuning]
+
+    @property
+    def is_full_training(self) -> bool:
+        """Full-parameter training: its state is sharded over GPUs and may span nodes."""
+        return self in (Workload.TRAIN_FULL, Workload.DPO_FULL)
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,10 @@ SCALING: dict[Workload, Scaling] = {
     Workload.TRAIN_FULL: Scaling(18.0, 6.0, 0.2, 8.0, 20, 4.0, 4.0, 4.0),
     # No weight gradients: forward 2, activation gradients 2, recomputation 2.
     Workload.TRAIN_LORA: Scaling(2.0, 6.0, 0.2, 6.0, 20, 4.0, 4.0, 4.0),
+    # Full DPO: the frozen reference copy in bf16 (2 bytes) and its forward pass (2 FLOP).
+    Workload.DPO_FULL: Scaling(20.0, 6.0, 0.2, 10.0, 20, 4.0, 4.0, 6.0),
+    # LoRA DPO: the reference is the base weights without the adapter; only its forward costs.
+    Workload.DPO_LORA: Scaling(2.0, 6.0, 0.2, 8.0, 20, 4.0, 4.0, 4.0),
     # The model loads on the host before it moves to the GPUs.
     Workload.EVALUATE: Scaling(2.0, 6.0, 0.25, 2.0, 15, 4.0, 4.0, 2.0),
     # Base weights and the merged copy, both in the host's memory.
@@ -212,10 +231,10 @@ def _gpus_needed(workload: Workload, scaling: Scaling, parameters: int, node: No
         )
     state = scaling.gpu_bytes_per_parameter * parameters
     # Replicated state (LoRA's base weights, inference) fits one GPU or is sharded (ZeRO-3).
-    if workload is not Workload.TRAIN_FULL and fits_one_gpu(workload, parameters, node.gpu_mem_mb):
+    if not workload.is_full_training and fits_one_gpu(workload, parameters, node.gpu_mem_mb):
         return 1
     gpus = math.ceil(state / (usable - reserve))
-    if workload is not Workload.TRAIN_FULL and gpus > node.gpus:
+    if not workload.is_full_training and gpus > node.gpus:
         raise SizingError(
             f"{workload.value} of a {_billions(parameters)} model needs {gpus} GPUs on one node, "
             f"but the profile describes {node.describe()}"

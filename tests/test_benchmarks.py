@@ -15,8 +15,9 @@ from shadowft.benchmarks import (
     benchmark_groups,
     expand_evaluation,
 )
-from shadowft.config import ConfigError, validate_config, variants
+from shadowft.config import ConfigError, validate_config
 from shadowft.opencompass import BACKEND_ENVS, BACKENDS, batch_size_for, model_config, run_config
+from shadowft.runs import variants
 
 # The paper's benchmarks (docs/paper.md), by group, as its tables name them.
 PAPER_GROUPS = {
@@ -266,7 +267,7 @@ def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
     assert len(paper) == 19
     expected = {
         scores_path("demo", variant, benchmark)
-        for variant in variants(expanded)
+        for variant in (variant.name for variant in variants(expanded))
         for benchmark in [*paper, "demo_task", "demo_chat"]
     }
     assert sorted(planned) == sorted(expected), "one evaluation job per (variant, benchmark)"

@@ -4,7 +4,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from shadowft.config import ConfigError, alpha_label, validate_config, variants
+from shadowft.config import ConfigError, validate_config
+from shadowft.llamafactory import TUNING_DEFAULTS
+from shadowft.runs import alpha_label, runs, variants
 
 
 @pytest.fixture
@@ -52,8 +54,8 @@ def test_hub_model_gains_revision_default(demo_config):
         (lambda c: c["graft"].update(alphas=[float("nan")]), "graft.alphas[0]: not a finite number"),
         (lambda c: c["graft"].update(alphas=[1.0, float("inf")]), "graft.alphas[1]: not a finite number"),
         (
-            lambda c: c["training"]["hyperparameters"]["lora"].update(learning_rate=float("nan")),
-            "training.hyperparameters.lora.learning_rate: not a finite number",
+            lambda c: c["training"]["hyperparameters"]["common"].update(warmup_ratio=float("nan")),
+            "training.hyperparameters.common.warmup_ratio: not a finite number",
         ),
         (lambda c: c["graft"].update(alphas=["one"]), "graft.alphas[0]: 'one' is not of type 'number'"),
     ],
@@ -68,15 +70,15 @@ def test_bad_config_names_the_key(demo_config, mutate, named):
 def test_variants_follow_tunings_and_alphas(demo_config):
     demo_config["graft"] = {"alphas": [1.0, 0.5]}
     validate_config(demo_config)
-    assert variants(demo_config) == [
+    assert [variant.name for variant in variants(demo_config)] == [
         "base",
         "instruct",
-        "lora/instruct_ft",
-        "lora/shadow_a1",
-        "lora/shadow_a0.5",
-        "full/instruct_ft",
-        "full/shadow_a1",
-        "full/shadow_a0.5",
+        "sft-lora-lr1e-2-r8-s0/instruct_ft",
+        "sft-lora-lr1e-2-r8-s0/shadow_a1",
+        "sft-lora-lr1e-2-r8-s0/shadow_a0.5",
+        "sft-full-lr1e-3-s0/instruct_ft",
+        "sft-full-lr1e-3-s0/shadow_a1",
+        "sft-full-lr1e-3-s0/shadow_a0.5",
     ]
 
 
@@ -93,3 +95,66 @@ def test_text_where_a_number_or_boolean_belongs_is_read_as_one(demo_config):
     assert demo_config["graft"]["alphas"] == [0.5, 0.1]
     assert demo_config["seed"] == 3
     assert demo_config["models"]["qwen-base"]["allow_pickle"] is False
+
+
+def test_the_demo_trains_as_before_the_sweep_keys(demo_config):
+    """One run per tuning, at the demo's rates (LoRA 1e-2, full 1e-3), the paper's rank, the top-level seed."""
+    validate_config(demo_config)
+    training = demo_config["training"]
+    assert (training["stages"], training["lora_ranks"], training["seeds"]) == (["sft"], [8], [])
+    assert [run.name for run in runs(demo_config)] == ["sft-lora-lr1e-2-r8-s0", "sft-full-lr1e-3-s0"]
+    demo_config["seed"] = 3
+    assert [run.seed for run in runs(demo_config)] == [3, 3]
+
+
+def test_sweep_defaults_are_the_papers(demo_config):
+    del demo_config["training"]["learning_rates"], demo_config["training"]["lora_ranks"]
+    validate_config(demo_config)
+    rates = demo_config["training"]["learning_rates"]
+    assert rates == {tuning: [TUNING_DEFAULTS[tuning]["learning_rate"]] for tuning in ("lora", "full")}
+    assert demo_config["training"]["lora_ranks"] == [TUNING_DEFAULTS["lora"]["lora_rank"]]
+
+
+def test_every_swept_combination_is_a_run_in_the_config_order(demo_config):
+    demo_config["training"].update(
+        stages=["sft", "dpo"],
+        learning_rates={"lora": [1.0e-4, 2.0e-4], "full": [1.0e-5]},
+        lora_ranks=[8, 64],
+        seeds=[0, 1],
+    )
+    validate_config(demo_config)
+    names = [run.name for run in runs(demo_config)]
+    assert len(names) == len(set(names)) == 2 * (2 * 2 * 2 + 1 * 2)
+    assert names[:5] == [
+        "sft-lora-lr1e-4-r8-s0",
+        "sft-lora-lr1e-4-r8-s1",
+        "sft-lora-lr1e-4-r64-s0",
+        "sft-lora-lr1e-4-r64-s1",
+        "sft-lora-lr2e-4-r8-s0",
+    ]
+    assert "sft-full-lr1e-5-s1" in names and "dpo-full-lr1e-5-s0" in names
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        ({"hyperparameters": {"lora": {"learning_rate": 1.0e-4}}}, "training.hyperparameters.lora.learning_rate"),
+        ({"hyperparameters": {"common": {"lora_rank": 16}}}, "training.hyperparameters.common.lora_rank"),
+        ({"stages": ["dpo"], "preference_dataset": None}, "training.preference_dataset"),
+        ({"stages": ["dpo"], "preference_dataset": "missing"}, "training.preference_dataset"),
+        ({"stages": ["ppo"]}, "training.stages[0]"),
+        ({"learning_rates": {"lora": ["fast"]}}, "training.learning_rates.lora[0]"),
+        ({"learning_rates": {"lora": [0.0]}}, "training.learning_rates.lora[0]"),
+        ({"learning_rates": {"lora": [1.0e-4, 1.0e-4]}}, "training.learning_rates.lora"),
+        ({"learning_rates": {"qlora": [1.0e-4]}}, "qlora"),
+        ({"lora_ranks": [0]}, "training.lora_ranks[0]"),
+        ({"seeds": [-1]}, "training.seeds[0]"),
+    ],
+)
+def test_bad_sweep_names_the_key(demo_config, edit, named):
+    demo_config["training"].update(edit)
+    if demo_config["training"].get("preference_dataset", "") is None:
+        del demo_config["training"]["preference_dataset"]
+    with pytest.raises(ConfigError) as error:
+        validate_config(demo_config)
+    assert named in str(error.value)

@@ -12,7 +12,7 @@ from shadowft import demo
 DATA_FILES = {
     "pretrain": ["corpus.jsonl", "dataset_info.json"],
     "chat": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
-    "task": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
+    "task": ["dataset_info.json", "eval.jsonl", "preference.jsonl", "train.jsonl"],
 }
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 
@@ -71,10 +71,28 @@ def test_dataset_info_registers_the_llamafactory_datasets(built):
     assert pretrain == {demo.CORPUS_DATASET: {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}}
     sharegpt = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
     assert chat == {demo.CHAT_DATASET: {"file_name": "train.jsonl", **sharegpt}}
-    assert task == {demo.TASK_DATASET: {"file_name": "train.jsonl", **sharegpt}}
+    ranking = {
+        "file_name": "preference.jsonl",
+        "formatting": "sharegpt",
+        "ranking": True,
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+    }
+    assert task == {demo.TASK_DATASET: {"file_name": "train.jsonl", **sharegpt}, demo.PREFERENCE_DATASET: ranking}
     # The workflow finds a `source: demo` dataset in the folder whose dataset_info.json registers it.
     for name, folder in demo.DATASET_FOLDERS.items():
         assert name in json.loads((built / folder / "dataset_info.json").read_text())
+
+
+def test_preference_pairs_prefer_the_shift_to_the_copy(built):
+    pairs = read_jsonl(built / "task" / demo.PREFERENCE_FILE)
+    train = read_jsonl(built / "task" / "train.jsonl")
+    assert len(pairs) == demo.SIZES["preference"]
+    for pair, example in zip(pairs, train, strict=False):
+        question, answer = (turn["value"] for turn in example["conversations"])
+        word = question.removeprefix("Shift: ")
+        assert pair["conversations"] == [{"from": "human", "value": question}]
+        assert pair["chosen"] == {"from": "gpt", "value": answer} and answer == demo.shift(word)
+        assert pair["rejected"] == {"from": "gpt", "value": word} != pair["chosen"]
 
 
 def test_corpus_is_plain_text_and_chats_are_human_gpt_turns(built):
@@ -215,18 +233,38 @@ def write_summary(path, scores):
 
 def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys):
     runs = {
-        0: {("base", "demo_task"): 0.0, ("lora/shadow_a1", "demo_task"): 88.0, ("lora/shadow_a1", "demo_chat"): 10.5},
-        1: {("base", "demo_task"): 0.0, ("lora/shadow_a1", "demo_task"): 51.0, ("lora/shadow_a1", "demo_chat"): 12.0},
-        5: {("base", "demo_task"): 1.0, ("lora/shadow_a1", "demo_task"): 70.0, ("lora/shadow_a1", "demo_chat"): 9.0},
+        0: {
+            ("base", "demo_task"): 0.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 88.0,
+            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 10.5,
+        },
+        1: {
+            ("base", "demo_task"): 0.0,
+            ("sft-lora-lr1e-2-r8-s1/shadow_a1", "demo_task"): 51.0,
+            ("sft-lora-lr1e-2-r8-s1/shadow_a1", "demo_chat"): 12.0,
+        },
+        5: {
+            ("base", "demo_task"): 1.0,
+            ("sft-lora-lr1e-2-r8-s5/shadow_a1", "demo_task"): 70.0,
+            ("sft-lora-lr1e-2-r8-s5/shadow_a1", "demo_chat"): 9.0,
+        },
     }
     paths = {
         seed: write_summary(tmp_path / f"s{seed}" / "results" / "summary.csv", scores) for seed, scores in runs.items()
     }
     table = demo.seed_spread(paths)
     assert list(table.columns) == [0, 1, 5, "mean", "min", "max", "spread"]
-    assert table.loc[("demo", "lora/shadow_a1", "demo_task")].tolist() == [88.0, 51.0, 70.0, 209 / 3, 51.0, 88.0, 37.0]
-    assert table.loc[("demo", "lora/shadow_a1", "demo_chat"), "spread"] == 3.0
-    assert table.loc[("demo", "base", "demo_task"), "spread"] == 1.0
+    assert table.loc[("demo", "Shadow-LoRA (α=1)", "demo_task")].tolist() == [
+        88.0,
+        51.0,
+        70.0,
+        209 / 3,
+        51.0,
+        88.0,
+        37.0,
+    ]
+    assert table.loc[("demo", "Shadow-LoRA (α=1)", "demo_chat"), "spread"] == 3.0
+    assert table.loc[("demo", "Base", "demo_task"), "spread"] == 1.0
 
     demo.main([f"{seed}={tmp_path / f's{seed}'}" for seed in runs])
     printed = capsys.readouterr().out

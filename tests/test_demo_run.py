@@ -10,16 +10,19 @@ import yaml
 from conftest import ROOT, snakemake
 from safetensors.torch import load_file
 from test_report import REPORT_RULES, assert_report_holds, decoded, workflow_files
+from test_workflow import planned_jobs
 
 from shadowft import demo
 
 pytestmark = pytest.mark.slow
 
 PAIR = "results/demo"
+# The demo's runs, one per tuning (shadowft.runs names them).
+RUNS = {"lora": "sft-lora-lr1e-2-r8-s0", "full": "sft-full-lr1e-3-s0"}
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 ALPHAS = [f"{alpha:g}" for alpha in CONFIG["graft"]["alphas"]]
 VARIANTS = ["base", "instruct"] + [
-    f"{tuning}/{name}" for tuning in ("lora", "full") for name in ["instruct_ft"] + [f"shadow_a{a}" for a in ALPHAS]
+    f"{run}/{name}" for run in RUNS.values() for name in ["instruct_ft"] + [f"shadow_a{a}" for a in ALPHAS]
 ]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BENCHMARKS = sorted(CONFIG["evaluation"]["benchmarks"])
@@ -40,13 +43,13 @@ def test_every_output_is_there(demo_run):
             assert set(scores.columns) >= {"benchmark", "dataset", "metric", "score", "num_examples"}
             assert scores["num_examples"].eq(demo.SIZES[benchmark.replace("demo_", "") + "_eval"]).all()
             assert scores["score"].between(0, 100).all()
-    for tuning in ("lora", "full"):
+    for run in RUNS.values():
         for role in ("base", "instruct"):
-            assert (demo_run / PAIR / tuning / f"train_{role}.yaml").is_file()
-            assert (demo_run / "logs" / "train" / "demo" / tuning / f"{role}.log").is_file()
-            assert (demo_run / "benchmarks" / "train" / "demo" / tuning / f"{role}.tsv").is_file()
-        assert json.loads((demo_run / PAIR / tuning / "delta" / "manifest.json").read_text())
-        assert (demo_run / PAIR / tuning / "shadow_a1" / "shadowft_manifest.json").is_file()
+            assert (demo_run / PAIR / run / f"train_{role}.yaml").is_file()
+            assert (demo_run / "logs" / "train" / "demo" / run / f"{role}.log").is_file()
+            assert (demo_run / "benchmarks" / "train" / "demo" / run / f"{role}.tsv").is_file()
+        assert json.loads((demo_run / PAIR / run / "delta" / "manifest.json").read_text())
+        assert (demo_run / PAIR / run / "shadow_a1" / "shadowft_manifest.json").is_file()
     summary = pd.read_csv(demo_run / "results" / "summary.csv")
     assert sorted(summary["variant"].unique()) == sorted(VARIANTS)
     # Both halves of the paper's claim for every variant: the task's gain, the chat skills kept.
@@ -78,11 +81,28 @@ def test_rerun_has_nothing_to_do(demo_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_adding_an_alpha_plans_only_its_grafts_their_evaluations_and_the_report(demo_run, tmp_path):
+    """With the finished demo's metadata: a new alpha renames nothing and retrains nothing."""
+    config = {**CONFIG, "graft": {**CONFIG["graft"], "alphas": [*CONFIG["graft"]["alphas"], 1.5]}}
+    configfile = tmp_path / "alphas.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    output = snakemake(demo_run, "-n", "--cores", "2", "--configfile", str(configfile)).stdout
+    print(output.split("Job stats:", 1)[1].split("\n\n", 1)[0])  # the job table, for the record
+    assert planned_jobs(output) == {
+        "graft": 2,
+        "evaluate": 2 * len(BENCHMARKS),
+        "report": 1,
+        "figures": 1,
+        "alpha_figure": 1,
+        "all": 1,
+    }
+    for run in RUNS.values():
+        assert f"output: {PAIR}/{run}/shadow_a1.5\n" in output
+
+
 def test_every_llamafactory_run_gets_the_config_seed(demo_run):
     runs = [demo_run / "data" / "demo" / f"{step}.yaml" for step in ("base", "instruct")]
-    runs += [
-        demo_run / PAIR / tuning / f"train_{role}.yaml" for tuning in ("lora", "full") for role in ("base", "instruct")
-    ]
+    runs += [demo_run / PAIR / run / f"train_{role}.yaml" for run in RUNS.values() for role in ("base", "instruct")]
     assert [yaml.safe_load(run.read_text())["seed"] for run in runs] == [CONFIG["seed"]] * len(runs)
 
 
@@ -136,8 +156,8 @@ def greedy_answers(folder, questions, max_new_tokens):
 @pytest.mark.parametrize("benchmark", ["demo_task", "demo_chat"])
 def test_shadow_model_answers_as_scored_and_stops_at_im_end(demo_run, tuning, benchmark):
     """The graft, run by transformers alone, gives OpenCompass's predictions and score, and stops at <|im_end|>."""
-    folder = demo_run / PAIR / tuning / "shadow_a1"
-    scored = demo_run / PAIR / "eval" / tuning / "shadow_a1" / benchmark
+    folder = demo_run / PAIR / RUNS[tuning] / "shadow_a1"
+    scored = demo_run / PAIR / "eval" / RUNS[tuning] / "shadow_a1" / benchmark
     eval_file = demo_run / "data" / "demo" / demo.DATASET_FOLDERS[benchmark] / demo.EVAL_FILE
     held_out = [json.loads(line) for line in eval_file.read_text().splitlines()]
     predictions = json.loads((scored / "predictions.json").read_text())[benchmark]
@@ -175,8 +195,8 @@ def lora_factors(adapter_dir, name):
 
 def test_lora_shadow_is_instruct_plus_adapter_update(demo_run):
     instruct = state_dict(demo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(demo_run / PAIR / "lora" / "shadow_a1")
-    adapter_dir = demo_run / PAIR / "lora" / "train_base" / "model"
+    shadow = state_dict(demo_run / PAIR / RUNS["lora"] / "shadow_a1")
+    adapter_dir = demo_run / PAIR / RUNS["lora"] / "train_base" / "model"
     assert shadow.keys() == instruct.keys()
     updated = 0
     for name, weight in instruct.items():
@@ -198,9 +218,9 @@ def test_lora_shadow_is_instruct_plus_adapter_update(demo_run):
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_full_shadow_is_instruct_plus_base_update_on_projections(demo_run, alpha):
     base = state_dict(demo_run / "data" / "demo" / "base" / "model")
-    tuned = state_dict(demo_run / PAIR / "full" / "train_base" / "model")
+    tuned = state_dict(demo_run / PAIR / RUNS["full"] / "train_base" / "model")
     instruct = state_dict(demo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(demo_run / PAIR / "full" / f"shadow_a{alpha}")
+    shadow = state_dict(demo_run / PAIR / RUNS["full"] / f"shadow_a{alpha}")
     assert shadow.keys() == instruct.keys()
     grafted = 0
     for name, weight in instruct.items():
@@ -219,11 +239,11 @@ def test_lora_shadow_matches_peft_merge_and_unload(demo_run):
     from transformers import AutoModelForCausalLM
 
     instruct_dir = demo_run / "data" / "demo" / "instruct" / "model"
-    adapter_dir = demo_run / PAIR / "lora" / "train_base" / "model"
+    adapter_dir = demo_run / PAIR / RUNS["lora"] / "train_base" / "model"
     merged = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(instruct_dir), adapter_dir
     ).merge_and_unload()
-    shadow = state_dict(demo_run / PAIR / "lora" / "shadow_a1")
+    shadow = state_dict(demo_run / PAIR / RUNS["lora"] / "shadow_a1")
     for name, expected in merged.state_dict().items():
         if name not in shadow:
             continue  # a tied lm_head that the checkpoint does not store

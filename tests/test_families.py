@@ -110,7 +110,7 @@ def test_family_overrides_change_one_family_only():
     config["families"] = ["qwen3-4b", "llama-3.1-8b"]
     config["family_overrides"] = {
         "qwen3-4b": {
-            "hyperparameters": {"lora": {"learning_rate": 1.0e-4}, "common": {"cutoff_len": 2048}},
+            "hyperparameters": {"lora": {"lora_dropout": 0.1}, "common": {"cutoff_len": 2048}},
             "base": {"revision": "0123abc"},
             "instruct": {"source": "local", "path": "/shared/Qwen3-4B"},
             "template": "qwen3_nothink",
@@ -121,7 +121,7 @@ def test_family_overrides_change_one_family_only():
     assert config["pairs"]["llama-3.1-8b"]["template"] == "llama3"
     assert config["pairs"]["qwen3-4b"]["hyperparameters"] == {
         "common": {"enable_thinking": False, "cutoff_len": 2048},
-        "lora": {"learning_rate": 1.0e-4},
+        "lora": {"lora_dropout": 0.1},
     }
     assert config["models"]["qwen3-4b-base"]["revision"] == "0123abc"
     assert config["models"]["qwen3-4b-instruct"] == {

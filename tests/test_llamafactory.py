@@ -13,7 +13,7 @@ PATHS = {
     "dataset_dir": "data/datasets/shadow_2k",
     "dataset": "shadow_2k",
     "template": "qwen",
-    "output_dir": "results/pair/lora/train_base/work",
+    "output_dir": "results/pair/sft-lora-lr2e-4-r8-s0/train_base/work",
 }
 
 
@@ -68,6 +68,20 @@ def test_overrides_win_over_defaults_and_may_add_keys():
     args = arguments(overrides={"learning_rate": 1e-4, "lora_rank": 128, "deepspeed": "ds_z3.json"})
     assert (args["learning_rate"], args["lora_rank"], args["deepspeed"]) == (1e-4, 128, "ds_z3.json")
     assert args["lora_alpha"] == 16  # an explicit default is not rescaled behind the user's back
+
+
+def test_a_runs_learning_rate_and_rank_win_and_lora_alpha_follows_the_rank():
+    args = arguments(overrides={"learning_rate": 1.0, "lora_rank": 4}, learning_rate=1e-4, lora_rank=64)
+    assert (args["learning_rate"], args["lora_rank"], args["lora_alpha"]) == (1e-4, 64, 128)
+    assert arguments(overrides={"lora_alpha": 32}, lora_rank=64)["lora_alpha"] == 32
+    assert arguments("full", learning_rate=2e-5)["learning_rate"] == 2e-5
+    with pytest.raises(ValueError, match="LoRA runs only"):
+        arguments("full", lora_rank=8)
+
+
+def test_dpo_keeps_the_paper_defaults_and_takes_preference_overrides():
+    args = arguments(stage="dpo", overrides={"pref_beta": 0.2, "pref_loss": "sigmoid"}, learning_rate=5e-6, lora_rank=8)
+    assert (args["stage"], args["pref_beta"], args["pref_loss"], args["learning_rate"]) == ("dpo", 0.2, "sigmoid", 5e-6)
 
 
 def test_overrides_do_not_leak_between_calls():

@@ -71,6 +71,28 @@ def test_host_memory_beyond_the_node_is_refused_on_the_first_attempt_and_capped_
     assert size_job(Workload.TRAIN_FULL, 8_000_000_000, roomy, attempt=2).mem_mb == roomy.mem_mb > first.mem_mb
 
 
+def test_dpo_is_sized_like_training_of_its_tuning_plus_a_reference_model():
+    assert Workload.training("full", "dpo") is Workload.DPO_FULL
+    assert Workload.training("lora", "dpo") is Workload.DPO_LORA
+    assert Workload.training("lora") is Workload.TRAIN_LORA
+    # Full DPO holds a frozen bf16 copy too: 20 B x 4e9 = 74.5 GiB over 65.2 GiB per GPU, still 2 GPUs,
+    # and one more bf16 model on the host. 3.6e9 parameters fit one GPU (65.3 GiB) at 18 B (60.4 GiB),
+    # not at 20 B (67.1 GiB).
+    sft, dpo = (size_job(workload, 4_000_000_000, H100_NODE) for workload in (Workload.TRAIN_FULL, Workload.DPO_FULL))
+    assert (dpo.gpu, dpo.nodes) == (sft.gpu, sft.nodes) == (2, 1)
+    assert dpo.mem_mb == sft.mem_mb + math.ceil(2 * 4e9 / MIB)
+    assert size_job(Workload.TRAIN_FULL, 3_600_000_000, H100_NODE).gpu == 1
+    assert size_job(Workload.DPO_FULL, 3_600_000_000, H100_NODE).gpu == 2
+    # LoRA DPO's reference is the base without the adapter: LoRA's memory, a forward pass more of time.
+    lora, lora_dpo = (
+        size_job(w, 4_000_000_000, H100_NODE, tokens=8e6) for w in (Workload.TRAIN_LORA, Workload.DPO_LORA)
+    )
+    assert (lora_dpo.gpu, lora_dpo.mem_mb) == (lora.gpu, lora.mem_mb)
+    assert lora_dpo.runtime == 20 + math.ceil(2 * 8 * 4e9 * 8e6 / 1e14 / 60) > lora.runtime
+    # Full DPO spans nodes like full SFT.
+    assert size_job(Workload.DPO_FULL, 70_000_000_000, H100_NODE).nodes == 4
+
+
 def test_memory_and_time_grow_with_the_attempt():
     first = size_job(Workload.TRAIN_LORA, 4_000_000_000, H100_NODE, tokens=8e6)
     second = size_job(Workload.TRAIN_LORA, 4_000_000_000, H100_NODE, tokens=8e6, attempt=2)

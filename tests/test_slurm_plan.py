@@ -14,11 +14,14 @@ from conftest import ROOT, snakemake
 from model_fixtures import write_sparse_model
 
 from shadowft.resources import GIB, MIB, Workload, node_from_resources, size_job
+from shadowft.runs import Run
 
 PARAMETERS = 4_022_468_096
 PROFILE = ROOT / "profiles" / "slurm"
 DATASET_BYTES = 3_000_000
 QUESTIONS, MAX_OUT_LEN = 200, 512
+# The runs of the config below (shadowft.runs names them): the paper's learning rates and rank, seed 0.
+LORA_RUN, FULL_RUN = "sft-lora-lr2e-4-r8-s0", "sft-full-lr1e-5-s0"
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,11 @@ def planned_resources(dry_run_output):
     return jobs
 
 
+def run_of(wildcards):
+    """The run named in a job's wildcards ("pair=q4, run=..., role=base")."""
+    return Run.parse(dict(item.split("=", 1) for item in wildcards.split(", "))["run"])
+
+
 def node():
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     return node_from_resources(profile["default-resources"])
@@ -99,8 +107,8 @@ def requested(jobs, rule, wildcards):
 
 def test_full_tuning_asks_for_two_gpus_and_lora_for_one(plan):
     jobs, data, _, _ = plan
-    full = requested(jobs, "train", "pair=q4, tuning=full, role=base")
-    lora = requested(jobs, "train", "pair=q4, tuning=lora, role=instruct")
+    full = requested(jobs, "train", f"pair=q4, run={FULL_RUN}, role=base")
+    lora = requested(jobs, "train", f"pair=q4, run={LORA_RUN}, role=instruct")
     # 18 bytes x 4.02e9 = 67.4 GiB of ZeRO-3 state; an 80 GB card holds 72 GiB less a 6.8 GiB reserve.
     assert (full["gpu"], full["nodes"]) == ("2", "1")
     assert (lora["gpu"], lora["nodes"]) == ("1", "1")
@@ -121,7 +129,7 @@ def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
     tokens = sum(path.stat().st_size for path in data.iterdir()) / 3
     for (rule, wildcards), values in jobs.items():
         workload = {
-            "train": Workload.training(wildcards.split("tuning=")[-1].split(",")[0]) if rule == "train" else None,
+            "train": Workload.training(run_of(wildcards).tuning, run_of(wildcards).stage) if rule == "train" else None,
             "evaluate": Workload.EVALUATE,
             "merge_adapter": Workload.MERGE,
             "extract_delta": Workload.ENGINE,
@@ -160,7 +168,7 @@ def test_a_job_no_node_can_hold_stops_the_plan_naming_the_rule_and_the_node(plan
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0
     # 18 bytes x 4.02e9 over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs, one per node.
-    assert "in rule train" in output and "tuning=full" in output
+    assert "in rule train" in output and f"run={FULL_RUN}" in output
     assert (
         "train_full of a 4.02 B-parameter model needs 5 GPUs (5 nodes), "
         "but the profile allows a node with 1 GPU(s) of 24576 MB" in output
@@ -169,8 +177,8 @@ def test_a_job_no_node_can_hold_stops_the_plan_naming_the_rule_and_the_node(plan
 
 def test_full_tuning_too_large_for_a_node_spans_nodes_with_one_launcher_per_node(plan):
     *_, spanning = plan
-    full = spanning[("train", "pair=q4, tuning=full, role=base")]
+    full = spanning[("train", f"pair=q4, run={FULL_RUN}, role=base")]
     # 67.4 GiB of state over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs -> 3 nodes of 2.
     assert (full["gpu"], full["nodes"], full["tasks_per_node"], full["mpi"]) == ("6", "3", "2", "srun")
-    lora = spanning[("train", "pair=q4, tuning=lora, role=base")]
+    lora = spanning[("train", f"pair=q4, run={LORA_RUN}, role=base")]
     assert (lora["gpu"], lora["nodes"]) == ("1", "1") and "mpi" not in lora

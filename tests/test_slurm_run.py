@@ -24,7 +24,9 @@ LOCAL_RULES = {"demo_training_config", "training_config", "all"}
 GPU_RULES = {"demo_train", "train", "evaluate"}
 # The job the test kills: the baseline's full fine-tune, whose only dependants are its
 # evaluations and the report.
-KILLED_RULE, KILLED_WILDCARDS = "train", "demo_full_instruct"
+KILLED_RULE, KILLED_WILDCARDS = "train", "demo_sft-full-lr1e-3-s0_instruct"
+# The demo's runs (shadowft.runs names them).
+RUNS = {"lora": "sft-lora-lr1e-2-r8-s0", "full": "sft-full-lr1e-3-s0"}
 SUBMITTED = re.compile(
     r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)"
 )
@@ -142,7 +144,7 @@ def test_gpu_rules_asked_for_a_gpu_and_slurm_granted_one(slurm_run):
             assert "gpu" not in details.get("TresPerJob", ""), (rule, wildcards, details)
         assert details["JobState"] == ("CANCELLED" if job_id == slurm_run["killed"] else "COMPLETED"), (rule, details)
     # Inside the job, the device SLURM granted is what the tools see.
-    train_log = (workdir / "logs" / "train" / "demo" / "lora" / "base.log").read_text()
+    train_log = (workdir / "logs" / "train" / "demo" / RUNS["lora"] / "base.log").read_text()
     assert re.search(r"shadowft: devices CUDA_VISIBLE_DEVICES=[01]\b", train_log)
     eval_logs = list((workdir / "logs" / "evaluate").rglob("*.log"))
     assert eval_logs and all(
@@ -151,9 +153,9 @@ def test_gpu_rules_asked_for_a_gpu_and_slurm_granted_one(slurm_run):
 
 
 def test_grafts_and_scores_equal_a_local_run(slurm_run, demo_run):
-    for tuning in ("lora", "full"):
-        on_cluster = state_dict(slurm_run["workdir"] / "results" / "demo" / tuning / "shadow_a1")
-        local = state_dict(demo_run / "results" / "demo" / tuning / "shadow_a1")
+    for tuning, run in RUNS.items():
+        on_cluster = state_dict(slurm_run["workdir"] / "results" / "demo" / run / "shadow_a1")
+        local = state_dict(demo_run / "results" / "demo" / run / "shadow_a1")
         assert on_cluster.keys() == local.keys()
         for name, tensor in local.items():
             assert torch.equal(on_cluster[name], tensor), (tuning, name)
