@@ -79,6 +79,7 @@ def test_every_benchmark_resolves_to_a_config_of_the_installed_opencompass():
         "    config = Config.fromfile(str(path))\n"
         "    entries = config[benchmark.variable]\n"
         "    datasets = opencompass_datasets({**benchmark.spec(), 'name': name})\n"
+        "    assert json.loads(json.dumps(datasets)) == datasets, name  # plain data, as the run config is\n"
         "    out[name] = {\n"
         "        'file': str(path), 'entries': len(entries), 'abbrs': [d['abbr'] for d in datasets],\n"
         "        'types': sorted({str(d['type']) for d in datasets}),\n"

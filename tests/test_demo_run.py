@@ -193,10 +193,11 @@ def lora_factors(adapter_dir, name):
     return scale, adapter[f"{stem}.lora_B.weight"].float(), adapter[f"{stem}.lora_A.weight"].float()
 
 
-def test_lora_shadow_is_instruct_plus_adapter_update(demo_run):
-    instruct = state_dict(demo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(demo_run / PAIR / RUNS["lora"] / "shadow_a1")
-    adapter_dir = demo_run / PAIR / RUNS["lora"] / "train_base" / "model"
+def assert_lora_graft(workdir, run, alpha):
+    """The graft at `alpha` equals instruct + alpha * (lora_alpha / r) B @ A, from PEFT's files and torch alone."""
+    instruct = state_dict(workdir / "data" / "demo" / "instruct" / "model")
+    shadow = state_dict(workdir / PAIR / run / f"shadow_a{alpha:g}")
+    adapter_dir = workdir / PAIR / run / "train_base" / "model"
     assert shadow.keys() == instruct.keys()
     updated = 0
     for name, weight in instruct.items():
@@ -205,33 +206,43 @@ def test_lora_shadow_is_instruct_plus_adapter_update(demo_run):
             assert torch.equal(shadow[name], weight), name
             continue
         scale, b, a = factors
-        expected = weight.float() + scale * (b @ a)
+        expected = weight.float() + alpha * scale * (b @ a)
         # B @ A sums its rank terms in an order of the BLAS's choosing, so an independent
         # product differs in the last bits: the classic dot-product bound r * eps * sum|terms|.
-        terms = weight.abs() + a.shape[0] * scale * (b.abs() @ a.abs())
+        terms = weight.abs() + a.shape[0] * alpha * scale * (b.abs() @ a.abs())
         assert ((shadow[name] - expected).abs() <= torch.finfo(torch.float32).eps * terms).all(), name
         assert not torch.equal(shadow[name], weight), name
         updated += 1
     assert updated >= 7 * 2  # every projection of every layer
 
 
-@pytest.mark.parametrize("alpha", ALPHAS)
-def test_full_shadow_is_instruct_plus_base_update_on_projections(demo_run, alpha):
-    base = state_dict(demo_run / "data" / "demo" / "base" / "model")
-    tuned = state_dict(demo_run / PAIR / RUNS["full"] / "train_base" / "model")
-    instruct = state_dict(demo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(demo_run / PAIR / RUNS["full"] / f"shadow_a{alpha}")
+def assert_full_graft(workdir, run, alpha):
+    """The run's graft at `alpha` equals instruct + alpha * (tuned base - base) on the projections, bit for bit."""
+    base = state_dict(workdir / "data" / "demo" / "base" / "model")
+    tuned = state_dict(workdir / PAIR / run / "train_base" / "model")
+    instruct = state_dict(workdir / "data" / "demo" / "instruct" / "model")
+    shadow = state_dict(workdir / PAIR / run / f"shadow_a{alpha:g}")
     assert shadow.keys() == instruct.keys()
     grafted = 0
     for name, weight in instruct.items():
         # The official preset grafts the projection modules, their biases (Qwen2's q/k/v) included.
         if name.split(".")[-2] in PROJECTIONS:
-            expected = (weight.float() + float(alpha) * (tuned[name].float() - base[name].float())).to(weight.dtype)
+            expected = (weight.float() + alpha * (tuned[name].float() - base[name].float())).to(weight.dtype)
+            assert not torch.equal(tuned[name], base[name]), name  # training moved it
             grafted += 1
         else:
             expected = weight
         assert torch.equal(shadow[name], expected), name
     assert grafted >= 7 * 2
+
+
+def test_lora_shadow_is_instruct_plus_adapter_update(demo_run):
+    assert_lora_graft(demo_run, RUNS["lora"], 1.0)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_full_shadow_is_instruct_plus_base_update_on_projections(demo_run, alpha):
+    assert_full_graft(demo_run, RUNS["full"], float(alpha))
 
 
 def test_lora_shadow_matches_peft_merge_and_unload(demo_run):

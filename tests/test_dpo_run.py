@@ -5,16 +5,14 @@ checked against instruct + alpha * delta computed here with torch alone."""
 import json
 
 import pytest
-import torch
 import yaml
 from conftest import ROOT, snakemake
-from test_demo_run import lora_factors, state_dict
+from test_demo_run import assert_full_graft, assert_lora_graft
 
 pytestmark = pytest.mark.slow
 
 ALPHA = 0.5  # not 1: the graft must scale the update
 RUNS = {"lora": "dpo-lora-lr1e-2-r8-s0", "full": "dpo-full-lr1e-3-s0"}
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
@@ -46,39 +44,8 @@ def test_both_models_are_tuned_with_llamafactory_dpo_on_the_preference_pairs(dpo
 
 
 def test_lora_dpo_graft_is_instruct_plus_alpha_times_the_adapter_update(dpo_run):
-    instruct = state_dict(dpo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(dpo_run / "results" / "demo" / RUNS["lora"] / f"shadow_a{ALPHA}")
-    adapter_dir = dpo_run / "results" / "demo" / RUNS["lora"] / "train_base" / "model"
-    assert shadow.keys() == instruct.keys()
-    updated = 0
-    for name, weight in instruct.items():
-        factors = lora_factors(adapter_dir, name)
-        if factors is None:
-            assert torch.equal(shadow[name], weight), name
-            continue
-        scale, b, a = factors
-        expected = weight.float() + ALPHA * scale * (b @ a)
-        # B @ A sums its rank terms in the BLAS's order: the dot-product bound r * eps * sum|terms|.
-        terms = weight.abs() + a.shape[0] * ALPHA * scale * (b.abs() @ a.abs())
-        assert ((shadow[name] - expected).abs() <= torch.finfo(torch.float32).eps * terms).all(), name
-        assert not torch.equal(shadow[name], weight), name
-        updated += 1
-    assert updated >= 7 * 2  # every projection of every layer
+    assert_lora_graft(dpo_run, RUNS["lora"], ALPHA)
 
 
 def test_full_dpo_graft_is_instruct_plus_alpha_times_the_base_update_on_projections(dpo_run):
-    base = state_dict(dpo_run / "data" / "demo" / "base" / "model")
-    tuned = state_dict(dpo_run / "results" / "demo" / RUNS["full"] / "train_base" / "model")
-    instruct = state_dict(dpo_run / "data" / "demo" / "instruct" / "model")
-    shadow = state_dict(dpo_run / "results" / "demo" / RUNS["full"] / f"shadow_a{ALPHA}")
-    assert shadow.keys() == instruct.keys()
-    grafted = 0
-    for name, weight in instruct.items():
-        if name.split(".")[-2] in PROJECTIONS:
-            expected = (weight.float() + ALPHA * (tuned[name].float() - base[name].float())).to(weight.dtype)
-            assert not torch.equal(tuned[name], base[name]), name  # DPO moved it
-            grafted += 1
-        else:
-            expected = weight
-        assert torch.equal(shadow[name], expected), name
-    assert grafted >= 7 * 2
+    assert_full_graft(dpo_run, RUNS["full"], ALPHA)
