@@ -120,6 +120,27 @@ def instruct_model_dir(wildcards):
     return pair_model_dir(wildcards.pair, "instruct")
 
 
+def model_trusts_remote_code(name):
+    """Whether a model of `config["models"]` may run its own Python code: its entry says so
+    (a family file fills it in); the one value its download, training, export and evaluation use."""
+    return bool(config["models"][name].get("trust_remote_code", False))
+
+
+def role_trusts_remote_code(pair, role):
+    return model_trusts_remote_code(config["pairs"][pair][role])
+
+
+def trust_remote_code_flag(wildcards):
+    """`--trust-remote-code` for a job on a model that may run its own code, else nothing: the
+    trained model (train, merge_adapter) or, for an evaluation, the model the variant comes from."""
+    if "variant" in wildcards.keys():
+        variant = parsed_variant(wildcards.variant)
+        role = "base" if variant.kind in (VariantKind.BASE, VariantKind.BASE_FT) else "instruct"
+    else:
+        role = wildcards.role
+    return "--trust-remote-code" if role_trusts_remote_code(wildcards.pair, role) else ""
+
+
 def pair_chat_template_kwargs(wildcards):
     """The arguments the pair's chat template is rendered with in evaluation, as JSON."""
     return json.dumps(config["pairs"][wildcards.pair]["chat_template_kwargs"], sort_keys=True)
@@ -187,6 +208,7 @@ def training_parameters(wildcards):
         "seed": run.seed,
         "learning_rate": run.learning_rate,
         "lora_rank": run.lora_rank,
+        "trust_remote_code": role_trusts_remote_code(wildcards.pair, wildcards.role),
     }
 
 

@@ -48,9 +48,10 @@ rule evaluate:
         data_cache=data_cache(),
         work_dir="results/{pair}/eval/{variant}/{benchmark}/opencompass",
         chat_template_kwargs=pair_chat_template_kwargs,
+        trust_remote_code=trust_remote_code_flag,
     shell:
         "{params.python} -m shadowft.opencompass evaluate --model {input.model}"
         " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir}"
         " --backend {params.backend} --data-cache {params.data_cache:q}"
-        " --chat-template-kwargs {params.chat_template_kwargs:q}"
+        " --chat-template-kwargs {params.chat_template_kwargs:q} {params.trust_remote_code}"
         " --num-gpus {resources.gpu} --scores {output} > {log} 2>&1"

@@ -79,6 +79,7 @@ rule merge_adapter:
     params:
         python=env_python("train"),
         template=pair_template,
+        trust_remote_code=trust_remote_code_flag,
     shell:
         "{params.python} -m shadowft.llamafactory export --model {input.model} --adapter {input.adapter}"
-        " --template {params.template} {output} > {log} 2>&1"
+        " --template {params.template} {params.trust_remote_code} {output} > {log} 2>&1"

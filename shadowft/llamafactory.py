@@ -81,7 +81,17 @@ RUN_DEFAULTS: dict[str, Any] = {
 # Set by the arguments of `training_arguments`; an override would desynchronise the workflow's paths
 # (or, for the seed, the experiment's one seed, which the demo build shares).
 MANAGED_KEYS = frozenset(
-    {"model_name_or_path", "dataset_dir", "dataset", "template", "finetuning_type", "stage", "output_dir", "seed"}
+    {
+        "model_name_or_path",
+        "dataset_dir",
+        "dataset",
+        "template",
+        "finetuning_type",
+        "stage",
+        "output_dir",
+        "seed",
+        "trust_remote_code",
+    }
 )
 
 # The embedded demo (shadowft.demo) on 2 CPU cores: each call trains for seconds. INSTRUCT must
@@ -145,8 +155,12 @@ def training_arguments(
     seed: int = RUN_DEFAULTS["seed"],
     learning_rate: float | None = None,
     lora_rank: int | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The LLaMA-Factory argument dict: run mechanics, paper defaults, then `overrides`.
+
+    `trust_remote_code` is the trained model's own setting in the config (its model entry or
+    family file), the same one its download and evaluation use; no override may change it.
 
     `seed` seeds everything random in the run (initialisation of LoRA weights, data order,
     dropout): the workflow passes the run's seed (shadowft.runs). `learning_rate` and
@@ -170,7 +184,8 @@ def training_arguments(
     if managed:
         raise ValueError(
             f"LLaMA-Factory override(s) {', '.join(managed)} are set by the workflow (model, dataset, "
-            "template, tuning, stage, output path; the seed by the config's top-level `seed`) and cannot be overridden"
+            "template, tuning, stage, output path; the seed by the run's seed; trust_remote_code by the model's "
+            "entry in `models` or its family file) and cannot be overridden"
         )
     swept: dict[str, Any] = {}
     if learning_rate is not None:
@@ -194,6 +209,7 @@ def training_arguments(
         "stage": stage,
         "output_dir": os.fspath(output_dir),
         "seed": seed,
+        "trust_remote_code": bool(trust_remote_code),
     }
 
 
@@ -386,7 +402,12 @@ def prepare_work_dir(work: Path) -> str | None:
 
 
 def export_merged(
-    model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, template: str, out_dir: str | os.PathLike
+    model_dir: str | os.PathLike,
+    adapter_dir: str | os.PathLike,
+    template: str,
+    out_dir: str | os.PathLike,
+    *,
+    trust_remote_code: bool = False,
 ) -> None:
     """Merge a LoRA adapter into `model_dir` with LLaMA-Factory's export, into `out_dir` atomically.
 
@@ -402,7 +423,7 @@ def export_merged(
             "adapter_name_or_path": os.fspath(adapter_dir),
             "template": template,
             "finetuning_type": "lora",
-            "trust_remote_code": False,
+            "trust_remote_code": trust_remote_code,
             "infer_dtype": _config_dtype(Path(model_dir)),
             "export_dir": os.fspath(tmp),
             "export_legacy_format": False,
@@ -477,6 +498,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     export.add_argument("--model", type=Path, required=True)
     export.add_argument("--adapter", type=Path, required=True)
     export.add_argument("--template", required=True)
+    export.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
     export.add_argument("out", type=Path)
     options = parser.parse_args(None if argv is None else list(argv))
     if options.command == "train":
@@ -484,7 +506,9 @@ def main(argv: Iterable[str] | None = None) -> None:
     elif options.command == "node-launch":
         launch_node(options.config, options.nodes, options.gpus_per_node)
     else:
-        export_merged(options.model, options.adapter, options.template, options.out)
+        export_merged(
+            options.model, options.adapter, options.template, options.out, trust_remote_code=options.trust_remote_code
+        )
 
 
 if __name__ == "__main__":
