@@ -258,6 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"shadowft {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the system refused a read or write: a full disk, a read-only folder, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        out = getattr(args, "out", None)
+        target = f" while writing {out}; nothing was written there" if out is not None else ""
+        print(f"shadowft {args.command}: error: {exc.strerror or exc}{where}{target}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"shadowft {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
