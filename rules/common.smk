@@ -212,6 +212,11 @@ def training_parameters(wildcards):
     }
 
 
+def training_spec(wildcards):
+    """training_parameters as JSON, for the command that writes the run's checked YAML."""
+    return json.dumps(training_parameters(wildcards), sort_keys=True)
+
+
 def demo_step_model_dir(wildcards):
     """The demo base is pre-trained from random weights; the demo instruct is tuned from base."""
     return "data/demo/init" if wildcards.step == "base" else "data/demo/base/model"

@@ -5,7 +5,8 @@
 # job, and the rerun resumes from them.
 
 
-# Writing a run's YAML takes a moment: not worth a cluster job.
+# Writing a run's YAML takes a moment (checked against the installed LLaMA-Factory: argument
+# names and template, so a typo stops the run before any training): not worth a cluster job.
 localrules:
     training_config,
 
@@ -19,11 +20,12 @@ rule training_config:
     log:
         "logs/train/{pair}/{run}/{role}_config.log",
     conda:
-        "../envs/core.yaml"
+        "../envs/train.yaml"
     params:
-        training=training_parameters,
-    script:
-        "../scripts/write_training_config.py"
+        python=env_python("train"),
+        spec=training_spec,
+    shell:
+        "{params.python} -m shadowft.llamafactory config --spec {params.spec:q} {output} > {log} 2>&1"
 
 
 rule train:

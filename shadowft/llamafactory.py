@@ -139,7 +139,7 @@ OFFLINE_ENVIRONMENT = {
 
 
 class UnknownArgumentError(ValueError):
-    """A key that no LLaMA-Factory argument dataclass defines; the message names it."""
+    """A key that no LLaMA-Factory argument dataclass defines, or a template it does not know; the message names it."""
 
 
 def training_arguments(
@@ -278,6 +278,33 @@ def check_arguments(args: Mapping[str, Any], *, source: str = "arguments", kind:
             close = difflib.get_close_matches(key, known, n=1)
             described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UnknownArgumentError(f"{source}: unknown LLaMA-Factory argument(s): {', '.join(described)}")
+
+
+def check_template(name: str, *, source: str = "template") -> None:
+    """Fail unless LLaMA-Factory knows the chat template `name` (train env only)."""
+    from llamafactory.data.template import TEMPLATES
+
+    if name not in TEMPLATES:
+        close = difflib.get_close_matches(name, TEMPLATES, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise UnknownArgumentError(f"{source}: LLaMA-Factory {_pinned_version()} has no template {name!r}{hint}")
+
+
+def _pinned_version() -> str:
+    from importlib.metadata import version
+
+    return version("llamafactory")
+
+
+def write_checked_config(spec: Mapping[str, Any], out: str | os.PathLike) -> None:
+    """`training_arguments(**spec)` checked against the installed LLaMA-Factory (argument names
+    and template, with the closest known names), then written as YAML: a run's mistakes surface
+    when its config is written, before any training job starts (train env only)."""
+    args = training_arguments(**spec)
+    source = f"{out} (training.hyperparameters and the pair's template and hyperparameters)"
+    check_arguments(args, source=source)
+    check_template(args["template"], source=source)
+    write_yaml(args, out)
 
 
 def run_training(
@@ -494,6 +521,9 @@ def main(argv: Iterable[str] | None = None) -> None:
     node.add_argument("config", type=Path)
     node.add_argument("--nodes", type=int, required=True)
     node.add_argument("--gpus-per-node", type=int, required=True)
+    written = commands.add_parser("config", help="write one run's checked LLaMA-Factory YAML")
+    written.add_argument("--spec", type=json.loads, required=True, help="training_arguments' keywords, as JSON")
+    written.add_argument("out", type=Path)
     export = commands.add_parser("export", help="merge a LoRA adapter into its model")
     export.add_argument("--model", type=Path, required=True)
     export.add_argument("--adapter", type=Path, required=True)
@@ -503,6 +533,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     options = parser.parse_args(None if argv is None else list(argv))
     if options.command == "train":
         run_training(options.config, options.model_out, gpus=options.gpus, nodes=options.nodes)
+    elif options.command == "config":
+        try:
+            write_checked_config(options.spec, options.out)
+        except (UnknownArgumentError, ValueError, TypeError) as error:
+            sys.exit(f"error: {error}")
     elif options.command == "node-launch":
         launch_node(options.config, options.nodes, options.gpus_per_node)
     else:

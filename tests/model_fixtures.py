@@ -64,3 +64,32 @@ def _write_sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) ->
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)) + encoded)
         handle.truncate(8 + len(encoded) + offset)
+
+
+def local_pair_experiment(root: Path) -> tuple[dict, Path]:
+    """The demo config with a pair of sparse local models and a one-question local dataset under
+    `root`: a plan (or a config-writing job) without building the demo. Returns the config and
+    where to write it."""
+    import json
+
+    import yaml
+
+    models = root / "models"
+    for name in ("base", "instruct"):
+        write_sparse_model(models / name, 1_000_000_000)
+    data = root / "data_in"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"x": {"file_name": "x.json"}}))
+    (data / "eval.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
+    config["models"] = {
+        "b": {"source": "local", "path": str(models / "base")},
+        "i": {"source": "local", "path": str(models / "instruct")},
+    }
+    config["pairs"] = {"p": {"base": "b", "instruct": "i", "template": "qwen"}}
+    config["datasets"] = {"x": {"source": "local", "path": str(data)}}
+    config["training"].update(dataset="x", tunings=["lora"], stages=["sft"])
+    config["training"].pop("preference_dataset", None)
+    config["evaluation"]["benchmarks"] = {"held_out": {"kind": "custom", "dataset": "x"}}
+    config["graft"]["alphas"] = [1.0]
+    return config, root / "experiment.yaml"

@@ -5,7 +5,10 @@ import shutil
 
 import pytest
 import torch
+import yaml
+from conftest import snakemake
 from delta_fixtures import llama, load_tensors, qwen2, read_json  # noqa: F401
+from model_fixtures import local_pair_experiment
 from safetensors.torch import save_file
 
 from shadowft.layout import CheckpointError
@@ -123,3 +126,30 @@ def test_pickle_only_weights_need_the_opt_in_and_a_missing_config_is_named(llama
     (pickled / "config.json").unlink()
     with pytest.raises(PreflightError, match=r"pickled/config.json: missing"):
         check_pair(llama.base, pickled, allow_pickle=True)
+
+
+RUN = "sft-lora-lr1e-2-r8-s0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda c: c["pairs"]["p"].update(template="qwen33"), "has no template 'qwen33' (did you mean 'qwen3'"),
+        (
+            lambda c: c["training"]["hyperparameters"]["common"].update(warmup_ratoi=0.1),
+            "'warmup_ratoi' (did you mean 'warmup_ratio'?)",
+        ),
+    ],
+)
+def test_llamafactory_names_are_checked_when_the_run_config_is_written(tmp_path, edit, named):
+    """Against the pinned LLaMA-Factory, before any training job: the run's YAML is never written."""
+    config, configfile = local_pair_experiment(tmp_path)
+    edit(config)
+    configfile.write_text(yaml.safe_dump(config))
+    target = f"results/p/{RUN}/train_base.yaml"
+    result = snakemake(tmp_path, target, "--cores", "1", "--configfile", str(configfile), check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "logs" / "train" / "p" / RUN / "base_config.log").read_text()
+    assert named in log and "train_base.yaml" in log and "Traceback" not in log
+    assert not (tmp_path / "results" / "p" / RUN / "train_base.yaml").exists()

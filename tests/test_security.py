@@ -1,13 +1,12 @@
 """Security settings reach every tool the same way: a model's trust_remote_code (off unless its
 entry or family file says so) goes to its training, its adapter export and its evaluations."""
 
-import json
 import re
 
 import pytest
 import yaml
-from conftest import ROOT, snakemake
-from model_fixtures import write_sparse_model
+from conftest import snakemake
+from model_fixtures import local_pair_experiment
 
 from shadowft import llamafactory
 
@@ -25,26 +24,9 @@ def test_training_arguments_carry_the_models_setting_and_no_override_changes_it(
 @pytest.fixture
 def trusting_instruct(tmp_path):
     """An experiment whose instruct model (only) may run its own code."""
-    models = tmp_path / "models"
-    for name in ("base", "instruct"):
-        write_sparse_model(models / name, 1_000_000_000)
-    data = tmp_path / "data_in"
-    data.mkdir()
-    (data / "dataset_info.json").write_text(json.dumps({"x": {"file_name": "x.json"}}))
-    (data / "eval.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config["models"] = {
-        "b": {"source": "local", "path": str(models / "base")},
-        "i": {"source": "local", "path": str(models / "instruct"), "trust_remote_code": True},
-    }
-    config["pairs"] = {"p": {"base": "b", "instruct": "i", "template": "qwen"}}
-    config["datasets"] = {"x": {"source": "local", "path": str(data)}}
-    config["training"].update(dataset="x", tunings=["lora"], stages=["sft"])
-    config["training"].pop("preference_dataset", None)
-    config["evaluation"]["benchmarks"] = {"held_out": {"kind": "custom", "dataset": "x"}}
+    config, configfile = local_pair_experiment(tmp_path)
+    config["models"]["i"]["trust_remote_code"] = True
     config["evaluation"]["variants"] = ["base", "instruct", "instruct_ft", "base_ft", "shadow"]
-    config["graft"]["alphas"] = [1.0]
-    configfile = tmp_path / "experiment.yaml"
     configfile.write_text(yaml.safe_dump(config))
     return tmp_path, configfile
 
