@@ -31,12 +31,12 @@ pytestmark = pytest.mark.slow
 FAKE_TOKEN = "hf_DatasetWorkflowTestToken0123456789"
 
 
-def run_paths(pair: str = "demo", tuning: str = "lora") -> dict[str, str]:
-    """Where one training run writes and logs (kept here alone, for the run-path rename)."""
+def run_paths(pair: str = "demo", run: str = "sft-lora-lr1e-2-r8-s0") -> dict[str, str]:
+    """Where one training run (the demo's LoRA run, shadowft.runs names it) writes and logs."""
     return {
-        "config": f"results/{pair}/{tuning}/train_base.yaml",
-        "model": f"results/{pair}/{tuning}/train_base/model",
-        "log": f"logs/train/{pair}/{tuning}/base.log",
+        "config": f"results/{pair}/{run}/train_base.yaml",
+        "model": f"results/{pair}/{run}/train_base/model",
+        "log": f"logs/train/{pair}/{run}/base.log",
     }
 
 

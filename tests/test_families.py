@@ -19,6 +19,7 @@ from test_workflow import planned_jobs
 from shadowft.config import ConfigError, validate_config
 from shadowft.families import FamilyError, load_family, shipped_families
 from shadowft.opencompass import read_scores
+from shadowft.runs import Run
 
 FAMILIES = shipped_families()
 REQUIRED = [
@@ -37,13 +38,17 @@ PAPER = ROOT / "config" / "paper.yaml"
 SLURM_PROFILE = ROOT / "profiles" / "slurm"
 
 
-def result_paths(pair, tuning="lora", alpha="1", benchmark="tiny"):
+# The tiny runs' one run: LoRA at the paper's rate and rank (the schema's defaults), seed 0.
+TINY_RUN = Run("sft", "lora", 2.0e-4, 8, 0).name
+
+
+def result_paths(pair, run=TINY_RUN, alpha="1", benchmark="tiny"):
     """Where the workflow puts one run's outputs (the one place tests name these paths)."""
     return {
-        "adapter": f"results/{pair}/{tuning}/train_base/model",
-        "merged_instruct": f"results/{pair}/{tuning}/train_instruct/merged",
-        "shadow": f"results/{pair}/{tuning}/shadow_a{alpha}",
-        "scores": f"results/{pair}/eval/{tuning}/shadow_a{alpha}/{benchmark}/scores.csv",
+        "adapter": f"results/{pair}/{run}/train_base/model",
+        "merged_instruct": f"results/{pair}/{run}/train_instruct/merged",
+        "shadow": f"results/{pair}/{run}/shadow_a{alpha}",
+        "scores": f"results/{pair}/eval/{run}/shadow_a{alpha}/{benchmark}/scores.csv",
     }
 
 

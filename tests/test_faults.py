@@ -59,11 +59,11 @@ def test_a_truncated_input_model_after_a_finished_run_stops_the_next_graft_namin
     produced = {path: path.read_bytes() for path in (tmp_path / "results").rglob("*") if path.is_file()}
     weights = tmp_path / "data" / "demo" / "instruct" / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
-    result = snakemake(tmp_path, "--cores", "2", "--config", "graft={alphas: [1.0, 0.5]}", check=False)
+    result = snakemake(tmp_path, "--cores", "2", "--config", "graft={alphas: [1.0, 1.5]}", check=False)
     assert result.returncode != 0
-    logs = [path.read_text() for path in (tmp_path / "logs" / "delta" / "demo").rglob("graft_a0.5.log")]
+    logs = [path.read_text() for path in (tmp_path / "logs" / "delta" / "demo").rglob("graft_a1.5.log")]
     assert logs and all("data/demo/instruct/model/model.safetensors" in log and "truncated" in log for log in logs)
-    assert not list((tmp_path / "results" / "demo").glob("*/shadow_a0.5"))
+    assert not list((tmp_path / "results" / "demo").glob("*/shadow_a1.5"))
     for path, data in produced.items():  # nothing the finished run produced was removed or changed
         assert path.read_bytes() == data, path
 
