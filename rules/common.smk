@@ -29,6 +29,8 @@ from shadowft.runs import Variant, VariantKind, alpha_label, runs, variants
 
 PAIRS = sorted(config["pairs"])
 RUNS = {run.name: run for run in runs(config)}
+# A pair's two models: BASE, whose update is grafted, and INSTRUCT, which receives it.
+ROLES = ("base", "instruct")
 ALPHAS = [alpha_label(alpha) for alpha in config["graft"]["alphas"]]
 BENCHMARKS = sorted(config["evaluation"]["benchmarks"])
 
@@ -50,7 +52,7 @@ def prepared_datasets():
 wildcard_constraints:
     pair=alternatives(PAIRS),
     run=alternatives(RUNS),
-    role="base|instruct",
+    role=alternatives(ROLES),
     alpha=alternatives(ALPHAS),
     benchmark=alternatives(BENCHMARKS),
     model=alternatives(downloaded_models()),
@@ -355,9 +357,22 @@ def similarity_files():
     return list(similarity_by_pair().values())
 
 
+def pair_trainer_states(wildcards):
+    """{run: {role: the trainer's state of the tuned model}} of every run of the pair."""
+    return {
+        run: {role: f"results/{wildcards.pair}/{run}/train_{role}/model/trainer_state.json" for role in ROLES}
+        for run in RUNS
+    }
+
+
+def pair_trained_models(wildcards):
+    """Every tuned model (or adapter) folder of the pair: what the training figure reads."""
+    return [f"results/{wildcards.pair}/{run}/train_{role}/model" for run in RUNS for role in ROLES]
+
+
 def pair_figures(pair):
     """The report's figures of one pair (the learning-rate figure only where a setting ran several)."""
-    figures = [f"results/plots/{pair}/{name}.png" for name in ("scores", "similarity")]
+    figures = [f"results/plots/{pair}/{name}.png" for name in ("scores", "similarity", "training")]
     if "shadow" in config["evaluation"]["variants"]:
         figures.append(f"results/plots/{pair}/alpha.png")
     if pair in pairs_sweeping_learning_rate(score_records()):

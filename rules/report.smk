@@ -94,3 +94,25 @@ rule learning_rate_figure:
         benchmark_groups=benchmark_groups(),
     script:
         "../scripts/figures.py"
+
+
+# Every run's loss curves on BASE and INSTRUCT, from the trainer's state beside each model.
+rule training_figure:
+    input:
+        pair_trained_models,
+    output:
+        training=report(
+            "results/plots/{pair}/training.png",
+            caption="../report/training.rst",
+            category="Figures",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "figure": "training loss"},
+        ),
+    log:
+        "logs/figures/{pair}_training.log",
+    conda:
+        "../envs/core.yaml"
+    params:
+        runs=pair_trainer_states,
+    script:
+        "../scripts/training_figure.py"

@@ -2,13 +2,15 @@
 
 Per pair: ``plot_scores`` (grouped bars, one panel per sweep setting), ``plot_alpha`` (score
 against the graft strength), ``plot_learning_rate`` (score against the learning rate, only
-where a setting ran more than one) and ``plot_similarity`` (the paper's weight-similarity
-figure: sigma per layer and per tensor type, from shadowft.similarity's CSV). Where several
-seeds ran a variant, its mean is drawn with the standard deviation as an error bar.
+where a setting ran more than one), ``plot_similarity`` (the paper's weight-similarity
+figure: sigma per layer and per tensor type, from shadowft.similarity's CSV) and
+``plot_training_loss`` (each run's loss curves on BASE and INSTRUCT, from the trainer's state).
+Where several seeds ran a variant, its mean is drawn with the standard deviation as an error bar.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -29,6 +31,7 @@ from shadowft.report import (
     read_similarity,
     read_summary,
 )
+from shadowft.runs import Run
 from shadowft.similarity import tensor_type
 
 _UNTUNED_COLOURS = {"base": "0.6", "instruct": "0.15"}
@@ -244,6 +247,52 @@ def plot_similarity(similarity_csv: Path, out_png: Path, pair: str) -> Path:
     figure.suptitle(
         f"{pair}: weight difference between BASE and INSTRUCT\nσ = Σ|W_B − W_I| / (Σ|W_B| + Σ|W_I|) per tensor{summary}"
     )
+    return save_png(figure, out_png)
+
+
+#: The trainer's record of a run (Hugging Face Trainer): its log_history holds the loss per logging step.
+TRAINER_STATE = "trainer_state.json"
+_ROLE_COLOURS = {"base": "C1", "instruct": "C0"}
+_ROLE_LABELS = {"base": "BASE (its update is grafted)", "instruct": "INSTRUCT (the baseline)"}
+
+
+def training_losses(state_json: Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) of one training run, from the Trainer's state file beside its model."""
+    history = json.loads(Path(state_json).read_text(encoding="utf-8")).get("log_history", [])
+    points = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry and "step" in entry]
+    if not points:
+        raise ValueError(f"{state_json}: no training loss logged (log_history has no 'loss' entries)")
+    steps, losses = zip(*points, strict=True)
+    return list(steps), list(losses)
+
+
+def plot_training_loss(runs: Mapping[str, Mapping[str, Path]], out_png: Path, pair: str) -> Path:
+    """Every run's training loss against the step, BASE and INSTRUCT side by side: one panel per
+    setting (stage, tuning, learning rate, rank), one line per role and seed. `runs` maps a run's
+    name (shadowft.runs) to {role: its trainer_state.json}."""
+    settings: dict[tuple, list[tuple[Run, Mapping[str, Path]]]] = {}
+    for name, states in runs.items():
+        run = Run.parse(name)
+        settings.setdefault((run.stage, run.tuning, run.learning_rate, run.lora_rank), []).append((run, states))
+    if not settings:
+        raise ValueError(f"{pair}: no training runs to draw")
+    figure = _figure(4.6 * min(len(settings), _PANEL_COLUMNS), 3.8 * math.ceil(len(settings) / _PANEL_COLUMNS))
+    for ax, ((stage, tuning, learning_rate, rank), members) in zip(
+        _panels(figure, len(settings)), settings.items(), strict=False
+    ):
+        for index, (_, states) in enumerate(sorted(members, key=lambda member: member[0].seed)):
+            for role, state in sorted(states.items()):
+                steps, losses = training_losses(state)
+                label = _ROLE_LABELS[role] if index == 0 else None
+                ax.plot(steps, losses, color=_ROLE_COLOURS[role], alpha=1.0 if index == 0 else 0.45, label=label)
+        seeds = ", ".join(str(run.seed) for run, _ in members)
+        rank_text = f", rank {rank}" if rank is not None else ""
+        ax.set_title(f"{stage.upper()} {tuning}, lr {learning_rate:g}{rank_text}\nseed {seeds}", fontsize="medium")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{stage.upper()} training loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", frameon=False)
+    figure.suptitle(f"{pair}: training loss of each run, on BASE and on INSTRUCT")
     return save_png(figure, out_png)
 
 

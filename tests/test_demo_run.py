@@ -59,7 +59,7 @@ def test_every_output_is_there(demo_run):
         assert f"| {label}" in table
     assert "sigma = " in table
     assert f"One seed, {CONFIG['seed']}." in table
-    for name in ("scores", "alpha", "similarity"):
+    for name in ("scores", "alpha", "similarity", "training"):
         decoded(demo_run / "results" / "plots" / "demo" / f"{name}.png")
     # One learning rate per tuning: the report says so and draws no learning-rate figure.
     assert "one per setting, so there is no learning-rate figure" in table
@@ -72,7 +72,7 @@ def test_html_report_of_the_demo(demo_run):
     """`snakemake --report` on the finished demo: every table and figure embedded, with its caption."""
     snakemake(demo_run, "--report", "results/report.html")
     outputs = [path for path, rule in workflow_files(demo_run) if rule in REPORT_RULES]
-    assert len(outputs) == 6
+    assert len(outputs) == 7  # three tables and four figures
     assert_report_holds(demo_run, outputs)
 
 

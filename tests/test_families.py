@@ -208,6 +208,7 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
         "report": 1,
         "figures": 1,
         "alpha_figure": 1,
+        "training_figure": 1,
         "all": 1,
     }
     for block in output.split("\n\n"):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import statistics
@@ -387,6 +388,29 @@ def test_learning_rate_sweeps_are_found_per_setting(sweep):
     assert pairs_sweeping_learning_rate(one_rate) == []  # LoRA 1e-4 and full 1e-5: one rate per tuning
 
 
+def write_trainer_state(path, losses, every=10):
+    """A Trainer's state file whose log_history holds `losses`, one per `every` steps."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history = [{"step": every * (index + 1), "loss": loss, "epoch": 0.1 * index} for index, loss in enumerate(losses)]
+    history.append({"step": every * len(losses), "train_loss": sum(losses) / len(losses)})
+    path.write_text(json.dumps({"log_history": history}))
+    return path
+
+
+def test_training_loss_figure_draws_every_run_and_role(tmp_path):
+    runs = {}
+    for run in ("sft-lora-lr1e-4-r8-s0", "sft-lora-lr1e-4-r8-s1", "sft-full-lr1e-5-s0", "dpo-full-lr1e-5-s0"):
+        runs[run] = {
+            role: write_trainer_state(tmp_path / run / role / "trainer_state.json", [3.0, 2.0, 1.5 + 0.1 * index])
+            for index, role in enumerate(("base", "instruct"))
+        }
+    assert figures.training_losses(runs["sft-full-lr1e-5-s0"]["instruct"]) == ([10, 20, 30], [3.0, 2.0, 1.6])
+    decoded(figures.plot_training_loss(runs, tmp_path / "training.png", "p"))
+    (tmp_path / "empty.json").write_text(json.dumps({"log_history": [{"step": 5, "train_loss": 1.0}]}))
+    with pytest.raises(ValueError, match="empty.json: no training loss logged"):
+        figures.training_losses(tmp_path / "empty.json")
+
+
 def decoded(png):
     """The PNG's pixels (which must decode), checked to be a real picture: large, and not one colour."""
     pixels = matplotlib.image.imread(png)
@@ -438,7 +462,7 @@ def test_unknown_figure_is_refused(sweep, tmp_path):
 
 # --- Snakemake's HTML report -------------------------------------------------------------------
 
-REPORT_RULES = ("report", "figures", "alpha_figure", "learning_rate_figure", "all")
+REPORT_RULES = ("report", "figures", "alpha_figure", "learning_rate_figure", "training_figure", "all")
 CAPTIONS = (
     "Every score in tidy form",
     "The tables of summary.html as Markdown",
@@ -491,6 +515,8 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
     for path, rule in files:
         if rule == "similarity":
             write_similarity(tmp_path / path, layers=2)
+        if rule == "train":
+            write_trainer_state(tmp_path / path / figures.TRAINER_STATE, [2.0, 1.2, 0.7])
     allowed = ("--allowed-rules", *REPORT_RULES)
 
     snakemake(tmp_path, "--cores", "1", *allowed)
@@ -504,6 +530,7 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
         "scores.png",
         "alpha.png",
         "similarity.png",
+        "training.png",
     }
     for png in (path for path in outputs if path.endswith(".png")):
         decoded(tmp_path / png)
@@ -513,9 +540,8 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
     # The workflow's records carry the demo config's sweep values.
     tuned = summary[summary["tuning"].notna()]
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    hyperparameters = config["training"]["hyperparameters"]
     assert tuned.groupby("tuning")["learning_rate"].unique().map(list).to_dict() == {
-        tuning: [hyperparameters[tuning]["learning_rate"]] for tuning in config["training"]["tunings"]
+        tuning: config["training"]["learning_rates"][tuning] for tuning in config["training"]["tunings"]
     }
     assert set(tuned["stage"]) == {"sft"} and set(tuned["seed"]) == {config["seed"]}
     assert (

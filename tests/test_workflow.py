@@ -32,6 +32,8 @@ CHAIN_EDGES = [
     ("report", "alpha_figure"),
     ("figures", "all"),
     ("alpha_figure", "all"),
+    ("train", "training_figure"),
+    ("training_figure", "all"),
 ]
 
 
@@ -60,6 +62,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "report": 1,
         "figures": 1,
         "alpha_figure": 1,
+        "training_figure": 1,
         "similarity": 1,
         "check_pair": 1,
     }
