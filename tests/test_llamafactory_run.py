@@ -59,15 +59,22 @@ def built(tmp_path_factory):
     return root
 
 
-def demo_task_hyperparameters(tuning):
-    """The demo experiment's own task fine-tuning settings (config/config.yaml)."""
-    hyperparameters = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["training"]["hyperparameters"]
-    return {**hyperparameters["common"], **hyperparameters[tuning]}
+def demo_task_settings(tuning):
+    """The demo experiment's own task fine-tuning settings (config/config.yaml): its SFT
+    hyper-parameters, and the first learning rate and rank of its sweep lists."""
+    training = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["training"]
+    hyperparameters = training["hyperparameters"]
+    return {
+        "overrides": {**hyperparameters.get("common", {}), **hyperparameters.get("sft", {})},
+        "learning_rate": training["learning_rates"][tuning][0],
+        "lora_rank": training["lora_ranks"][0] if tuning == "lora" else None,
+    }
 
 
 def task_config(built, directory, tuning, **overrides):
     """A demo task fine-tune of the random init, cut to a few steps."""
     directory.mkdir(parents=True, exist_ok=True)
+    settings = demo_task_settings(tuning)
     args = lf.training_arguments(
         model_dir=built / "init",
         dataset_dir=built / "task",
@@ -75,7 +82,9 @@ def task_config(built, directory, tuning, **overrides):
         template=demo.TEMPLATE,
         tuning=tuning,
         output_dir=directory / "work",
-        overrides={**demo_task_hyperparameters(tuning), "logging_steps": 1, **overrides},
+        overrides={**settings["overrides"], "logging_steps": 1, **overrides},
+        learning_rate=settings["learning_rate"],
+        lora_rank=settings["lora_rank"],
     )
     config = directory / "train.yaml"
     lf.write_yaml(args, config)
