@@ -65,5 +65,5 @@ rule demo_train:
     params:
         python=env_python("train"),
     shell:
-        "{params.python} -m shadowft.llamafactory train {input.config} {output}"
-        " --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"
+        "{params.python:q} -m shadowft.llamafactory train {input.config:q} {output:q}"
+        " --gpus {resources.gpu} --nodes {resources.nodes} > {log:q} 2>&1"

@@ -51,4 +51,4 @@ rule prepare_dataset:
         python=env_python("train"),
         spec=dataset_spec,
     shell:
-        "{params.python} -m shadowft.datasets prepare {wildcards.dataset} {params.spec:q} {input} {output} > {log} 2>&1"
+        "{params.python:q} -m shadowft.datasets prepare {wildcards.dataset:q} {params.spec:q} {input:q} {output:q} > {log:q} 2>&1"

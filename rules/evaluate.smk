@@ -18,8 +18,8 @@ rule prefetch_benchmarks:
         data_cache=manifest_cache,
         urls=dataset_urls(),
     shell:
-        "{params.python} -m shadowft.opencompass prefetch --benchmarks-json {params.benchmarks:q}"
-        " --data-cache {params.data_cache:q} --urls {params.urls:q} --manifest {output:q} > {log} 2>&1"
+        "{params.python:q} -m shadowft.opencompass prefetch --benchmarks-json {params.benchmarks:q}"
+        " --data-cache {params.data_cache:q} --urls {params.urls:q} --manifest {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -50,8 +50,8 @@ rule evaluate:
         chat_template_kwargs=pair_chat_template_kwargs,
         trust_remote_code=trust_remote_code_flag,
     shell:
-        "{params.python} -m shadowft.opencompass evaluate --model {input.model}"
-        " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir}"
-        " --backend {params.backend} --data-cache {params.data_cache:q}"
+        "{params.python:q} -m shadowft.opencompass evaluate --model {input.model:q}"
+        " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir:q}"
+        " --backend {params.backend:q} --data-cache {params.data_cache:q}"
         " --chat-template-kwargs {params.chat_template_kwargs:q} {params.trust_remote_code}"
-        " --num-gpus {resources.gpu} --scores {output} > {log} 2>&1"
+        " --num-gpus {resources.gpu} --scores {output:q} > {log:q} 2>&1"

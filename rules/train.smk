@@ -25,7 +25,7 @@ rule training_config:
         python=env_python("train"),
         spec=training_spec,
     shell:
-        "{params.python} -m shadowft.llamafactory config --spec {params.spec:q} {output} > {log} 2>&1"
+        "{params.python:q} -m shadowft.llamafactory config --spec {params.spec:q} {output:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -54,8 +54,8 @@ rule train:
     params:
         python=env_python("train"),
     shell:
-        "{params.python} -m shadowft.llamafactory train {input.config} {output}"
-        " --gpus {resources.gpu} --nodes {resources.nodes} > {log} 2>&1"
+        "{params.python:q} -m shadowft.llamafactory train {input.config:q} {output:q}"
+        " --gpus {resources.gpu} --nodes {resources.nodes} > {log:q} 2>&1"
 
 
 # A LoRA run's adapter merged into the model it was trained on, for evaluation:
@@ -83,5 +83,5 @@ rule merge_adapter:
         template=pair_template,
         trust_remote_code=trust_remote_code_flag,
     shell:
-        "{params.python} -m shadowft.llamafactory export --model {input.model} --adapter {input.adapter}"
-        " --template {params.template} {params.trust_remote_code} {output} > {log} 2>&1"
+        "{params.python:q} -m shadowft.llamafactory export --model {input.model:q} --adapter {input.adapter:q}"
+        " --template {params.template:q} {params.trust_remote_code} {output:q} > {log:q} 2>&1"

@@ -1,14 +1,16 @@
 """Security settings reach every tool the same way: a model's trust_remote_code (off unless its
-entry or family file says so) goes to its training, its adapter export and its evaluations."""
+entry or family file says so) goes to its training, its adapter export and its evaluations.
+And config values reach command lines as data: shell syntax in them runs nothing."""
 
 import re
 
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import ROOT, snakemake
 from model_fixtures import local_pair_experiment
 
 from shadowft import llamafactory
+from shadowft.datasets import ROWS_FILE
 
 RUN = "sft-lora-lr1e-2-r8-s0"
 
@@ -60,3 +62,63 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
     }
     assert f"results/p/{RUN}/train_instruct/merged" in trusting
     assert f"results/p/{RUN}/train_base/merged" not in trusting and f"results/p/{RUN}/train_base/merged" in commands
+
+
+# Quotes, command substitutions, backticks and separators: run by any shell that was handed
+# the text unquoted, each would leave a file named PWNED<n> in the folder the job ran in.
+HOSTILE = 'we\'ird "$(touch PWNED1)" `touch PWNED2`; touch PWNED3 & touch PWNED4 #'
+PWNED = {f"PWNED{n}" for n in range(1, 6)}
+
+
+def pwned_files(*folders) -> list:
+    return [path for folder in folders for path in folder.rglob("PWNED*") if path.name in PWNED]
+
+
+def hostile_experiment(demo_run, root):
+    """The demo's trained pair, its task's rows and its held-out questions, under folder and file
+    names full of shell syntax, with shell syntax in a training argument and a chat-template
+    argument too: every free-text value of a config that reaches a rule's command line."""
+    import shutil
+
+    inputs = root / f"in {HOSTILE}"
+    for role in ("base", "instruct"):
+        shutil.copytree(demo_run / f"data/demo/{role}/model", inputs / role)
+    rows = (demo_run / "data/demo/task/train.jsonl").read_text().splitlines()[:32]
+    rows_file = inputs / f"rows {HOSTILE}.jsonl"
+    rows_file.write_text("\n".join(rows) + "\n")
+    shutil.copytree(demo_run / "data/demo/task", inputs / "questions")
+    (root / "sparse").mkdir()
+    config, _ = local_pair_experiment(root / "sparse")
+    config["models"] = {"b": {"source": "local", "path": str(inputs / "base")}}
+    config["models"]["i"] = {"source": "local", "path": str(inputs / "instruct")}
+    config["pairs"]["p"]["chat_template_kwargs"] = {"note": HOSTILE}
+    config["datasets"] = {
+        "rows": {"source": "local", "file": str(rows_file), "format": "sharegpt"},
+        "x": {"source": "local", "path": str(inputs / "questions")},
+    }
+    config["training"]["dataset"] = "rows"
+    config["training"]["hyperparameters"]["common"].update(max_steps=2, run_name=HOSTILE)
+    return config, root / "experiment.yaml"
+
+
+@pytest.mark.slow
+def test_shell_syntax_in_config_values_runs_nothing(demo_run, tmp_path):
+    config, configfile = hostile_experiment(demo_run, tmp_path)
+    configfile.write_text(yaml.safe_dump(config))
+    # prepare_dataset, training_config, train, merge_adapter and evaluate: the rules that build
+    # a command line, each handed the hostile paths and values.
+    targets = [f"results/p/eval/{RUN}/base_ft/held_out/scores.csv", "results/p/eval/instruct/held_out/scores.csv"]
+    snakemake(tmp_path, *targets, "--cores", "2", "--configfile", str(configfile))
+    assert pwned_files(tmp_path, ROOT) == []
+    assert yaml.safe_load((tmp_path / f"results/p/{RUN}/train_base.yaml").read_text())["run_name"] == HOSTILE
+    prepared = (tmp_path / "data/datasets/rows" / ROWS_FILE).read_text().splitlines()
+    assert len(prepared) == 32
+
+    # A template is a name LLaMA-Factory must know: refused before training, still running nothing.
+    config["pairs"]["p"]["template"] = f"qwen {HOSTILE}"
+    configfile.write_text(yaml.safe_dump(config))
+    refused = snakemake(tmp_path, f"results/p/{RUN}/train_instruct.yaml", "--cores", "1",
+                        "--configfile", str(configfile), check=False)  # fmt: skip
+    assert refused.returncode != 0
+    assert "has no template" in (tmp_path / f"logs/train/p/{RUN}/instruct_config.log").read_text()
+    assert pwned_files(tmp_path, ROOT) == []
