@@ -13,13 +13,17 @@ sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from shadowft.config import validate_config
+from shadowft.yamlfile import load_mapping
 
 # The demo is the default experiment, found beside this Snakefile whatever the working
 # directory; a `--configfile` replaces it rather than being merged into it (Snakemake would
 # otherwise plan the demo's pair beside the given config's).
+DEMO_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
 if not workflow.overwrite_configfiles:
+    # Read first for its errors: Snakemake's own reading names neither the file nor the line.
+    load_mapping(DEMO_CONFIG, "config file")
 
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+    configfile: DEMO_CONFIG
 
 
 validate_config(config)

@@ -7,9 +7,11 @@ validator fills defaults only into objects and names the offending key in every 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -19,6 +21,7 @@ from shadowft import demo
 from shadowft.benchmarks import expand_evaluation
 from shadowft.families import FAMILIES_DIR, FamilyError, expand_families
 from shadowft.runs import runs
+from shadowft.yamlfile import YamlFileError, load_mapping
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
@@ -204,3 +207,22 @@ def _sweep_problems(config: dict) -> list[str]:
     if len(names) != len(set(names)):
         problems.append("training: two runs of the sweep would share a folder")
     return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check an experiment config file as the workflow will, naming the file and line of a YAML
+    error: Snakemake reads a `--configfile` before the Snakefile runs and names neither."""
+    parser = argparse.ArgumentParser(prog="python -m shadowft.config", description=main.__doc__)
+    parser.add_argument("config_file", type=Path, help="the file you would give snakemake --configfile")
+    args = parser.parse_args(argv)
+    try:
+        config = validate_config(load_mapping(args.config_file, "config file"))
+    except (YamlFileError, ConfigError) as error:
+        print(f"{args.config_file}: {error}" if isinstance(error, ConfigError) else error, file=sys.stderr)
+        return 1
+    print(f"{args.config_file}: valid ({len(config['pairs'])} pairs, {len(runs(config))} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
