@@ -60,6 +60,7 @@ def test_hub_model_gains_revision_default(demo_config):
         (lambda c: c["graft"].update(alphas=["one"]), "graft.alphas[0]: 'one' is not of type 'number'"),
     ],
 )
+@pytest.mark.bad_input("config", caught="plan")
 def test_bad_config_names_the_key(demo_config, mutate, named):
     mutate(demo_config)
     with pytest.raises(ConfigError) as error:
@@ -151,6 +152,7 @@ def test_every_swept_combination_is_a_run_in_the_config_order(demo_config):
         ({"seeds": [-1]}, "training.seeds[0]"),
     ],
 )
+@pytest.mark.bad_input("config", caught="plan")
 def test_bad_sweep_names_the_key(demo_config, edit, named):
     demo_config["training"].update(edit)
     if demo_config["training"].get("preference_dataset", "") is None:

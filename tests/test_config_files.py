@@ -42,7 +42,7 @@ def checkout(tmp_path_factory):
     return root
 
 
-@pytest.mark.bad_input(caught="plan")
+@pytest.mark.bad_input("config file", caught="plan")
 @pytest.mark.parametrize("text, where, says", CASES)
 def test_a_broken_demo_config_names_the_file_and_line(checkout, tmp_path, text, where, says):
     demo_config = checkout / "config" / "config.yaml"
@@ -58,7 +58,7 @@ def test_a_broken_demo_config_names_the_file_and_line(checkout, tmp_path, text, 
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
-@pytest.mark.bad_input(caught="plan")
+@pytest.mark.bad_input("family", caught="plan")
 @pytest.mark.parametrize("text, where, says", CASES)
 def test_a_broken_family_file_names_the_file_and_line(checkout, tmp_path, text, where, says):
     family = checkout / "config" / "families" / "broken.yaml"
@@ -77,7 +77,7 @@ def test_a_broken_family_file_names_the_file_and_line(checkout, tmp_path, text, 
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
-@pytest.mark.bad_input(caught="plan")
+@pytest.mark.bad_input("config file", caught="plan")
 @pytest.mark.parametrize("text, where, says", CASES)
 def test_a_broken_configfile_stops_snakemake_and_the_check_names_the_line(tmp_path, text, where, says):
     """Snakemake refuses it before any job, in its own words (no file, no line: it reads the
@@ -109,7 +109,7 @@ def test_the_check_accepts_the_demo_config():
     assert "valid (1 pairs, 2 runs)" in check.stdout
 
 
-@pytest.mark.bad_input(caught="plan")
+@pytest.mark.bad_input("config", caught="plan")
 def test_the_check_names_the_key_of_a_config_that_parses(tmp_path):
     configfile = tmp_path / "experiment.yaml"
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
