@@ -19,9 +19,11 @@ from shadowft.yamlfile import load_mapping
 # directory; a `--configfile` replaces it rather than being merged into it (Snakemake would
 # otherwise plan the demo's pair beside the given config's).
 DEMO_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
+# Each config file read again for what Snakemake's own reading leaves out: the file and line
+# of a YAML error (the demo's; Snakemake reads a --configfile before this runs), a key given twice.
+for config_file in workflow.overwrite_configfiles or [DEMO_CONFIG]:
+    load_mapping(config_file, "config file")
 if not workflow.overwrite_configfiles:
-    # Read first for its errors: Snakemake's own reading names neither the file nor the line.
-    load_mapping(DEMO_CONFIG, "config file")
 
     configfile: DEMO_CONFIG
 

@@ -18,6 +18,28 @@ class YamlFileError(ValueError):
     """The file is not a YAML mapping; the message names the file and the line."""
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping gives one key twice: YAML forbids it, and PyYAML would keep the last silently."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        first_lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_lines:
+                raise _DuplicateKeyError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {key!r} appears twice (first on line {first_lines[key] + 1})",
+                    key_node.start_mark,
+                )
+            first_lines[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_mapping(path: Path, what: str) -> dict:
     """The mapping a YAML file holds; `what` names the file's role in messages ("config file")."""
     path = Path(path)
@@ -25,7 +47,7 @@ def load_mapping(path: Path, what: str) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise YamlFileError(f"{path}: cannot read the {what}: {error}; check the path") from None
-    loader = yaml.SafeLoader(text)
+    loader = _UniqueKeyLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -53,11 +75,12 @@ def _syntax_message(path: Path, what: str, text: str, error: yaml.MarkedYAMLErro
         mark = error.context_mark  # the file ended inside a construct: point at where it began
     line = lines[mark.line] if mark.line < len(lines) else ""
     indentation = line[: len(line) - len(line.lstrip())]
-    hint = (
-        "indent with spaces: YAML does not allow tabs"
-        if "\t" in indentation
-        else "fix the YAML there (an unclosed bracket or quote, or a misaligned key, is often the cause)"
-    )
+    if isinstance(error, _DuplicateKeyError):
+        hint = "keep one of the two: the second would silently replace the first"
+    elif "\t" in indentation:
+        hint = "indent with spaces: YAML does not allow tabs"
+    else:
+        hint = "fix the YAML there (an unclosed bracket or quote, or a misaligned key, is often the cause)"
     problem = " ".join(part for part in (error.context, error.problem) if part)
     return (
         f"{path}:{mark.line + 1}:{mark.column + 1}: the {what} is not valid YAML: {problem}\n"

@@ -98,6 +98,29 @@ def test_a_broken_configfile_stops_snakemake_and_the_check_names_the_line(tmp_pa
     assert f"{configfile}{where}" in check.stderr and says in check.stderr, check.stderr
 
 
+@pytest.mark.bad_input("config file", caught="plan")
+def test_a_key_given_twice_in_a_configfile_is_named_with_both_lines(tmp_path):
+    """Snakemake (like PyYAML) keeps the second silently: two pairs of one name plan one."""
+    text = (ROOT / "config" / "config.yaml").read_text()
+    first = text.splitlines().index("pairs:") + 1
+    text += "\npairs:\n  other: {base: demo-base, instruct: demo-instruct, template: qwen}\n"
+    configfile = tmp_path / "experiment.yaml"
+    configfile.write_text(text)
+    result = snakemake(tmp_path / "work", "-n", "--configfile", str(configfile), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    second = len(text.splitlines()) - 1
+    assert f"{configfile}:{second}:1: " in output, output[-3000:]
+    assert f"the key 'pairs' appears twice (first on line {first})" in output
+    assert not (tmp_path / "work" / "data").exists()
+
+
+def test_merge_keys_are_not_duplicates(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("a: &shared {k: 1, j: 1}\nb:\n  <<: *shared\n  k: 2\n")
+    assert load_mapping(file, "config file") == {"a": {"k": 1, "j": 1}, "b": {"k": 2, "j": 1}}
+
+
 def test_the_check_accepts_the_demo_config():
     check = subprocess.run(
         [sys.executable, "-m", "shadowft.config", str(ROOT / "config" / "config.yaml")],

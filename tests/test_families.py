@@ -156,6 +156,25 @@ def test_a_bad_family_override_is_named(overrides, named):
     assert named in str(error.value)
 
 
+@pytest.mark.bad_input("family", caught="plan")
+@pytest.mark.parametrize(
+    "section, entry, named",
+    [
+        ("pairs", {"base": "a", "instruct": "b", "template": "qwen"}, "makes pair 'qwen3-4b', which pairs already"),
+        ("models", {"source": "hub", "repo": "o/m"}, "makes model 'qwen3-4b-base', which models already"),
+    ],
+)
+def test_a_family_that_makes_a_name_the_config_already_has_is_named(section, entry, named):
+    """Two pairs (or models) of one name would plan one of them and drop the other silently."""
+    config = paper_config()
+    config["families"] = ["qwen3-4b"]
+    name = "qwen3-4b" if section == "pairs" else "qwen3-4b-base"
+    config.setdefault(section, {})[name] = entry
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert named in str(error.value)
+
+
 @pytest.mark.bad_input("config", caught="plan")
 def test_no_pair_at_all_is_an_error():
     config = paper_config()
