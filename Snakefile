@@ -13,13 +13,19 @@ sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from shadowft.config import validate_config
+from shadowft.yamlfile import load_mapping
 
 # The demo is the default experiment, found beside this Snakefile whatever the working
 # directory; a `--configfile` replaces it rather than being merged into it (Snakemake would
 # otherwise plan the demo's pair beside the given config's).
+DEMO_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
+# Each config file read again for what Snakemake's own reading leaves out: the file and line
+# of a YAML error (the demo's; Snakemake reads a --configfile before this runs), a key given twice.
+for config_file in workflow.overwrite_configfiles or [DEMO_CONFIG]:
+    load_mapping(config_file, "config file")
 if not workflow.overwrite_configfiles:
 
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+    configfile: DEMO_CONFIG
 
 
 validate_config(config)

@@ -7,9 +7,12 @@ validator fills defaults only into objects and names the offending key in every 
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -17,8 +20,10 @@ import yaml
 
 from shadowft import demo
 from shadowft.benchmarks import expand_evaluation
+from shadowft.datasets import DATASET_INFO
 from shadowft.families import FAMILIES_DIR, FamilyError, expand_families
 from shadowft.runs import runs
+from shadowft.yamlfile import YamlFileError, load_mapping
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
 
@@ -170,6 +175,7 @@ def _check_references(config: dict) -> None:
     if not config["evaluation"]["benchmarks"]:
         problems.append("evaluation: no benchmarks (name some in benchmarks, or groups)")
     problems += _sweep_problems(config)
+    problems += _dataset_folder_problems(datasets)
     for name, benchmark in config["evaluation"]["benchmarks"].items():
         if benchmark["kind"] == "custom" and benchmark["dataset"] not in datasets:
             problems.append(f"evaluation.benchmarks.{name}.dataset: '{benchmark['dataset']}' is not a key of datasets")
@@ -178,6 +184,38 @@ def _check_references(config: dict) -> None:
         problems.append("models: the demo builds one base and one instruct model; two models name the same role")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
+
+
+def _dataset_folder_problems(datasets: dict) -> list[str]:
+    """A local dataset folder is read by LLaMA-Factory as it is: it must exist and register the
+    dataset, under its key in `datasets`, in its dataset_info.json (else training fails, not the plan).
+    Relative paths are relative to the working directory, as Snakemake reads them."""
+    problems = []
+    for name, spec in datasets.items():
+        if spec["source"] != "local" or "path" not in spec:
+            continue
+        folder, where = Path(spec["path"]), f"datasets.{name}.path"
+        info = folder / DATASET_INFO
+        if not folder.is_dir():
+            problems.append(f"{where}: {folder} is not a folder; give a LLaMA-Factory dataset folder, or file: FILE")
+        elif not info.is_file():
+            problems.append(
+                f"{where}: {folder} has no {DATASET_INFO}, which LLaMA-Factory needs to find the data; "
+                f"write one registering {name!r}, or give file: (parquet, json or jsonl) and the workflow registers it"
+            )
+        else:
+            try:
+                registered = json.loads(info.read_text(encoding="utf-8"))
+            except ValueError as error:
+                problems.append(f"{where}: {info} is not valid JSON ({error}); fix it")
+                continue
+            if not isinstance(registered, dict) or name not in registered:
+                names = ", ".join(sorted(registered)) if isinstance(registered, dict) else "nothing"
+                problems.append(
+                    f"{where}: {info} does not register {name!r} (it registers: {names}); "
+                    "a dataset's key in datasets is its name there"
+                )
+    return problems
 
 
 # Hyper-parameters that name a run's folder (shadowft.runs): set by the sweep lists, never overridden.
@@ -204,3 +242,22 @@ def _sweep_problems(config: dict) -> list[str]:
     if len(names) != len(set(names)):
         problems.append("training: two runs of the sweep would share a folder")
     return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check an experiment config file as the workflow will, naming the file and line of a YAML
+    error: Snakemake reads a `--configfile` before the Snakefile runs and names neither."""
+    parser = argparse.ArgumentParser(prog="python -m shadowft.config", description=main.__doc__)
+    parser.add_argument("config_file", type=Path, help="the file you would give snakemake --configfile")
+    args = parser.parse_args(argv)
+    try:
+        config = validate_config(load_mapping(args.config_file, "config file"))
+    except (YamlFileError, ConfigError) as error:
+        print(f"{args.config_file}: {error}" if isinstance(error, ConfigError) else error, file=sys.stderr)
+        return 1
+    print(f"{args.config_file}: valid ({len(config['pairs'])} pairs, {len(runs(config))} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

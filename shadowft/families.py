@@ -22,6 +22,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from shadowft.yamlfile import YamlFileError, load_mapping
+
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES_DIR = ROOT / "config" / "families"
 FAMILY_SCHEMA = ROOT / "config" / "schema" / "family.schema.yaml"
@@ -80,7 +82,10 @@ def load_family(name: str, directory: Path = FAMILIES_DIR) -> Family:
         close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise FamilyError(f"families: unknown family {name!r}{hint}; shipped families: {', '.join(shipped)}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = load_mapping(path, "family file")
+    except YamlFileError as error:
+        raise FamilyError(str(error)) from None
     schema = yaml.safe_load(FAMILY_SCHEMA.read_text(encoding="utf-8"))
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda error: error.json_path)
     if errors:

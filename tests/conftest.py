@@ -15,22 +15,28 @@ VENVS = ROOT / ".venvs"
 FAKE_HUB_TOKEN = "hf_ShadowftTestToken9f8e7d6c5b4a3210"
 
 
-def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that run this checkout's workflow in `workdir`.
+def snakemake_command(
+    workdir: Path, *args: str, checkout: Path = ROOT, name_demo_config: bool = True
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run a checkout's workflow (this one's by default) in `workdir`.
 
-    Without a `--configfile` in `args` the demo config is named: Snakemake reads the
-    `configfile:` directive relative to the working directory."""
-    if "--configfile" not in args:
-        args = (*args, "--configfile", str(ROOT / "config" / "config.yaml"))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    Without a `--configfile` in `args` the demo config is named, unless `name_demo_config` is
+    false: then the Snakefile's own `configfile:` directive reads it."""
+    if "--configfile" not in args and name_demo_config:
+        args = (*args, "--configfile", str(checkout / "config" / "config.yaml"))
+    snakefile = str(checkout / "Snakefile")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", snakefile, "--directory", str(workdir)]
     env = {"HF_TOKEN": FAKE_HUB_TOKEN, **os.environ}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return [*command, *args], env
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
-    """Run this checkout's workflow with `workdir` holding data/, results/ and logs/."""
-    command, env = snakemake_command(workdir, *args)
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 1800, **checkout
+) -> subprocess.CompletedProcess:
+    """Run a checkout's workflow with `workdir` holding data/, results/ and logs/ (`checkout`:
+    snakemake_command's keywords)."""
+    command, env = snakemake_command(workdir, *args, **checkout)
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")

@@ -87,6 +87,7 @@ def test_a_benchmark_keeps_its_own_settings():
     assert evaluation["benchmarks"]["math"]["max_out_len"] == PAPER_MAX_OUT_LEN
 
 
+@pytest.mark.bad_input("benchmark", caught="plan")
 def test_another_opencompass_config_needs_its_module_and_variable():
     with pytest.raises(ValueError, match=r"evaluation.benchmarks.piqa: .*needs config and variable"):
         expand_evaluation({"benchmarks": {"piqa": {"kind": "opencompass"}}})
@@ -125,6 +126,7 @@ def test_demo_config_has_no_groups():
         (lambda e: e.update(dataset_urls={"/gsm8k/": {"md5": "x"}}), "evaluation.dataset_urls./gsm8k/"),
     ],
 )
+@pytest.mark.bad_input("benchmark", caught="plan")
 def test_bad_evaluation_is_rejected_naming_the_key(edit, message):
     config = demo_config()
     edit(config["evaluation"])
@@ -275,6 +277,7 @@ def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
     assert sorted(prefetched) == sorted(paper), "one prefetch per standard benchmark"
 
 
+@pytest.mark.bad_input("benchmark", caught="job")
 def test_a_missing_evaluator_extra_names_itself_and_the_prefetch_rule(tmp_path):
     from shadowft.opencompass_data import MissingDataError, check_prefetched, evaluation_environment
 

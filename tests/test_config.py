@@ -1,5 +1,7 @@
 """The configuration schema: defaults, and bad input rejected with the key named."""
 
+import json
+
 import pytest
 import yaml
 from conftest import ROOT
@@ -58,8 +60,10 @@ def test_hub_model_gains_revision_default(demo_config):
             "training.hyperparameters.common.warmup_ratio: not a finite number",
         ),
         (lambda c: c["graft"].update(alphas=["one"]), "graft.alphas[0]: 'one' is not of type 'number'"),
+        (lambda c: c["graft"].update(alphas=[-0.5]), "graft.alphas[0]: -0.5 is less than the minimum of 0"),
     ],
 )
+@pytest.mark.bad_input("config", caught="plan")
 def test_bad_config_names_the_key(demo_config, mutate, named):
     mutate(demo_config)
     with pytest.raises(ConfigError) as error:
@@ -151,6 +155,7 @@ def test_every_swept_combination_is_a_run_in_the_config_order(demo_config):
         ({"seeds": [-1]}, "training.seeds[0]"),
     ],
 )
+@pytest.mark.bad_input("config", caught="plan")
 def test_bad_sweep_names_the_key(demo_config, edit, named):
     demo_config["training"].update(edit)
     if demo_config["training"].get("preference_dataset", "") is None:
@@ -158,3 +163,37 @@ def test_bad_sweep_names_the_key(demo_config, edit, named):
     with pytest.raises(ConfigError) as error:
         validate_config(demo_config)
     assert named in str(error.value)
+
+
+def write_dataset_folder(folder, registered):
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text(registered)
+    return folder
+
+
+@pytest.mark.bad_input("dataset", caught="plan")
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda root: root / "absent", "absent is not a folder; give a LLaMA-Factory dataset folder, or file: FILE"),
+        (lambda root: (root / "a.jsonl").touch() or root / "a.jsonl", "a.jsonl is not a folder"),
+        (lambda root: (root / "d").mkdir() or root / "d", "has no dataset_info.json, which LLaMA-Factory needs"),
+        (
+            lambda root: write_dataset_folder(root / "d", json.dumps({"other": {"file_name": "x.json"}})),
+            "dataset_info.json does not register 'mine' (it registers: other)",
+        ),
+        (lambda root: write_dataset_folder(root / "d", "{not json"), "dataset_info.json is not valid JSON"),
+    ],
+)
+def test_a_local_dataset_folder_must_register_the_dataset(demo_config, tmp_path, make, named):
+    demo_config["datasets"]["mine"] = {"source": "local", "path": str(make(tmp_path))}
+    demo_config["training"]["dataset"] = "mine"
+    with pytest.raises(ConfigError) as error:
+        validate_config(demo_config)
+    assert f"datasets.mine.path: {tmp_path}" in str(error.value) and named in str(error.value)
+
+
+def test_a_local_dataset_folder_that_registers_the_dataset_passes(demo_config, tmp_path):
+    folder = write_dataset_folder(tmp_path / "d", json.dumps({"mine": {"file_name": "x.json"}}))
+    demo_config["datasets"]["mine"] = {"source": "local", "path": str(folder)}
+    validate_config(demo_config)

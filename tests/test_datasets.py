@@ -67,6 +67,7 @@ def test_sample_does_not_depend_on_file_order_and_moves_with_the_seed():
     assert sum(map(len, other.values())) == sum(map(len, first.values())) == 30
 
 
+@pytest.mark.bad_input("dataset", caught="job")
 def test_a_sample_larger_than_the_data_is_an_error():
     with pytest.raises(ValueError, match="sample.count is 11, but the source files hold only 10 rows"):
         sample_rows({"a.jsonl": 10}, 11, seed=0)
@@ -188,6 +189,7 @@ def gpt(text="a"):
         ),
     ],
 )
+@pytest.mark.bad_input("dataset", caught="job")
 def test_a_bad_sharegpt_row_is_named_by_file_row_and_key(tmp_path, bad, message):
     good = {"conversations": [human(), gpt()]}
     source = write_jsonl(tmp_path / "chat.jsonl", [good, good, bad, good])
@@ -221,6 +223,7 @@ def test_a_system_turn_first_and_tool_turns_are_accepted(tmp_path):
         ({"instruction": "i", "output": "o", "history": [["q"]]}, "row 1: history[0]: a pair of strings expected"),
     ],
 )
+@pytest.mark.bad_input("dataset", caught="job")
 def test_a_bad_alpaca_row_is_named_by_file_and_row(tmp_path, bad, message):
     source = tmp_path / "tasks.json"
     source.write_text(json.dumps([{"instruction": "i", "output": "o"}, bad]))
@@ -292,6 +295,7 @@ def test_files_patterns_select_instead_of_a_subset(hub, tmp_path):
     assert [entry["path"] for entry in manifest["files"]] == ["data/a.parquet", "data/b.jsonl"]
 
 
+@pytest.mark.bad_input("dataset", caught="job")
 def test_an_unknown_subset_names_the_configs(hub, tmp_path):
     commit = hub.add_commit("BAAI/Infinity-Instruct", {"README.md": INFINITY_README.encode()}, repo_type="dataset")
     with pytest.raises(DatasetSourceError, match=r"no config 'gen' \(configs: 3M, 7M, 0625, Gen, 7M_domains\)"):
@@ -336,6 +340,7 @@ def test_config_fills_the_dataset_defaults():
         ({"source": "local", "file": "x.jsonl", "sample": {"count": 0}}, "datasets.x.sample.count: 0 is less than"),
     ],
 )
+@pytest.mark.bad_input("dataset", caught="plan")
 def test_config_rejects_a_wrong_dataset_entry(spec, message):
     with pytest.raises(ConfigError) as raised:
         validate_config(experiment(x=spec))
@@ -393,6 +398,7 @@ def test_skipping_without_a_sample_drops_the_invalid_rows(tmp_path):
     ]
 
 
+@pytest.mark.bad_input("dataset", caught="job")
 def test_too_few_valid_rows_for_the_sample_is_an_error(tmp_path):
     rows = [{"conversations": []}] * 8 + infinity_rows(3)
     source = write_jsonl(tmp_path / "gen.jsonl", rows)

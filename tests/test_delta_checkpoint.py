@@ -206,6 +206,7 @@ def test_run_tasks_reports_results_and_raises_the_first_failure():
 # ----------------------------------------------------------------- reading
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_checkpoint_rejects_truncated_and_garbage_files(tmp_path):
     save_file({"w": torch.zeros(100)}, tmp_path / "model.safetensors")
     data = (tmp_path / "model.safetensors").read_bytes()
@@ -219,6 +220,7 @@ def test_checkpoint_rejects_truncated_and_garbage_files(tmp_path):
         Checkpoint(tmp_path / "missing")
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_checkpoint_checks_the_index_against_the_shards(tmp_path):
     save_file({"a": torch.zeros(2)}, tmp_path / "model-00001-of-00002.safetensors")
     save_file({"b": torch.zeros(2)}, tmp_path / "model-00002-of-00002.safetensors")
@@ -235,6 +237,7 @@ def test_checkpoint_checks_the_index_against_the_shards(tmp_path):
         Checkpoint(tmp_path)
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_pickle_needs_an_explicit_opt_in(tmp_path):
     state = {"w": torch.randn(3, 4).bfloat16(), "n": torch.arange(3)}
     torch.save(state, tmp_path / "pytorch_model.bin")

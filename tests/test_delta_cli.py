@@ -95,6 +95,7 @@ def test_graft_on_the_fly_from_base_and_adapter(llama, tmp_path):
     assert read_json(tmp_path / "out" / "shadowft_manifest.json")["delta"]["kind"] == "lora"
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_errors_are_one_clear_line(llama, tmp_path, capsys):
     assert (
         main(

@@ -127,6 +127,7 @@ def test_official_preset_grafts_only_projections(qwen2, tmp_path):
     assert manifest["tensors"]["model.norm.weight"] == "kept: not selected"
 
 
+@pytest.mark.bad_input("config", caught="job")
 def test_include_and_exclude_regexes(llama, tmp_path):
     with Delta.from_models(llama.base, llama.tuned) as delta:
         graft(llama.instruct, delta, tmp_path / "out", include=[r"layers\.1\."], exclude=["norm"], progress=False)
@@ -150,6 +151,7 @@ def wide_instruct(llama, tmp_path_factory):
     return rewrite(llama.instruct, tmp_path_factory.mktemp("wide") / "instruct", widen, {"vocab_size": 100})
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_vocab_mismatch_is_an_error_by_default(llama, wide_instruct, tmp_path):
     with Delta.from_models(llama.base, llama.tuned) as delta:
         message = r"size differs for '(lm_head|model.embed_tokens).weight'.*\[100, 32\].*\[96, 32\]"
@@ -178,6 +180,7 @@ def test_vocab_mismatch_keep_keeps_instruct_tensors(llama, wide_instruct, tmp_pa
     assert not torch.equal(out["model.norm.weight"], inst["model.norm.weight"])
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_vocab_mismatch_between_base_and_tuned(llama, wide_instruct, tmp_path):
     with pytest.raises(DeltaError, match="vocabulary size differs for '(lm_head|model.embed_tokens).weight'"):
         extract_delta(llama.base, tmp_path / "delta", tuned=wide_instruct, progress=False)
@@ -215,6 +218,7 @@ def test_untied_instruct_gets_the_tied_base_head_update(qwen2, tmp_path):
     assert manifest["tensors"]["lm_head.weight"] == f"grafted: update of the tied {embed}"
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_tied_instruct_refuses_a_separate_head_update(llama, tmp_path):
     def tie(tensors):
         del tensors["lm_head.weight"]
@@ -262,6 +266,7 @@ def test_float32_output_keeps_the_exact_sum(llama, tmp_path):
 # ------------------------------------------------------------------ errors
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_tensor_missing_from_one_input_is_named_and_nothing_is_written(llama, tmp_path):
     def drop(tensors):
         del tensors["model.layers.1.mlp.up_proj.weight"]
@@ -277,6 +282,7 @@ def test_tensor_missing_from_one_input_is_named_and_nothing_is_written(llama, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["instruct", "tuned"]
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_shape_mismatch_is_named_and_nothing_is_written(llama, tmp_path):
     def narrow(tensors):
         name = "model.layers.0.mlp.down_proj.weight"
@@ -312,6 +318,7 @@ def test_failure_while_writing_leaves_no_output(llama, tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"]
 
 
+@pytest.mark.bad_input("config", caught="job")
 def test_bad_arguments(llama, tmp_path):
     with pytest.raises(DeltaError, match="exactly one of tuned"):
         extract_delta(llama.base, tmp_path / "d", tuned=llama.tuned, adapter=llama.adapter)

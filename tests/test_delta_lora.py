@@ -278,6 +278,7 @@ def test_adapter_names_map_onto_differently_prefixed_checkpoints(llama, tmp_path
     assert "layers.0.self_attn.q_proj.weight" in manifest["tensors"]
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_ambiguous_or_unknown_targets_are_refused(llama, tmp_path):
     (tmp_path / "other").mkdir()
     save_file({"encoder.q.weight": torch.zeros(2, 2)}, tmp_path / "other" / "model.safetensors")
@@ -305,6 +306,7 @@ def test_ambiguous_or_unknown_targets_are_refused(llama, tmp_path):
 # ------------------------------------------------------------------ refusals
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_dora_is_refused_naming_the_key(llama, tmp_path):
     adapter = lora_adapter(llama.base, tmp_path / "adapter", seed=10, use_dora=True)
     with pytest.raises(DeltaError, match="use_dora=True is not supported"):
@@ -326,6 +328,7 @@ def test_dora_is_refused_naming_the_key(llama, tmp_path):
         ("r", 3, "has rank 4 but adapter_config.json gives r=3"),
     ],
 )
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_unrepresentable_adapter_configs_are_refused(llama, tmp_path, key, value, message):
     (tmp_path / "adapter").mkdir()
     config = {**read_json(llama.adapter / "adapter_config.json"), key: value}
@@ -335,6 +338,7 @@ def test_unrepresentable_adapter_configs_are_refused(llama, tmp_path, key, value
         extract_delta(llama.base, tmp_path / "delta", adapter=tmp_path / "adapter")
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_pickled_adapter_needs_opt_in(llama, tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text((llama.adapter / "adapter_config.json").read_text())
@@ -348,6 +352,7 @@ def test_pickled_adapter_needs_opt_in(llama, tmp_path):
     assert all(torch.equal(ours[n].view(torch.int16), reference[n].view(torch.int16)) for n in ours)
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_not_an_adapter(llama, tmp_path):
     with pytest.raises(DeltaError, match="adapter_config.json missing"):
         extract_delta(llama.base, tmp_path / "delta", adapter=llama.tuned)

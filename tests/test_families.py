@@ -100,6 +100,7 @@ def test_every_template_is_one_llamafactory_registers():
     assert {name: template for name, template in templates.items() if template not in registered} == {}
 
 
+@pytest.mark.bad_input("family", caught="plan")
 def test_an_unknown_family_lists_the_shipped_ones_and_suggests_the_closest():
     config = paper_config()
     config["families"] = ["qwen3-4B"]
@@ -146,6 +147,7 @@ def test_family_overrides_change_one_family_only():
         ({"qwen3-4b": {"base": {"source": "local"}}}, "family_overrides.qwen3-4b.base"),
     ],
 )
+@pytest.mark.bad_input("family", caught="plan")
 def test_a_bad_family_override_is_named(overrides, named):
     config = paper_config()
     config["family_overrides"] = overrides
@@ -154,6 +156,26 @@ def test_a_bad_family_override_is_named(overrides, named):
     assert named in str(error.value)
 
 
+@pytest.mark.bad_input("family", caught="plan")
+@pytest.mark.parametrize(
+    "section, entry, named",
+    [
+        ("pairs", {"base": "a", "instruct": "b", "template": "qwen"}, "makes pair 'qwen3-4b', which pairs already"),
+        ("models", {"source": "hub", "repo": "o/m"}, "makes model 'qwen3-4b-base', which models already"),
+    ],
+)
+def test_a_family_that_makes_a_name_the_config_already_has_is_named(section, entry, named):
+    """Two pairs (or models) of one name would plan one of them and drop the other silently."""
+    config = paper_config()
+    config["families"] = ["qwen3-4b"]
+    name = "qwen3-4b" if section == "pairs" else "qwen3-4b-base"
+    config.setdefault(section, {})[name] = entry
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert named in str(error.value)
+
+
+@pytest.mark.bad_input("config", caught="plan")
 def test_no_pair_at_all_is_an_error():
     config = paper_config()
     config["families"] = []
@@ -161,6 +183,7 @@ def test_no_pair_at_all_is_an_error():
         validate_config(config)
 
 
+@pytest.mark.bad_input("family", caught="plan")
 def test_a_family_file_that_breaks_the_schema_is_named(tmp_path):
     text = (ROOT / "config" / "families" / "qwen3-4b.yaml").read_text()
     (tmp_path / "broken.yaml").write_text(text.replace("parameters: 4022468096", "parameters: 4B"))
@@ -327,6 +350,7 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
         assert Path(scored) == (workdir / paths["shadow"]).resolve()
 
 
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_adapter_names_resolve_through_a_multimodal_checkpoint_layout():
     """PEFT names Gemma-3's modules as transformers holds them; its checkpoint names them otherwise."""
     from shadowft.adapters import NameResolver

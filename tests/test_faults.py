@@ -52,6 +52,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_the_first_goes_on(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.bad_input("checkpoint", caught="job")
 def test_a_truncated_input_model_after_a_finished_run_stops_the_next_graft_naming_the_file(demo_run, tmp_path):
     """Snakemake sees no change inside a model folder, so the finished run stays finished; the
     next job that reads the folder (a new graft strength here) finds the damage and names the file."""
@@ -69,6 +70,7 @@ def test_a_truncated_input_model_after_a_finished_run_stops_the_next_graft_namin
 
 
 @pytest.mark.slow
+@pytest.mark.bad_input("model", caught="check")
 def test_a_pair_of_two_architectures_stops_before_any_training(tmp_path):
     base = save(random_model(llama_config(), seed=0), tmp_path / "models" / "base")
     instruct = save(random_model(llama_config(hidden_size=48), seed=1), tmp_path / "models" / "instruct")

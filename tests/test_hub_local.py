@@ -109,6 +109,7 @@ def test_sharded_model_takes_the_indexed_shards(tmp_path):
         ("model.safetensors", {"model.safetensors.index.json": b"[1, 2]"}, r"has no valid weight_map"),
     ],
 )
+@pytest.mark.bad_input("model", caught="job")
 def test_rejects_a_folder_that_is_not_a_loadable_model(tmp_path, remove, add, message):
     files = {name: content for name, content in MODEL_FILES.items() if name != remove} | add
     source = make_folder(tmp_path / "src", files)
@@ -136,6 +137,7 @@ def test_refuses_to_replace_its_own_source(source, dest):
     assert (source / "model.safetensors").is_file()
 
 
+@pytest.mark.bad_input("model", caught="job")
 def test_rejects_a_missing_folder(tmp_path):
     with pytest.raises(ModelSourceError, match=r"local model .*nowhere: not a directory"):
         link_local_model(tmp_path / "nowhere", tmp_path / "dest")

@@ -90,6 +90,7 @@ def test_overrides_do_not_leak_between_calls():
 
 
 @pytest.mark.parametrize("key", sorted(lf.MANAGED_KEYS))
+@pytest.mark.bad_input("LLaMA-Factory", caught="check")
 def test_workflow_managed_keys_cannot_be_overridden(key):
     with pytest.raises(ValueError, match=key):
         arguments(overrides={key: "elsewhere"})

@@ -206,6 +206,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(built, tmp_path):
     assert not work.exists()
 
 
+@pytest.mark.bad_input("LLaMA-Factory", caught="job")
 def test_an_unknown_key_fails_before_llamafactory_runs(built, tmp_path):
     config = task_config(built, tmp_path, "lora", learning_rat=1e-3)
     result = shadowft_llamafactory("train", config, tmp_path / "model", timeout=120)

@@ -45,13 +45,17 @@ def test_a_tied_base_with_an_untied_instruct_passes(qwen2, tmp_path):
     assert check_pair(qwen2.base, untied).tensors == len(load_tensors(qwen2.base))
 
 
+# An instruct model that is not the base's: the check_pair job refuses it before any training.
+ANOTHER_MODEL = pytest.mark.bad_input("model", caught="check")
+
+
 @pytest.mark.parametrize(
     "config, named",
     [
-        ({"hidden_size": 64}, "differ in hidden_size: 32 against 64"),
-        ({"num_hidden_layers": 3}, "num_hidden_layers"),
-        ({"model_type": "mistral"}, "model_type"),
-        ({"architectures": ["MistralForCausalLM"]}, "architectures"),
+        pytest.param({"hidden_size": 64}, "differ in hidden_size: 32 against 64", marks=ANOTHER_MODEL),
+        pytest.param({"num_hidden_layers": 3}, "num_hidden_layers", marks=ANOTHER_MODEL),
+        pytest.param({"model_type": "mistral"}, "model_type", marks=ANOTHER_MODEL),
+        pytest.param({"architectures": ["MistralForCausalLM"]}, "architectures", marks=ANOTHER_MODEL),
         ({"text_config": {"hidden_size": 8}}, None),
     ],
 )
@@ -64,6 +68,7 @@ def test_another_architecture_is_named_by_its_config_key(llama, tmp_path, config
         check_pair(llama.base, other)
 
 
+@pytest.mark.bad_input("model", caught="check")
 def test_nested_text_configs_are_compared(llama, tmp_path):
     base = single_file_copy(llama.base, tmp_path / "base", config={"text_config": {"hidden_size": 32}})
     other = single_file_copy(llama.instruct, tmp_path / "other", config={"text_config": {"hidden_size": 48}})
@@ -71,6 +76,7 @@ def test_nested_text_configs_are_compared(llama, tmp_path):
         check_pair(base, other)
 
 
+@pytest.mark.bad_input("model", caught="check")
 def test_a_tensor_only_one_model_has_is_named(llama, tmp_path):
     short = single_file_copy(
         llama.instruct, tmp_path / "short", lambda t: {n: v for n, v in t.items() if "layers.1.mlp.up_proj" not in n}
@@ -79,6 +85,7 @@ def test_a_tensor_only_one_model_has_is_named(llama, tmp_path):
         check_pair(llama.base, short)
 
 
+@pytest.mark.bad_input("model", caught="check")
 def test_a_reshaped_tensor_is_named(llama, tmp_path):
     name = "model.layers.0.self_attn.o_proj.weight"
     odd = single_file_copy(llama.instruct, tmp_path / "odd", lambda t: {**t, name: t[name][:, :16].contiguous()})
@@ -86,6 +93,7 @@ def test_a_reshaped_tensor_is_named(llama, tmp_path):
         check_pair(llama.base, odd)
 
 
+@pytest.mark.bad_input("model", caught="check")
 def test_vocabulary_sizes_follow_the_graft_policy(llama, tmp_path):
     def widen(tensors):
         for name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -98,6 +106,7 @@ def test_vocabulary_sizes_follow_the_graft_policy(llama, tmp_path):
     assert check_pair(llama.base, wide, vocab_mismatch="shared").vocab_rows == (96, 100)
 
 
+@pytest.mark.bad_input("model", caught="check")
 def test_broken_weight_files_are_named(llama, tmp_path):
     truncated = single_file_copy(llama.instruct, tmp_path / "truncated")
     weights = truncated / "model.safetensors"
@@ -114,6 +123,7 @@ def test_broken_weight_files_are_named(llama, tmp_path):
         check_pair(missing_shard, llama.instruct)
 
 
+@pytest.mark.bad_input("model", caught="check")
 def test_pickle_only_weights_need_the_opt_in_and_a_missing_config_is_named(llama, tmp_path):
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -132,6 +142,7 @@ RUN = "sft-lora-lr1e-2-r8-s0"
 
 
 @pytest.mark.slow
+@pytest.mark.bad_input("LLaMA-Factory", caught="check")
 @pytest.mark.parametrize(
     "edit, named",
     [

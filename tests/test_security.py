@@ -15,6 +15,7 @@ from shadowft.datasets import ROWS_FILE
 RUN = "sft-lora-lr1e-2-r8-s0"
 
 
+@pytest.mark.bad_input("LLaMA-Factory", caught="check")
 def test_training_arguments_carry_the_models_setting_and_no_override_changes_it():
     common = dict(model_dir="m", dataset_dir="d", dataset="x", template="qwen", tuning="lora", output_dir="o")
     assert llamafactory.training_arguments(**common)["trust_remote_code"] is False

@@ -89,6 +89,7 @@ def test_lint_is_clean(tmp_path):
         ({"graft": {"alphas": [1.0], "strength": 2}}, "strength"),
     ],
 )
+@pytest.mark.bad_input("config", caught="plan")
 def test_bad_config_fails_before_any_job(tmp_path, edit, named):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(edit)
