@@ -26,6 +26,7 @@ from shadowft.report import (
     read_summary,
     summarize,
 )
+from shadowft.runs import Run, Variant, VariantKind
 
 BENCHMARKS = ["gsm8k", "math", "mmlu"]
 GROUPS = {"Math": ["gsm8k", "math"]}
@@ -51,8 +52,9 @@ def write_scores(path, rows):
     return path
 
 
-def run_name(tuning, learning_rate, rank, seed):
-    return f"sft-{tuning}-lr{learning_rate:g}" + (f"-r{rank}" if rank else "") + f"-s{seed}"
+def variant_name(tuning, learning_rate, rank, seed, kind, alpha=None):
+    """The canonical name (shadowft.runs) of a fixture variant of an SFT run."""
+    return Variant(VariantKind(kind), Run("sft", tuning, learning_rate, rank, seed), alpha).name
 
 
 def sweep_records(root, pair="qwen"):
@@ -69,9 +71,8 @@ def sweep_records(root, pair="qwen"):
             )
     for tuning, learning_rate, rank in SETTINGS:
         for seed in SEEDS:
-            run = run_name(tuning, learning_rate, rank, seed)
             for kind, alpha in [("instruct_ft", None), *(("shadow", alpha) for alpha in ALPHAS)]:
-                variant = f"{run}/{kind}" if alpha is None else f"{run}/shadow_a{alpha:g}"
+                variant = variant_name(tuning, learning_rate, rank, seed, kind, alpha)
                 for benchmark in BENCHMARKS:
                     score = tuned_score(tuning, learning_rate, kind, alpha or 0.0, seed, benchmark)
                     path = write_scores(
@@ -153,7 +154,9 @@ def test_records_are_typed(tmp_path):
     assert (record.learning_rate, record.lora_rank, record.alpha, record.kind) == (1e-4, 8, 0.5, "shadow")
     assert isinstance(record.lora_rank, int) and str(record.scores) == "x.csv"
     assert ScoreRecord.parse({"pair": "p", "variant": "instruct", "benchmark": "b", "scores": "y"}).kind == "instruct"
-    bad = {"pair": "p", "variant": "lora/instruct_ft", "tuning": "lora", "benchmark": "b", "scores": "y"}
+    run = {"stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "lora_rank": 8, "seed": 0}
+    bad = {"pair": "p", "variant": variant_name("lora", 1e-4, 8, 0, "instruct_ft"), "benchmark": "b", "scores": "y"}
+    bad |= run
     with pytest.raises(ValueError, match="record 3 has unknown key"):
         ScoreRecord.parse(bad | {"rank": 8}, 3)
     with pytest.raises(ValueError, match="lacks benchmark"):
@@ -175,7 +178,8 @@ def test_summary_csv_is_tidy_with_a_column_per_sweep_dimension(sweep):
 
     assert list(pd.read_csv(sweep["out"] / "summary.csv").columns) == list(SUMMARY_COLUMNS)
     assert len(written) == len(sweep["records"]) == 3 * (2 + len(SETTINGS) * len(SEEDS) * (1 + len(ALPHAS)))
-    graft = written[(written["variant"] == "sft-lora-lr0.0002-r8-s1/shadow_a0.5") & (written["benchmark"] == "math")]
+    graft_name = variant_name("lora", 2e-4, 8, 1, "shadow", 0.5)
+    graft = written[(written["variant"] == graft_name) & (written["benchmark"] == "math")]
     assert graft[["kind", "stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha", "metric"]].iloc[
         0
     ].tolist() == [
@@ -197,8 +201,8 @@ def test_summary_csv_is_tidy_with_a_column_per_sweep_dimension(sweep):
     assert list(dict.fromkeys(written["variant"]))[:4] == [
         "base",
         "instruct",
-        "sft-lora-lr0.0001-r8-s0/instruct_ft",
-        "sft-lora-lr0.0001-r8-s0/shadow_a0.5",
+        variant_name("lora", 1e-4, 8, 0, "instruct_ft"),
+        variant_name("lora", 1e-4, 8, 0, "shadow", 0.5),
     ]
 
 
@@ -311,7 +315,8 @@ def test_missing_scores_show_a_dash_and_no_average(tmp_path):
 
 
 def test_without_instruct_there_are_no_differences(tmp_path):
-    records = [r for r in sweep_records(tmp_path) if r["variant"] in ("base", "sft-full-lr1e-05-s0/shadow_a1")]
+    graft = variant_name("full", 1e-5, None, 0, "shadow", 1.0)
+    records = [r for r in sweep_records(tmp_path) if r["variant"] in ("base", graft)]
 
     summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
@@ -347,11 +352,12 @@ def test_missing_file_is_named(tmp_path):
     ("content", "message"),
     [
         ("", "is empty"),
-        ("benchmark,dataset,metric,num_examples\ng,g,acc,10\n", r"lacks column\(s\) score"),
+        ("benchmark,dataset,metric,num_examples\ng,g,acc,10\n", r"columns are .*'num_examples'\], expected .*'score'"),
         ("benchmark,dataset,metric,score,num_examples\n", "has no rows"),
-        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,high,1\n", "non-numeric score"),
-        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,-,1\n", "no score for g/g/acc"),
-        ("benchmark,dataset,metric,score,num_examples\ng,d,acc,,1\n", "no score for g/d/acc"),
+        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,high,1\n", "line 2: score must be a number"),
+        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,-,1\n", "line 2: score must be a number"),
+        ("benchmark,dataset,metric,score,num_examples\ng,d,acc,,1\n", "line 2: score must be a number"),
+        ("benchmark,dataset,metric,score,num_examples\ng,d,acc,nan,1\n", "no score for g/d/acc"),
         ("benchmark,dataset,metric,score,num_examples\nother,d,acc,1,1\n", "holds benchmark.s. other, not 'g'"),
     ],
 )
@@ -370,9 +376,13 @@ def test_duplicates_and_colliding_runs_are_refused(tmp_path):
         summarize([record, record], tmp_path / "s.csv", tmp_path / "s.md")
     with pytest.raises(ValueError, match="no score records"):
         summarize([], tmp_path / "s.csv", tmp_path / "s.md")
-    tuned = {"pair": "p", "stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "seed": 0, "benchmark": "g"}
-    twins = [tuned | {"variant": name, "scores": path} for name in ("a/instruct_ft", "b/instruct_ft")]
-    with pytest.raises(ValueError, match="variants a/instruct_ft, b/instruct_ft are the same run"):
+    # Two records of one run: the second claims the first's seed, which its name does not say.
+    tuned = {"pair": "p", "stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "lora_rank": 8, "seed": 0}
+    twins = [
+        tuned | {"variant": variant_name("lora", 1e-4, 8, seed, "instruct_ft"), "benchmark": "g", "scores": path}
+        for seed in (0, 1)
+    ]
+    with pytest.raises(ValueError, match=r"record 1: seed 0 differs from the variant's \(1, from its name sft-lora"):
         summarize(twins, tmp_path / "s.csv", tmp_path / "s.md")
 
 
