@@ -9,13 +9,14 @@ import json
 import math
 import re
 import statistics
+import subprocess
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, VENVS, snakemake
 
 from shadowft import figures
 from shadowft.report import (
@@ -27,6 +28,7 @@ from shadowft.report import (
     summarize,
 )
 from shadowft.runs import Run, Variant, VariantKind
+from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
 
 BENCHMARKS = ["gsm8k", "math", "mmlu"]
 GROUPS = {"Math": ["gsm8k", "math"]}
@@ -245,6 +247,7 @@ def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
     assert "from Instruct + Full (Instruct tuned directly, the paper's baseline)" in markdown
     assert "Math avg: unweighted mean over the group's benchmarks." in markdown
     assert "sigma = 2.89%" in markdown
+    assert "†" not in markdown  # no model ran its own code
     assert "Learning rates: LoRA 0.0001, 0.0002; Full 1e-05 (the learning-rate figure" in markdown
 
 
@@ -527,7 +530,7 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
             write_similarity(tmp_path / path, layers=2)
         if rule == "train":
             write_trainer_state(tmp_path / path / figures.TRAINER_STATE, [2.0, 1.2, 0.7])
-    allowed = ("--allowed-rules", *REPORT_RULES)
+    allowed = ("--allowed-rules", *REPORT_RULES, "environment_versions")
 
     snakemake(tmp_path, "--cores", "1", *allowed)
     snakemake(tmp_path, "--report", "results/report.html", *allowed)
@@ -560,3 +563,63 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
     )
     assert sorted(tuned["alpha"].dropna().unique()) == sorted(config["graft"]["alphas"])
     assert summary.loc[summary["tuning"].isna(), ["seed", "alpha", "learning_rate"]].isna().all().all()
+    text = (tmp_path / "results" / "report.html").read_text()
+    for document in (
+        (tmp_path / "results" / "summary.md").read_text(),
+        (tmp_path / "results" / "summary.html").read_text(),
+        text,
+    ):
+        assert_states_versions(document)
+
+
+def installed_versions(environment):
+    """The Python and tool versions importlib.metadata reports in one of this checkout's environments."""
+    probe = (
+        "import importlib.metadata as m, json, platform, sys\n"
+        "def v(name):\n"
+        "    try: return m.version(name)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "print(json.dumps([platform.python_version(), {name: v(name) for name in sys.argv[1:]}]))"
+    )
+    python = VENVS / environment / "bin" / "python"
+    result = subprocess.run([python, "-c", probe, *TOOLS], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def assert_states_versions(text):
+    """The text states the checkout's commit and every environment's Python and installed tools, as
+    importlib.metadata reports them there."""
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert f"Made with shadowft {head.stdout.strip()}" in text
+    for environment in ("core", "train", "eval"):
+        python, versions = installed_versions(environment)
+        installed = [f"{TOOLS[name]} {version}" for name, version in versions.items() if version is not None]
+        assert f"{environment} (Python {python}): {', '.join(installed)}" in text, environment
+    assert "LLaMA-Factory" in text and "OpenCompass" in text and "Snakemake" in text
+
+
+def test_versions_record_this_environment_and_read_back(tmp_path):
+    record = EnvironmentVersions.installed("core", "abc")
+    record.write(tmp_path / "core.json")
+
+    assert EnvironmentVersions.read(tmp_path / "core.json") == record
+    python, versions = installed_versions("core")
+    assert (record.python, record.tools) == (python, versions) and versions["snakemake"] is not None
+    (tmp_path / "bad.json").write_text(json.dumps({"environment": "x", "python": "3", "shadowft": "c", "tools": {}}))
+    with pytest.raises(ValueError, match="bad.json: tools are"):
+        EnvironmentVersions.read(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError):  # Snakemake leaves a parameter undetermined on this error
+        EnvironmentVersions.read(tmp_path / "absent.json")
+
+
+def test_checkout_commit_is_the_head_dirty_or_unknown(tmp_path):
+    assert checkout_commit(tmp_path) == "unknown"  # not a repository
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f").write_text("1")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "f"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert checkout_commit(tmp_path) == head
+    (tmp_path / "f").write_text("2")
+    assert checkout_commit(tmp_path) == f"{head}-dirty"
