@@ -393,8 +393,13 @@ def shadowft_commit():
 
 def recorded_versions(wildcards, input):
     """The sentence stating the versions the report's environments recorded, for its captions
-    (evaluated once the records exist; Snakemake leaves it undetermined before)."""
-    return versions_sentence([EnvironmentVersions.read(path) for path in input.versions])
+    (evaluated once the records exist; Snakemake leaves it undetermined before). A record that
+    does not parse is said in the caption rather than stopping the plan: the report job reads
+    the same records and fails on it."""
+    try:
+        return versions_sentence([EnvironmentVersions.read(path) for path in input.versions])
+    except ValueError as error:
+        return f"The versions could not be read: {error}"
 
 
 def similarity_by_pair():
