@@ -26,6 +26,7 @@ from shadowft.resources import (
     size_job,
 )
 from shadowft.runs import Variant, VariantKind, alpha_label, runs, variants
+from shadowft.versions import EnvironmentVersions, checkout_commit, versions_sentence
 
 PAIRS = sorted(config["pairs"])
 RUNS = {run.name: run for run in runs(config)}
@@ -132,15 +133,28 @@ def role_trusts_remote_code(pair, role):
     return model_trusts_remote_code(config["pairs"][pair][role])
 
 
+def scored_role(variant):
+    """The role whose model an evaluation of `variant` loads: base for base and base_ft, else
+    instruct (a graft is instruct's model)."""
+    return "base" if variant.kind in (VariantKind.BASE, VariantKind.BASE_FT) else "instruct"
+
+
 def trust_remote_code_flag(wildcards):
     """`--trust-remote-code` for a job on a model that may run its own code, else nothing: the
     trained model (train, merge_adapter) or, for an evaluation, the model the variant comes from."""
     if "variant" in wildcards.keys():
-        variant = parsed_variant(wildcards.variant)
-        role = "base" if variant.kind in (VariantKind.BASE, VariantKind.BASE_FT) else "instruct"
+        role = scored_role(parsed_variant(wildcards.variant))
     else:
         role = wildcards.role
     return "--trust-remote-code" if role_trusts_remote_code(wildcards.pair, role) else ""
+
+
+def variant_trusts_remote_code(pair, variant):
+    """Whether a job that made or scored `variant` ran a model's own code, for the report's mark:
+    its evaluation (the role trust_remote_code_flag names), and for a graft also the training of
+    base, whose update it carries."""
+    roles = {scored_role(variant), *(["base"] if variant.kind is VariantKind.SHADOW else [])}
+    return any(role_trusts_remote_code(pair, role) for role in roles)
 
 
 def pair_chat_template_kwargs(wildcards):
@@ -330,12 +344,14 @@ def benchmark_groups():
 
 def score_records():
     """One record per score file, for the report: its pair, variant, the variant's sweep
-    dimensions (shadowft.runs; None where one does not apply), benchmark and path."""
+    dimensions (shadowft.runs; None where one does not apply), whether its models ran their own
+    code, benchmark and path."""
     return [
         {
             "pair": pair,
             "variant": variant.name,
             **variant.dimensions(),
+            "trust_remote_code": variant_trusts_remote_code(pair, variant),
             "benchmark": benchmark,
             "scores": f"results/{pair}/eval/{variant.name}/{benchmark}/scores.csv",
         }
@@ -347,6 +363,43 @@ def score_records():
 
 def score_files():
     return [record["scores"] for record in score_records()]
+
+
+def report_environments():
+    """The environments whose tools the report states: the workflow's own (Snakemake, the engine,
+    the report), training's, and the evaluation backend's."""
+    return list(dict.fromkeys(["core", "train", evaluation_env()]))
+
+
+def environment_versions_files():
+    return [f"results/versions/{environment}.json" for environment in report_environments()]
+
+
+def environment_file(wildcards):
+    """An environment's definition, envs/NAME.yaml: when it changes, its versions are recorded again."""
+    return os.path.join(workflow.basedir, "envs", f"{wildcards.environment}.yaml")
+
+
+def environment_python(wildcards):
+    return env_python(wildcards.environment)
+
+
+@lru_cache(maxsize=1)
+def shadowft_commit():
+    """shadowft's git commit ("-dirty" with uncommitted changes, "unknown" without git), found once
+    where Snakemake runs; a new commit records every environment's versions again."""
+    return checkout_commit(workflow.basedir)
+
+
+def recorded_versions(wildcards, input):
+    """The sentence stating the versions the report's environments recorded, for its captions
+    (evaluated once the records exist; Snakemake leaves it undetermined before). A record that
+    does not parse is said in the caption rather than stopping the plan: the report job reads
+    the same records and fails on it."""
+    try:
+        return versions_sentence([EnvironmentVersions.read(path) for path in input.versions])
+    except ValueError as error:
+        return f"The versions could not be read: {error}"
 
 
 def similarity_by_pair():

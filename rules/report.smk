@@ -1,12 +1,37 @@
-# The report: the tidy table and the paper-style tables of every pair, then per pair its
-# figures, each output flagged for `snakemake --report results/report.html` with a caption
-# of its own (report/*.rst).
+# The report: the versions of every environment that ran, the tidy table and the paper-style
+# tables of every pair, then per pair its figures, each output flagged for
+# `snakemake --report results/report.html` with a caption of its own (report/*.rst).
+
+
+# What each environment that ran has installed, read there (seconds): not worth a cluster job.
+localrules:
+    environment_versions,
+
+
+rule environment_versions:
+    input:
+        environment_file,
+    output:
+        "results/versions/{environment}.json",
+    log:
+        "logs/versions/{environment}.log",
+    wildcard_constraints:
+        environment=alternatives(report_environments()),
+    conda:
+        "../envs/{environment}.yaml"
+    params:
+        python=environment_python,
+        commit=shadowft_commit(),
+    shell:
+        "{params.python} -m shadowft.versions --environment {wildcards.environment}"
+        " --commit {params.commit:q} {output} > {log} 2>&1"
 
 
 rule report:
     input:
         scores=score_files(),
         similarity=similarity_files(),
+        versions=environment_versions_files(),
     output:
         csv=report("results/summary.csv", caption="../report/summary_csv.rst", category="Tables"),
         md=report("results/summary.md", caption="../report/summary_md.rst", category="Tables"),
@@ -19,6 +44,7 @@ rule report:
         records=score_records(),
         benchmark_groups=benchmark_groups(),
         similarity=similarity_by_pair(),
+        versions=recorded_versions,
     script:
         "../scripts/report.py"
 

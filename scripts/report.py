@@ -7,6 +7,7 @@ sys.stderr = open(snakemake.log[0], "w")
 from pathlib import Path
 
 from shadowft.report import summarize
+from shadowft.versions import EnvironmentVersions
 
 summarize(
     snakemake.params.records,
@@ -15,4 +16,5 @@ summarize(
     out_html=Path(snakemake.output.html),
     benchmark_groups=snakemake.params.benchmark_groups,
     similarity=snakemake.params.similarity,
+    versions=[EnvironmentVersions.read(Path(path)) for path in snakemake.input.versions],
 )

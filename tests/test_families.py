@@ -229,6 +229,7 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
         "check_pair": 1,
         "evaluate": 6 * 19,
         "report": 1,
+        "environment_versions": 3,  # core, train, lmdeploy
         "figures": 1,
         "alpha_figure": 1,
         "training_figure": 1,

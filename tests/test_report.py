@@ -9,13 +9,14 @@ import json
 import math
 import re
 import statistics
+import subprocess
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, VENVS, snakemake
 
 from shadowft import figures
 from shadowft.report import (
@@ -26,6 +27,8 @@ from shadowft.report import (
     read_summary,
     summarize,
 )
+from shadowft.runs import Run, Variant, VariantKind
+from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
 
 BENCHMARKS = ["gsm8k", "math", "mmlu"]
 GROUPS = {"Math": ["gsm8k", "math"]}
@@ -51,8 +54,9 @@ def write_scores(path, rows):
     return path
 
 
-def run_name(tuning, learning_rate, rank, seed):
-    return f"sft-{tuning}-lr{learning_rate:g}" + (f"-r{rank}" if rank else "") + f"-s{seed}"
+def variant_name(tuning, learning_rate, rank, seed, kind, alpha=None):
+    """The canonical name (shadowft.runs) of a fixture variant of an SFT run."""
+    return Variant(VariantKind(kind), Run("sft", tuning, learning_rate, rank, seed), alpha).name
 
 
 def sweep_records(root, pair="qwen"):
@@ -69,9 +73,8 @@ def sweep_records(root, pair="qwen"):
             )
     for tuning, learning_rate, rank in SETTINGS:
         for seed in SEEDS:
-            run = run_name(tuning, learning_rate, rank, seed)
             for kind, alpha in [("instruct_ft", None), *(("shadow", alpha) for alpha in ALPHAS)]:
-                variant = f"{run}/{kind}" if alpha is None else f"{run}/shadow_a{alpha:g}"
+                variant = variant_name(tuning, learning_rate, rank, seed, kind, alpha)
                 for benchmark in BENCHMARKS:
                     score = tuned_score(tuning, learning_rate, kind, alpha or 0.0, seed, benchmark)
                     path = write_scores(
@@ -153,7 +156,9 @@ def test_records_are_typed(tmp_path):
     assert (record.learning_rate, record.lora_rank, record.alpha, record.kind) == (1e-4, 8, 0.5, "shadow")
     assert isinstance(record.lora_rank, int) and str(record.scores) == "x.csv"
     assert ScoreRecord.parse({"pair": "p", "variant": "instruct", "benchmark": "b", "scores": "y"}).kind == "instruct"
-    bad = {"pair": "p", "variant": "lora/instruct_ft", "tuning": "lora", "benchmark": "b", "scores": "y"}
+    run = {"stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "lora_rank": 8, "seed": 0}
+    bad = {"pair": "p", "variant": variant_name("lora", 1e-4, 8, 0, "instruct_ft"), "benchmark": "b", "scores": "y"}
+    bad |= run
     with pytest.raises(ValueError, match="record 3 has unknown key"):
         ScoreRecord.parse(bad | {"rank": 8}, 3)
     with pytest.raises(ValueError, match="lacks benchmark"):
@@ -175,7 +180,8 @@ def test_summary_csv_is_tidy_with_a_column_per_sweep_dimension(sweep):
 
     assert list(pd.read_csv(sweep["out"] / "summary.csv").columns) == list(SUMMARY_COLUMNS)
     assert len(written) == len(sweep["records"]) == 3 * (2 + len(SETTINGS) * len(SEEDS) * (1 + len(ALPHAS)))
-    graft = written[(written["variant"] == "sft-lora-lr0.0002-r8-s1/shadow_a0.5") & (written["benchmark"] == "math")]
+    graft_name = variant_name("lora", 2e-4, 8, 1, "shadow", 0.5)
+    graft = written[(written["variant"] == graft_name) & (written["benchmark"] == "math")]
     assert graft[["kind", "stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha", "metric"]].iloc[
         0
     ].tolist() == [
@@ -197,8 +203,8 @@ def test_summary_csv_is_tidy_with_a_column_per_sweep_dimension(sweep):
     assert list(dict.fromkeys(written["variant"]))[:4] == [
         "base",
         "instruct",
-        "sft-lora-lr0.0001-r8-s0/instruct_ft",
-        "sft-lora-lr0.0001-r8-s0/shadow_a0.5",
+        variant_name("lora", 1e-4, 8, 0, "instruct_ft"),
+        variant_name("lora", 1e-4, 8, 0, "shadow", 0.5),
     ]
 
 
@@ -241,6 +247,7 @@ def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
     assert "from Instruct + Full (Instruct tuned directly, the paper's baseline)" in markdown
     assert "Math avg: unweighted mean over the group's benchmarks." in markdown
     assert "sigma = 2.89%" in markdown
+    assert "†" not in markdown  # no model ran its own code
     assert "Learning rates: LoRA 0.0001, 0.0002; Full 1e-05 (the learning-rate figure" in markdown
 
 
@@ -311,7 +318,8 @@ def test_missing_scores_show_a_dash_and_no_average(tmp_path):
 
 
 def test_without_instruct_there_are_no_differences(tmp_path):
-    records = [r for r in sweep_records(tmp_path) if r["variant"] in ("base", "sft-full-lr1e-05-s0/shadow_a1")]
+    graft = variant_name("full", 1e-5, None, 0, "shadow", 1.0)
+    records = [r for r in sweep_records(tmp_path) if r["variant"] in ("base", graft)]
 
     summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
@@ -347,11 +355,12 @@ def test_missing_file_is_named(tmp_path):
     ("content", "message"),
     [
         ("", "is empty"),
-        ("benchmark,dataset,metric,num_examples\ng,g,acc,10\n", r"lacks column\(s\) score"),
+        ("benchmark,dataset,metric,num_examples\ng,g,acc,10\n", r"columns are .*'num_examples'\], expected .*'score'"),
         ("benchmark,dataset,metric,score,num_examples\n", "has no rows"),
-        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,high,1\n", "non-numeric score"),
-        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,-,1\n", "no score for g/g/acc"),
-        ("benchmark,dataset,metric,score,num_examples\ng,d,acc,,1\n", "no score for g/d/acc"),
+        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,high,1\n", "line 2: score must be a number"),
+        ("benchmark,dataset,metric,score,num_examples\ng,g,acc,-,1\n", "line 2: score must be a number"),
+        ("benchmark,dataset,metric,score,num_examples\ng,d,acc,,1\n", "line 2: score must be a number"),
+        ("benchmark,dataset,metric,score,num_examples\ng,d,acc,nan,1\n", "no score for g/d/acc"),
         ("benchmark,dataset,metric,score,num_examples\nother,d,acc,1,1\n", "holds benchmark.s. other, not 'g'"),
     ],
 )
@@ -370,9 +379,13 @@ def test_duplicates_and_colliding_runs_are_refused(tmp_path):
         summarize([record, record], tmp_path / "s.csv", tmp_path / "s.md")
     with pytest.raises(ValueError, match="no score records"):
         summarize([], tmp_path / "s.csv", tmp_path / "s.md")
-    tuned = {"pair": "p", "stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "seed": 0, "benchmark": "g"}
-    twins = [tuned | {"variant": name, "scores": path} for name in ("a/instruct_ft", "b/instruct_ft")]
-    with pytest.raises(ValueError, match="variants a/instruct_ft, b/instruct_ft are the same run"):
+    # Two records of one run: the second claims the first's seed, which its name does not say.
+    tuned = {"pair": "p", "stage": "sft", "tuning": "lora", "learning_rate": 1e-4, "lora_rank": 8, "seed": 0}
+    twins = [
+        tuned | {"variant": variant_name("lora", 1e-4, 8, seed, "instruct_ft"), "benchmark": "g", "scores": path}
+        for seed in (0, 1)
+    ]
+    with pytest.raises(ValueError, match=r"record 1: seed 0 differs from the variant's \(1, from its name sft-lora"):
         summarize(twins, tmp_path / "s.csv", tmp_path / "s.md")
 
 
@@ -517,7 +530,7 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
             write_similarity(tmp_path / path, layers=2)
         if rule == "train":
             write_trainer_state(tmp_path / path / figures.TRAINER_STATE, [2.0, 1.2, 0.7])
-    allowed = ("--allowed-rules", *REPORT_RULES)
+    allowed = ("--allowed-rules", *REPORT_RULES, "environment_versions")
 
     snakemake(tmp_path, "--cores", "1", *allowed)
     snakemake(tmp_path, "--report", "results/report.html", *allowed)
@@ -550,3 +563,63 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
     )
     assert sorted(tuned["alpha"].dropna().unique()) == sorted(config["graft"]["alphas"])
     assert summary.loc[summary["tuning"].isna(), ["seed", "alpha", "learning_rate"]].isna().all().all()
+    text = (tmp_path / "results" / "report.html").read_text()
+    for document in (
+        (tmp_path / "results" / "summary.md").read_text(),
+        (tmp_path / "results" / "summary.html").read_text(),
+        text,
+    ):
+        assert_states_versions(document)
+
+
+def installed_versions(environment):
+    """The Python and tool versions importlib.metadata reports in one of this checkout's environments."""
+    probe = (
+        "import importlib.metadata as m, json, platform, sys\n"
+        "def v(name):\n"
+        "    try: return m.version(name)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "print(json.dumps([platform.python_version(), {name: v(name) for name in sys.argv[1:]}]))"
+    )
+    python = VENVS / environment / "bin" / "python"
+    result = subprocess.run([python, "-c", probe, *TOOLS], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def assert_states_versions(text):
+    """The text states the checkout's commit and every environment's Python and installed tools, as
+    importlib.metadata reports them there."""
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert f"Made with shadowft {head.stdout.strip()}" in text
+    for environment in ("core", "train", "eval"):
+        python, versions = installed_versions(environment)
+        installed = [f"{TOOLS[name]} {version}" for name, version in versions.items() if version is not None]
+        assert f"{environment} (Python {python}): {', '.join(installed)}" in text, environment
+    assert "LLaMA-Factory" in text and "OpenCompass" in text and "Snakemake" in text
+
+
+def test_versions_record_this_environment_and_read_back(tmp_path):
+    record = EnvironmentVersions.installed("core", "abc")
+    record.write(tmp_path / "core.json")
+
+    assert EnvironmentVersions.read(tmp_path / "core.json") == record
+    python, versions = installed_versions("core")
+    assert (record.python, record.tools) == (python, versions) and versions["snakemake"] is not None
+    (tmp_path / "bad.json").write_text(json.dumps({"environment": "x", "python": "3", "shadowft": "c", "tools": {}}))
+    with pytest.raises(ValueError, match="bad.json: tools are"):
+        EnvironmentVersions.read(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError):  # Snakemake leaves a parameter undetermined on this error
+        EnvironmentVersions.read(tmp_path / "absent.json")
+
+
+def test_checkout_commit_is_the_head_dirty_or_unknown(tmp_path):
+    assert checkout_commit(tmp_path) == "unknown"  # not a repository
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f").write_text("1")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "f"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert checkout_commit(tmp_path) == head
+    (tmp_path / "f").write_text("2")
+    assert checkout_commit(tmp_path) == f"{head}-dirty"

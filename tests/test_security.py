@@ -8,9 +8,12 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 from model_fixtures import local_pair_experiment
+from test_report import write_scores, write_similarity
 
 from shadowft import llamafactory
 from shadowft.datasets import ROWS_FILE
+from shadowft.report import read_summary
+from shadowft.report.document import REMOTE_CODE_MARK, REMOTE_CODE_NOTE
 
 RUN = "sft-lora-lr1e-2-r8-s0"
 
@@ -63,6 +66,33 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
     }
     assert f"results/p/{RUN}/train_instruct/merged" in trusting
     assert f"results/p/{RUN}/train_base/merged" not in trusting and f"results/p/{RUN}/train_base/merged" in commands
+    # The report marks the variants whose models ran their own code, from the same setting.
+    for path in scored:
+        write_scores(workdir / path, [("held_out", "held_out", "accuracy", 50.0, 1)])
+    write_similarity(workdir / "results/p/similarity.csv")
+    allowed = ("--allowed-rules", "report", "environment_versions")
+    snakemake(workdir, "results/summary.md", "--cores", "1", "--configfile", str(configfile), *allowed)
+    summary = read_summary(workdir / "results/summary.csv")
+    assert summary.groupby("variant")["trust_remote_code"].agg(set).to_dict() == {
+        "base": {False},
+        "instruct": {True},
+        f"{RUN}/base_ft": {False},
+        f"{RUN}/instruct_ft": {True},
+        f"{RUN}/shadow_a1": {True},  # instruct's model, evaluated with its code
+    }
+    markdown = (workdir / "results/summary.md").read_text()
+    labels = [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines() if line.startswith("| ")]
+    mark = f" {REMOTE_CODE_MARK}"
+    assert labels[2:] == [
+        "Base",
+        "Instruct" + mark,
+        "Base + LoRA",
+        "Instruct + LoRA" + mark,
+        "Shadow-LoRA (α=1)" + mark,
+    ]
+    assert REMOTE_CODE_NOTE in markdown
+    page = (workdir / "results/summary.html").read_text()
+    assert f"<td>Instruct{mark}</td>" in page and "<td>Base</td>" in page and "<td>Base + LoRA</td>" in page
 
 
 # Quotes, command substitutions, backticks and separators: run by any shell that was handed

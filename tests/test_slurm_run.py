@@ -20,7 +20,7 @@ from test_workflow import planned_jobs
 pytestmark = pytest.mark.slow
 
 PROFILES = ("--profile", str(ROOT / "profiles" / "slurm"), "--profile", str(ROOT / "tests" / "slurm_ci_profile.yaml"))
-LOCAL_RULES = {"demo_training_config", "training_config", "check_pair", "all"}
+LOCAL_RULES = {"demo_training_config", "training_config", "check_pair", "environment_versions", "all"}
 GPU_RULES = {"demo_train", "train", "evaluate"}
 # The job the test kills: the baseline's full fine-tune, whose only dependants are its
 # evaluations and the report.

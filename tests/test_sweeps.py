@@ -94,16 +94,21 @@ def expected_jobs(alphas):
         "learning_rate_figure": 1,  # three learning rates per tuning
         "training_figure": 1,
     }
-    return {**{rule: len(PAIRS) * count for rule, count in per_pair.items()}, "report": 1, "all": 1}
+    return {
+        **{rule: len(PAIRS) * count for rule, count in per_pair.items()},
+        "report": 1,
+        "environment_versions": 3,
+        "all": 1,
+    }
 
 
 def test_a_sweep_plans_every_combination_with_its_own_paths(inputs, tmp_path):
     output = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(sweep_config(inputs, ALPHAS))).stdout
     assert planned_jobs(output) == expected_jobs(len(ALPHAS))
-    assert sum(expected_jobs(len(ALPHAS)).values()) == 172
+    assert sum(expected_jobs(len(ALPHAS)).values()) == 175
     paths = [path for _, outputs in planned_outputs(output) for path in outputs]
     # all writes nothing, report three files, figures two per pair
-    assert len(paths) == len(set(paths)) == 171 + 2 + 2
+    assert len(paths) == len(set(paths)) == 174 + 2 + 2
     for pair in PAIRS:
         for run in RUNS:
             assert f"results/{pair}/{run}/delta" in paths

@@ -60,6 +60,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "graft": 8,
         "evaluate": 24,
         "report": 1,
+        "environment_versions": 3,  # core, train, eval
         "figures": 1,
         "alpha_figure": 1,
         "training_figure": 1,
