@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from shadowft.dataset_rows import DATA_SUFFIXES
 from shadowft.layout import is_pickle_name
 
 # Patterns without a "/" match files at the repository root only, so copies of the
@@ -51,8 +52,8 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 # select(file names, label for messages, fetch(name) -> its local path) -> the names to fetch or link.
 Selector = Callable[[list[str], str, Callable[[str], Path]], list[str]]
 
-# The files a dataset repository holds its rows in (what LLaMA-Factory and shadowft.datasets read).
-DATASET_FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+# The files a dataset repository holds its rows in: those shadowft.datasets reads.
+DATASET_FILE_SUFFIXES = DATA_SUFFIXES
 
 
 class ModelSourceError(ValueError):
