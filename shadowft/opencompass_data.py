@@ -174,7 +174,7 @@ def prefetch(benchmarks: Mapping[str, dict], cache: Path, manifest: Path, *, url
 def _prefetch_locked(benchmarks: Mapping[str, dict], cache: Path, urls: Mapping | None) -> dict:
     from opencompass.utils.fileio import download_and_extract_archive
 
-    from shadowft.opencompass import opencompass_datasets
+    from shadowft.opencompass_config import opencompass_datasets
 
     table = dataset_urls(urls)
     record = {"version": MANIFEST_VERSION, "opencompass": _opencompass_version(), "benchmarks": {}}

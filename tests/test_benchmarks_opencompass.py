@@ -71,7 +71,7 @@ def test_every_benchmark_resolves_to_a_config_of_the_installed_opencompass():
         "import json, sys\n"
         "from mmengine.config import Config\n"
         "from shadowft.benchmarks import CATALOG\n"
-        "from shadowft.opencompass import _find_dataset_config, opencompass_datasets\n"
+        "from shadowft.opencompass_config import _find_dataset_config, opencompass_datasets\n"
         "from shadowft.opencompass_data import dataset_urls, download_key, required_paths\n"
         "urls, out = dataset_urls(), {}\n"
         "for name, benchmark in CATALOG.items():\n"
