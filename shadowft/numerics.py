@@ -33,6 +33,10 @@ from shadowft.reader import TensorInfo
 #: buffer) keep a chunk's passes in cache; 2^20 was 1.5-2x slower per element.
 #: The engine's entry points take it as `chunk_elements` (see check_chunk_elements).
 CHUNK_ELEMENTS = 1 << 18
+#: Elements per arithmetic pass over an elementwise block in pair order: 2^17 float32 elements
+#: (512 KiB) keep a pass's four buffers in a core's 2 MiB L2 cache, while the block stays the
+#: unit of reading and writing, whose Python overhead a smaller block would multiply.
+PASS_ELEMENTS = 1 << 17
 _OPEN_WINDOWS = 4  # per thread: the inputs of one graft, plus one
 
 
@@ -78,6 +82,13 @@ class Block:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.row1 - self.row0, self.col1 - self.col0)
+
+
+def passes(block: Block, size: int = PASS_ELEMENTS) -> Iterator[Block]:
+    """An elementwise block as consecutive runs of at most `size` elements (each a piece of one flat row)."""
+    end = block.start + block.count
+    for start in range(block.start, end, size):
+        yield Block(0, 1, start, min(start + size, end), end)
 
 
 def blocks(row0: int, row1: int, row_length: int, chunk: int = CHUNK_ELEMENTS) -> Iterator[Block]:
