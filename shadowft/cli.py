@@ -189,40 +189,38 @@ def _run_extract(args: argparse.Namespace) -> str:
 
 def _run_graft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """`parser` is the graft subcommand's, so usage errors show its usage line."""
-    from shadowft.delta import Delta, Selection, graft
+    from shadowft.delta import Delta, GraftOptions, graft
 
     on_the_fly = args.tuned is not None or args.adapter is not None
     if (args.delta is not None) == on_the_fly:
         parser.error("give either --delta, or --base with --tuned or --adapter")
     if on_the_fly != (args.base is not None):
         parser.error("--base goes with --tuned or --adapter (and only with them)")
+    options = GraftOptions(
+        alpha=args.alpha,
+        preset=args.preset,
+        include=args.include,
+        exclude=args.exclude,
+        vocab_mismatch=args.vocab_mismatch,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        allow_pickle=args.allow_pickle,
+        threads=args.threads,
+        progress=args.progress,
+    )
     if on_the_fly:
         opener = Delta.from_models if args.tuned is not None else Delta.from_adapter
         source = opener(
             args.base,
             args.tuned or args.adapter,
-            vocab_mismatch=args.vocab_mismatch,
-            selection=Selection(args.preset, tuple(args.include), tuple(args.exclude)),
-            allow_pickle=args.allow_pickle,
+            vocab_mismatch=options.vocab_mismatch,
+            selection=options.selection,
+            allow_pickle=options.allow_pickle,
         )
     else:
         source = contextlib.nullcontext(args.delta)
     with source as delta:
-        manifest = graft(
-            args.instruct,
-            delta,
-            args.out,
-            alpha=args.alpha,
-            preset=args.preset,
-            include=args.include,
-            exclude=args.exclude,
-            vocab_mismatch=args.vocab_mismatch,
-            dtype=args.dtype,
-            max_shard_size=args.max_shard_size,
-            allow_pickle=args.allow_pickle,
-            threads=args.threads,
-            progress=args.progress,
-        )
+        manifest = graft(args.instruct, delta, args.out, options)
     counts = manifest["counts"]
     return (
         f"wrote {args.out}: {counts['grafted']} tensors grafted, {counts['partially_grafted']} partially, "

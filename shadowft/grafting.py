@@ -33,7 +33,17 @@ from shadowft.layout import (
     is_output_head,
     shared_rows,
 )
-from shadowft.numerics import CHUNK_ELEMENTS, Block, Scratch, blocks, byte_ranges, compute_dtype, encode, read_float
+from shadowft.numerics import (
+    CHUNK_ELEMENTS,
+    Block,
+    Scratch,
+    blocks,
+    byte_ranges,
+    compute_dtype,
+    encode,
+    passes,
+    read_float,
+)
 from shadowft.parts import DeltaEntry
 from shadowft.policy import Action, Selection
 from shadowft.provenance import InputSet, Provenance, index_files, model_files, versions
@@ -107,6 +117,12 @@ class PlannedTensor:
         return self.action.value if self.reason is None else f"{self.action.value}: {self.reason}"
 
     @property
+    def pairs(self) -> bool:
+        """Whether its blocks of an even count are computed in pair order (bfloat16 in and out, elementwise)."""
+        codes = (self.source.dtype, self.out_dtype, *(self.entry.dtypes if self.entry else ()))
+        return all(code == "BF16" for code in codes) and (self.entry is None or self.entry.elementwise)
+
+    @property
     def output(self) -> OutputTensor:
         if self.out_dtype == self.source.dtype:
             return OutputTensor(self.name, self.source.dtype, self.source.shape, self.source.nbytes)
@@ -166,10 +182,11 @@ def _tensor_tasks(
     item: PlannedTensor, update_scale: float | None, writer: SafetensorsWriter, chunk: int
 ) -> Iterator[Task]:
     """The blocks of one output tensor: grafted rows first, then the rest copied or converted."""
-    source, cols = item.source, item.source.cols
+    source, cols, pairs = item.source, item.source.cols, item.pairs
     if item.entry is not None:
         for block in blocks(0, item.graft_rows, cols, chunk):
-            yield functools.partial(_graft_block, item, block, update_scale, writer)
+            paired = pairs and block.count % 2 == 0
+            yield functools.partial(_graft_block, item, block, update_scale, paired, writer)
     kept_from_row = item.graft_rows if item.entry is not None else 0
     if item.out_dtype == source.dtype:
         offset = kept_from_row * cols * source.itemsize
@@ -177,7 +194,7 @@ def _tensor_tasks(
             yield functools.partial(copy_bytes, source, offset + byte0, offset + byte1, writer, item.name)
     else:
         for block in blocks(kept_from_row, source.rows, cols, chunk):
-            yield functools.partial(_graft_block, item, block, None, writer)
+            yield functools.partial(_graft_block, item, block, None, False, writer)
 
 
 def _manifest(
@@ -279,20 +296,27 @@ def _refuse_unplaced_updates(instruct: Checkpoint, delta: Delta, selection: Sele
 
 
 def _graft_block(
-    item: PlannedTensor, block: Block, alpha: float | None, writer: SafetensorsWriter, scratch: Scratch
+    item: PlannedTensor, block: Block, alpha: float | None, paired: bool, writer: SafetensorsWriter, scratch: Scratch
 ) -> int:
+    """One block of `item`; `paired`: computed in pair order (see shadowft.numerics), as `item.pairs` allows.
+
+    In pair order the block is elementwise, so it is computed in passes that stay in cache (`passes`).
+    """
     entry = item.entry if block.row1 <= item.graft_rows else None
     dtype = compute_dtype(item.source.dtype, *(entry.dtypes if entry else ()))
-    values = read_float(item.source, block.start, scratch.work(0, block.count, dtype), scratch)
-    if entry is not None:
-        update = scratch.work(1, block.count, dtype)
-        entry.fill(block, update, scratch)
-        if alpha is not None:
-            np.multiply(update, dtype.type(alpha), out=update)
-        np.add(values, update, out=values)
-    data = encode(values, item.out_dtype, scratch)
-    writer.write(item.name, block.start * itemsize(item.out_dtype), data)
-    return len(data)
+    written = 0
+    for piece in passes(block) if paired else (block,):
+        values = read_float(item.source, piece.start, scratch.work(0, piece.count, dtype), scratch, paired)
+        if entry is not None:
+            update = scratch.work(1, piece.count, dtype)
+            entry.fill(piece, update, scratch, paired)
+            if alpha is not None:
+                np.multiply(update, dtype.type(alpha), out=update)
+            np.add(values, update, out=values)
+        data = encode(values, item.out_dtype, scratch, paired)
+        writer.write(item.name, piece.start * itemsize(item.out_dtype), data)
+        written += len(data)
+    return written
 
 
 def _set_config_dtype(config_path: Path, code: str) -> None:

@@ -13,13 +13,15 @@ approach as a whole process, several times, on a warm page cache:
   mergekit       task_arithmetic, base_model = base, models = [instruct w=1, tuned w=1]
                  (when --mergekit-python points at a Python with mergekit installed)
 
-Each command runs under a small launcher process that reports its wall time,
-CPU time (user + system, independent of other load on the machine) and peak
-RSS (ru_maxrss, which counts memory-mapped file pages too). The launcher hop
-matters: Linux starts a child's ru_maxrss at its parent's RSS at fork time, so
-the models are also built in a separate process. "Downloaded" models are
-folders made by shadowft.hub.link_local_model, the way the workflow brings a
-local model in: links to the built files plus a manifest of their sha256
+The approaches take turns, one run of each per round, so a change in load
+reaches all of them alike. Each command runs under a small launcher process
+that reports its wall time, CPU time (user + system, independent of other
+load on the machine) and peak RSS (ru_maxrss, which counts memory-mapped file
+pages too). The launcher hop matters: Linux starts a child's ru_maxrss at its
+parent's RSS at fork time, so the models are also built in a separate
+process. "Downloaded" models are folders made by shadowft.hub.link_local_model,
+the way the workflow brings a local model in: links to the built files plus a
+manifest of their sha256
 (computed while building, not timed). Usage:
 
   python speed/graft.py [--dir /tmp] [--scale 1] [--repeats 3] [--mergekit-python PY]
@@ -210,7 +212,11 @@ def mergekit_approach(work: Path, mergekit_python: Path) -> Approach:
 
 
 def run_all(work: Path, measured: dict[str, Approach], repeats: int, model_bytes: int) -> dict[str, dict]:
-    """Wall, CPU and peak RSS of each approach, `repeats` times, on a warm page cache."""
+    """Wall, CPU and peak RSS of each approach, `repeats` times, on a warm page cache.
+
+    The approaches take turns (one run of each per round), so a change in the
+    machine's load during the benchmark reaches all of them alike.
+    """
     import psutil  # the benchmark runs from the core environment
 
     out = work / "out"
@@ -220,25 +226,26 @@ def run_all(work: Path, measured: dict[str, Approach], repeats: int, model_bytes
     extract, env = measured["shadowft extract-delta (fp32)"]
     extract = [*extract[: extract.index("--out")], "--out", str(work / "delta"), "--no-progress"]
     subprocess.run(extract, env=env, check=True)  # the stored delta "graft --delta" reads
-    results = {}
-    for name, (command, env) in measured.items():
-        if name.startswith("naive") and psutil.virtual_memory().available < 4 * model_bytes:
-            print(f"skipping {name}: not enough free memory", file=sys.stderr)
-            continue
-        runs = []
-        for _ in range(repeats):
+    if psutil.virtual_memory().available < 4 * model_bytes:
+        print("skipping naive (transformers x3): not enough free memory", file=sys.stderr)
+        measured = {name: approach for name, approach in measured.items() if not name.startswith("naive")}
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in measured}
+    for round_number in range(repeats):
+        for name, (command, env) in measured.items():
             shutil.rmtree(out, ignore_errors=True)
             os.sync()
-            runs.append(measure(command, env))
-        shutil.rmtree(out, ignore_errors=True)
-        results[name] = {
-            "wall_s": [round(w, 3) for w, _, _ in runs],
-            "wall_median_s": statistics.median(w for w, _, _ in runs),
-            "cpu_median_s": statistics.median(c for _, c, _ in runs),
-            "peak_rss_mb": max(r for _, _, r in runs),
+            runs[name].append(measure(command, env))
+            print(f"round {round_number + 1}, {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        name: {
+            "wall_s": [round(w, 3) for w, _, _ in measured_runs],
+            "wall_median_s": statistics.median(w for w, _, _ in measured_runs),
+            "cpu_median_s": statistics.median(c for _, c, _ in measured_runs),
+            "peak_rss_mb": max(r for _, _, r in measured_runs),
         }
-        print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
-    return results
+        for name, measured_runs in runs.items()
+    }
 
 
 def print_table(results: dict[str, dict], params: int, model_bytes: int, repeats: int) -> None:
