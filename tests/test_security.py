@@ -10,7 +10,7 @@ from model_fixtures import local_pair_experiment
 
 from shadowft import llamafactory
 
-RUN = "sft-lora-lr1e-2-r8-s0"
+RUN = "sft-lora-lr3e-3-r8-s0"
 
 
 def test_training_arguments_carry_the_models_setting_and_no_override_changes_it():
