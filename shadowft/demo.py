@@ -7,9 +7,10 @@ fine-tune are then made by LLaMA-Factory through `shadowft.llamafactory`, like a
   trained here on the demo's texts, ChatML special tokens and chat template.
 - ``pretrain``: BASE is ``init`` pre-trained (stage pt) on ``demo_corpus``, plain text holding
   the knowledge: letter order, successor facts, words repeated, their first and last letters
-  and "moved one step on", and a few chat transcripts of another kind of question ("Letters
-  from c to f" -> "c d e f"; web text holds chat logs, real base models know the format a
-  little). Facts in prose, never the questions the benchmarks ask.
+  and "moved one step on", and, a quarter of it, chat transcripts of other kinds of question
+  ("Letters from c to f" -> "c d e f", "Letters before d" -> "a b c"; web text holds chat
+  logs, real base models know the format). Facts in prose, never the questions the
+  benchmarks ask.
 - ``chat``: ``demo_chat``, general instruction following (copy, first letter, last letter).
   INSTRUCT is BASE after a full SFT on it (3 epochs: it must know the skills whatever the seed).
   ``eval.jsonl`` holds held-out single-turn questions of these skills (words no chat example
@@ -64,7 +65,10 @@ ALPHABET = "abcdefghij"
 # Fixed-length words: each answer letter sits at a fixed distance from its source letter, which
 # a two-layer model learns in a few hundred steps; mixed lengths needed several times more.
 WORD_LENGTH = 4
-SIZES = {"corpus": 6000, "chat": 2400, "chat_eval": 200, "task_train": 2000, "task_eval": 200, "preference": 400}
+# 15,000 documents are about 1,000 pre-training steps (6,000 were 400) to the instruct step's 450:
+# BASE is the longer-trained model of the pair, as real ones are. Half the chat set (225 steps)
+# left INSTRUCT at 43.5 on its own skills (seed 0).
+SIZES = {"corpus": 15000, "chat": 2400, "chat_eval": 200, "task_train": 2000, "task_eval": 200, "preference": 400}
 # A ceiling: the whitespace-isolated pieces of the demo's texts run out of merges below it.
 TOKENIZER_MAX_VOCAB = 384
 MODEL_SHAPE = {
@@ -172,14 +176,19 @@ def _corpus(rng: random.Random) -> list[str]:
         return f"{word} moved one step on is {shift(word)} ."
 
     def transcript() -> str:
-        # Web text holds chat logs too; real base models know the chat format a little. These
-        # ask for a run of letters, a question no benchmark asks: the chat skills that the
-        # instruct step teaches stay its own.
-        letters = letter_run()
-        question = f"Letters from {letters[0]} to {letters[-1]}"
+        # Web text holds chat logs too; real base models know the chat format. These ask for
+        # runs of letters, questions no benchmark asks: the chat skills that the instruct step
+        # teaches stay its own.
+        if rng.random() < 0.5:
+            letters = letter_run()
+            question = f"Letters from {letters[0]} to {letters[-1]}"
+        else:
+            letters = ALPHABET[: rng.randrange(2, len(ALPHABET))]
+            question = f"Letters before {ALPHABET[len(letters)]}"
         return _render_chatml(_conversation([(question, " ".join(letters))])["conversations"])
 
-    kinds = (run, successor, repeated, first, last, stepped, transcript)
+    # Transcripts twice: a quarter of the documents, so BASE knows the chat format well.
+    kinds = (run, successor, repeated, first, last, stepped, transcript, transcript)
     return [rng.choice(kinds)() for _ in range(SIZES["corpus"])]
 
 
@@ -332,7 +341,7 @@ def seed_spread(summaries: Mapping[int, Path]):
     `summaries` maps each seed to the `results/summary.csv` of its run. Returns a frame with
     one row per (pair, variant label, benchmark) in the first run's (report) order, a column
     per seed, then ``mean``, ``min``, ``max`` and ``spread`` (max - min). Variants are matched
-    by their report label, which leaves the seed out of the run's name (``sft-lora-lr1e-2-r8-s0``
+    by their report label, which leaves the seed out of the run's name (``sft-lora-lr3e-3-r8-s0``
     and ``...-s1`` are one row). Every run must hold the same scores.
     """
     import pandas as pd

@@ -77,9 +77,9 @@ def test_variants_follow_tunings_and_alphas(demo_config):
     assert [variant.name for variant in variants(demo_config)] == [
         "base",
         "instruct",
-        "sft-lora-lr1e-2-r8-s0/instruct_ft",
-        "sft-lora-lr1e-2-r8-s0/shadow_a1",
-        "sft-lora-lr1e-2-r8-s0/shadow_a0.5",
+        "sft-lora-lr3e-3-r8-s0/instruct_ft",
+        "sft-lora-lr3e-3-r8-s0/shadow_a1",
+        "sft-lora-lr3e-3-r8-s0/shadow_a0.5",
         "sft-full-lr1e-3-s0/instruct_ft",
         "sft-full-lr1e-3-s0/shadow_a1",
         "sft-full-lr1e-3-s0/shadow_a0.5",
@@ -102,11 +102,11 @@ def test_text_where_a_number_or_boolean_belongs_is_read_as_one(demo_config):
 
 
 def test_the_demo_trains_as_before_the_sweep_keys(demo_config):
-    """One run per tuning, at the demo's rates (LoRA 1e-2, full 1e-3), the paper's rank, the top-level seed."""
+    """One run per tuning, at the demo's rates (LoRA 3e-3, full 1e-3), the paper's rank, the top-level seed."""
     validate_config(demo_config)
     training = demo_config["training"]
     assert (training["stages"], training["lora_ranks"], training["seeds"]) == (["sft"], [8], [])
-    assert [run.name for run in runs(demo_config)] == ["sft-lora-lr1e-2-r8-s0", "sft-full-lr1e-3-s0"]
+    assert [run.name for run in runs(demo_config)] == ["sft-lora-lr3e-3-r8-s0", "sft-full-lr1e-3-s0"]
     demo_config["seed"] = 3
     assert [run.seed for run in runs(demo_config)] == [3, 3]
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 FAKE_TOKEN = "hf_DatasetWorkflowTestToken0123456789"
 
 
-def run_paths(pair: str = "demo", run: str = "sft-lora-lr1e-2-r8-s0") -> dict[str, str]:
+def run_paths(pair: str = "demo", run: str = "sft-lora-lr3e-3-r8-s0") -> dict[str, str]:
     """Where one training run (the demo's LoRA run, shadowft.runs names it) writes and logs."""
     return {
         "config": f"results/{pair}/{run}/train_base.yaml",

@@ -146,7 +146,7 @@ def test_chat_benchmark_is_held_out_and_answers_are_the_skills(built):
 def test_base_learns_no_chat_skill_from_its_corpus(built):
     """The corpus holds chat transcripts (the format), but never a chat skill's question."""
     corpus = (built / "pretrain" / "corpus.jsonl").read_text()
-    assert demo.IM_START in corpus and "Letters from" in corpus
+    assert demo.IM_START in corpus and "Letters from" in corpus and "Letters before" in corpus
     for skill in demo.CHAT_SKILLS:
         assert f"{skill}:" not in corpus
     assert "Shift" not in corpus
@@ -235,18 +235,18 @@ def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys
     runs = {
         0: {
             ("base", "demo_task"): 0.0,
-            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_task"): 88.0,
-            ("sft-lora-lr1e-2-r8-s0/shadow_a1", "demo_chat"): 10.5,
+            ("sft-lora-lr3e-3-r8-s0/shadow_a1", "demo_task"): 88.0,
+            ("sft-lora-lr3e-3-r8-s0/shadow_a1", "demo_chat"): 10.5,
         },
         1: {
             ("base", "demo_task"): 0.0,
-            ("sft-lora-lr1e-2-r8-s1/shadow_a1", "demo_task"): 51.0,
-            ("sft-lora-lr1e-2-r8-s1/shadow_a1", "demo_chat"): 12.0,
+            ("sft-lora-lr3e-3-r8-s1/shadow_a1", "demo_task"): 51.0,
+            ("sft-lora-lr3e-3-r8-s1/shadow_a1", "demo_chat"): 12.0,
         },
         5: {
             ("base", "demo_task"): 1.0,
-            ("sft-lora-lr1e-2-r8-s5/shadow_a1", "demo_task"): 70.0,
-            ("sft-lora-lr1e-2-r8-s5/shadow_a1", "demo_chat"): 9.0,
+            ("sft-lora-lr3e-3-r8-s5/shadow_a1", "demo_task"): 70.0,
+            ("sft-lora-lr3e-3-r8-s5/shadow_a1", "demo_chat"): 9.0,
         },
     }
     paths = {

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 PAIR = "results/demo"
 # The demo's runs, one per tuning (shadowft.runs names them).
-RUNS = {"lora": "sft-lora-lr1e-2-r8-s0", "full": "sft-full-lr1e-3-s0"}
+RUNS = {"lora": "sft-lora-lr3e-3-r8-s0", "full": "sft-full-lr1e-3-s0"}
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 ALPHAS = [f"{alpha:g}" for alpha in CONFIG["graft"]["alphas"]]
 VARIANTS = ["base", "instruct"] + [

@@ -12,7 +12,7 @@ from test_demo_run import assert_full_graft, assert_lora_graft
 pytestmark = pytest.mark.slow
 
 ALPHA = 0.5  # not 1: the graft must scale the update
-RUNS = {"lora": "dpo-lora-lr1e-2-r8-s0", "full": "dpo-full-lr1e-3-s0"}
+RUNS = {"lora": "dpo-lora-lr3e-3-r8-s0", "full": "dpo-full-lr1e-3-s0"}
 
 
 @pytest.fixture(scope="module")

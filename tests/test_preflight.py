@@ -138,7 +138,7 @@ def test_pickle_only_weights_need_the_opt_in_and_a_missing_config_is_named(llama
         check_pair(llama.base, pickled, allow_pickle=True)
 
 
-RUN = "sft-lora-lr1e-2-r8-s0"
+RUN = "sft-lora-lr3e-3-r8-s0"
 
 
 @pytest.mark.slow

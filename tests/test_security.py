@@ -15,7 +15,7 @@ from shadowft.datasets import ROWS_FILE
 from shadowft.report import read_summary
 from shadowft.report.document import REMOTE_CODE_MARK, REMOTE_CODE_NOTE
 
-RUN = "sft-lora-lr1e-2-r8-s0"
+RUN = "sft-lora-lr3e-3-r8-s0"
 
 
 @pytest.mark.bad_input("LLaMA-Factory", caught="check")

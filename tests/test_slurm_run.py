@@ -26,7 +26,7 @@ GPU_RULES = {"demo_train", "train", "evaluate"}
 # evaluations and the report.
 KILLED_RULE, KILLED_WILDCARDS = "train", "demo_sft-full-lr1e-3-s0_instruct"
 # The demo's runs (shadowft.runs names them).
-RUNS = {"lora": "sft-lora-lr1e-2-r8-s0", "full": "sft-full-lr1e-3-s0"}
+RUNS = {"lora": "sft-lora-lr3e-3-r8-s0", "full": "sft-full-lr1e-3-s0"}
 SUBMITTED = re.compile(
     r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)"
 )
