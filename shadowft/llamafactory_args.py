@@ -78,9 +78,9 @@ MANAGED_KEYS = frozenset(
 
 # The embedded demo (shadowft.demo) on 2 CPU cores: each call trains for seconds. INSTRUCT must
 # know its chat skills whatever the seed (its held-out score is the benchmark of what tuning
-# keeps): 3 epochs at 1e-3 reach 97.5-100 on seeds 0-2, where 3 epochs at 3e-4 gave 50-100 and
-# 1 epoch 16. The price is a pair further apart than real ones (sigma 15-18%; the paper's
-# under 2%, Qwen3-4B 5.6%). bf16 is off: CPUs emulate it slowly.
+# keeps): 3 epochs at 1e-3 reach 99-100 on seeds 0-2 (with the corpus of shadowft.demo), where
+# 3 epochs at 3e-4 gave 50-100 and 1 epoch 16. The price is a pair further apart than real ones
+# (sigma 12.4-13.7%; the paper's under 2%, Qwen3-4B 5.6%). bf16 is off: CPUs emulate it slowly.
 _DEMO_COMMON: dict[str, Any] = {
     "bf16": False,
     "default_system": demo.DEFAULT_SYSTEM,
