@@ -123,10 +123,12 @@ def hostile_experiment(demo_run, root):
     config["models"] = {"b": {"source": "local", "path": str(inputs / "base")}}
     config["models"]["i"] = {"source": "local", "path": str(inputs / "instruct")}
     config["pairs"]["p"]["chat_template_kwargs"] = {"note": HOSTILE}
+    # The questions' folder registers its dataset as demo_task: the config's key must match.
     config["datasets"] = {
         "rows": {"source": "local", "file": str(rows_file), "format": "sharegpt"},
-        "x": {"source": "local", "path": str(inputs / "questions")},
+        "demo_task": {"source": "local", "path": str(inputs / "questions")},
     }
+    config["evaluation"]["benchmarks"]["held_out"]["dataset"] = "demo_task"
     config["training"]["dataset"] = "rows"
     config["training"]["hyperparameters"]["common"].update(max_steps=2, run_name=HOSTILE)
     return config, root / "experiment.yaml"
