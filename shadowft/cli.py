@@ -14,6 +14,7 @@ import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shadowft.io import raise_on_sigterm
 from shadowft.layout import VOCAB_POLICIES, CheckpointError
@@ -165,14 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_extract(args: argparse.Namespace) -> str:
-    from shadowft.delta import extract_delta
-
-    manifest = extract_delta(
-        args.base,
-        args.out,
-        tuned=args.tuned,
-        adapter=args.adapter,
+def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of the options record that extract-delta and graft set from the same flags
+    (`_add_policy_options`, --dtype, `_add_io_options`)."""
+    return dict(
         preset=args.preset,
         include=args.include,
         exclude=args.exclude,
@@ -183,6 +180,13 @@ def _run_extract(args: argparse.Namespace) -> str:
         threads=args.threads,
         progress=args.progress,
     )
+
+
+def _run_extract(args: argparse.Namespace) -> str:
+    from shadowft.delta import ExtractOptions, extract_delta
+
+    options = ExtractOptions(**_shared_options(args))
+    manifest = extract_delta(args.base, args.out, options, tuned=args.tuned, adapter=args.adapter)
     counts = manifest["counts"]
     return f"wrote {manifest['kind']} delta of {counts['tensors']} tensors to {args.out}"
 
@@ -196,18 +200,7 @@ def _run_graft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
         parser.error("give either --delta, or --base with --tuned or --adapter")
     if on_the_fly != (args.base is not None):
         parser.error("--base goes with --tuned or --adapter (and only with them)")
-    options = GraftOptions(
-        alpha=args.alpha,
-        preset=args.preset,
-        include=args.include,
-        exclude=args.exclude,
-        vocab_mismatch=args.vocab_mismatch,
-        dtype=args.dtype,
-        max_shard_size=args.max_shard_size,
-        allow_pickle=args.allow_pickle,
-        threads=args.threads,
-        progress=args.progress,
-    )
+    options = GraftOptions(alpha=args.alpha, **_shared_options(args))
     if on_the_fly:
         opener = Delta.from_models if args.tuned is not None else Delta.from_adapter
         source = opener(

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shadowft.adapters import LORA_CONFIG_KEYS, adapter_entries, read_adapter_config
+from shadowft.delta_options import DeltaOptions
 from shadowft.deltaformat import (
     DELTA_FORMAT,
     FORMAT_VERSION,
@@ -234,8 +235,9 @@ class Delta:
         from the models). LoRA factors are copied bit for bit. `chunk_elements`
         is the largest streamed block (see `check_chunk_elements`).
         """
-        code = dtype_code(dtype)
-        options = WriteOptions(max_shard_size, threads, progress, chunk_elements)
+        return self._save(Path(out), dtype_code(dtype), WriteOptions(max_shard_size, threads, progress, chunk_elements))
+
+    def _save(self, out: Path, code: str, options: WriteOptions) -> dict[str, Any]:
         planned, specs = storage_plan(self.entries, code)
         chunk = options.chunk_elements
 
@@ -252,7 +254,7 @@ class Delta:
             return self._manifest(code, inputs, specs, [*writer.file_names, *writer.index_names])
 
         plan = StreamPlan([t for t, _ in planned], tasks, "delta", "extract-delta", DELTA_MANIFEST, finish)
-        return stream(Path(out), plan, self.provenance, options)
+        return stream(out, plan, self.provenance, options)
 
     def _manifest(self, code: str, inputs: dict[str, Any], specs: dict[str, Any], files: list[str]) -> dict[str, Any]:
         record = self.record
@@ -308,47 +310,47 @@ def tie_hint(name: str) -> str:
 # ----------------------------------------------------------------- extraction
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExtractOptions(DeltaOptions):
+    """How to extract: the storage dtype of dense updates, besides what grafting shares (`DeltaOptions`).
+
+    float32, the default, stores the exact float32 difference. The fields are
+    `extract_delta`'s keywords and the command line's options (``shadowft extract-delta --help``).
+    """
+
+    dtype: str = "float32"
+
+
 def extract_delta(
     base: Path,
     out: Path,
+    options: ExtractOptions | None = None,
     *,
     tuned: Path | None = None,
     adapter: Path | None = None,
-    preset: str = "all",
-    include: Iterable[str] = (),
-    exclude: Iterable[str] = (),
-    vocab_mismatch: str = "error",
-    dtype: str = "float32",
-    max_shard_size: int | str = "5GB",
-    allow_pickle: bool = False,
-    threads: int | None = None,
-    progress: bool = True,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Write the update of `tuned` (full fine-tuning) or `adapter` (LoRA) relative to `base` to `out`.
 
     `out` becomes a directory of ``delta*.safetensors`` (+ index when sharded)
     and ``manifest.json`` (kind, per-module LoRA scaling, sources with
-    sha256, selection, dtype). Returns the manifest. `chunk_elements` is the
-    largest streamed block (see `shadowft.numerics.check_chunk_elements`).
-    The keywords mirror the command line (``shadowft extract-delta``).
+    sha256, selection, dtype). Returns the manifest. The settings are an
+    `ExtractOptions`, or its fields as keywords (preset, include, exclude,
+    vocab_mismatch, dtype, max_shard_size, allow_pickle, threads, progress,
+    chunk_elements: the largest streamed block, see
+    `shadowft.numerics.check_chunk_elements`).
     """
     if (tuned is None) == (adapter is None):
         raise DeltaError("give exactly one of tuned (a fully fine-tuned model) or adapter (a LoRA adapter)")
-    selection = Selection(preset, tuple(include), tuple(exclude))
+    if options is not None and settings:
+        raise TypeError("give either an ExtractOptions or its fields as keywords, not both")
+    options = options if options is not None else ExtractOptions(**settings)
     opener = Delta.from_models if tuned is not None else Delta.from_adapter
     with opener(
         base,
         tuned if tuned is not None else adapter,
-        selection=selection,
-        vocab_mismatch=vocab_mismatch,
-        allow_pickle=allow_pickle,
+        selection=options.selection,
+        vocab_mismatch=options.vocab_mismatch,
+        allow_pickle=options.allow_pickle,
     ) as delta:
-        return delta.save(
-            out,
-            dtype=dtype,
-            max_shard_size=max_shard_size,
-            threads=threads,
-            progress=progress,
-            chunk_elements=chunk_elements,
-        )
+        return delta._save(Path(out), dtype_code(options.dtype), options.write)

@@ -16,25 +16,24 @@ import math
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shadowft.delta_options import DeltaOptions
 from shadowft.dtypes import dtype_code, itemsize, torch_dtype_name
 from shadowft.extraction import FORMAT_VERSION, GRAFT_MANIFEST, Delta, tie_hint
 from shadowft.io import atomic_write_json
 from shadowft.layout import (
     DeltaError,
-    check_vocab_policy,
     embedding_and_head,
     is_output_head,
     shared_rows,
 )
 from shadowft.numerics import (
-    CHUNK_ELEMENTS,
     Block,
     Scratch,
     blocks,
@@ -48,13 +47,13 @@ from shadowft.parts import DeltaEntry
 from shadowft.policy import Action, Selection
 from shadowft.provenance import InputSet, Provenance, index_files, model_files, versions
 from shadowft.reader import Checkpoint, TensorInfo, ties_embeddings
-from shadowft.streaming import StreamPlan, Task, WriteOptions, copy_bytes, stream
+from shadowft.streaming import StreamPlan, Task, copy_bytes, stream
 from shadowft.writer import OutputTensor, SafetensorsWriter, output_tensor
 
 
-@dataclass(frozen=True)
-class GraftOptions:
-    """How to graft: alpha, the policy (selection, vocabulary mismatch, output dtype) and the streaming.
+@dataclass(frozen=True, kw_only=True)
+class GraftOptions(DeltaOptions):
+    """How to graft: alpha and the output dtype, besides what extraction shares (`DeltaOptions`).
 
     `dtype` overrides the output dtype of floating-point tensors (default:
     instruct's, per tensor). The fields are `graft`'s keywords and the
@@ -62,31 +61,14 @@ class GraftOptions:
     """
 
     alpha: float = 1.0
-    preset: str = "all"
-    include: Iterable[str] = ()
-    exclude: Iterable[str] = ()
-    vocab_mismatch: str = "error"
     dtype: str | None = None
-    max_shard_size: int | str = "5GB"
-    allow_pickle: bool = False
-    threads: int | None = None
-    progress: bool = True
-    chunk_elements: int = CHUNK_ELEMENTS
-    # derived from the fields above in __post_init__
-    write: WriteOptions = field(init=False, repr=False, compare=False)
-    selection: Selection = field(init=False, repr=False, compare=False)
+    # derived from dtype in __post_init__
     out_code: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_vocab_policy(self.vocab_mismatch)
+        super().__post_init__()
         if not math.isfinite(self.alpha):
             raise DeltaError(f"alpha must be a finite number, got {self.alpha!r}")
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        object.__setattr__(
-            self, "write", WriteOptions(self.max_shard_size, self.threads, self.progress, self.chunk_elements)
-        )
-        object.__setattr__(self, "selection", Selection(self.preset, self.include, self.exclude))
         object.__setattr__(self, "out_code", dtype_code(self.dtype) if self.dtype is not None else None)
 
     def describe(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ the run folder. OpenCompass runs as ``python -m opencompass.cli.main`` of this i
 
 The work is done in modules with one job each (docs/architecture.md has the map):
 `shadowft.opencompass_spec` (the benchmark spec and its defaults), `shadowft.opencompass_models`
-(the model entry per backend), `shadowft.opencompass_config` (the run configuration),
+(the model entry per backend, `ModelOptions`), `shadowft.opencompass_config` (the run configuration),
 `shadowft.opencompass_run` (`evaluate`, `EvaluateOptions`), `shadowft.opencompass_results`
 (results, predictions and scores.csv) and `shadowft.opencompass_data` (standard benchmarks'
 data). This module re-exports their public names and is the command line the rules call.
@@ -53,6 +53,7 @@ from shadowft.opencompass_models import (
     BATCH_PER_GPU,
     DTYPES,
     MODEL_ABBR,
+    ModelOptions,
     batch_size_for,
     model_config,
     nested_context_length,
@@ -93,6 +94,7 @@ __all__ = [
     "SCORES_COLUMNS",
     "EvaluateOptions",
     "EvaluationError",
+    "ModelOptions",
     "batch_size_for",
     "check_benchmark",
     "collect_results",
@@ -176,14 +178,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         return 0
-    options = EvaluateOptions(
-        predictions_json=args.predictions,
+    model = ModelOptions(
         backend=args.backend,
         num_gpus=args.num_gpus,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
+    )
+    options = EvaluateOptions(
+        predictions_json=args.predictions,
+        model=model,
         data_cache=args.data_cache,
         chat_template_kwargs=args.chat_template_kwargs,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shadowft.opencompass_models import model_config
+from shadowft.opencompass_models import ModelOptions, model_config
 from shadowft.opencompass_spec import CUSTOM_METRICS, check_benchmark, check_qa_file
 
 # OpenCompass's default chat meta-template ends every user turn with "\n" (it merges an
@@ -85,31 +85,12 @@ def opencompass_datasets(spec: dict) -> list[dict]:
 _DATASET_BUILDERS = {"custom": custom_datasets, "opencompass": opencompass_datasets}
 
 
-def run_config(
-    model_dir: Path,
-    benchmark: dict,
-    *,
-    backend: str = "hf",
-    num_gpus: int = 0,
-    batch_size: int | None = None,
-    max_seq_len: int | None = None,
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-) -> dict:
+def run_config(model_dir: Path, benchmark: dict, options: ModelOptions | None = None) -> dict:
     """The whole OpenCompass run configuration (``models`` and ``datasets``), JSON-serialisable."""
     spec = check_benchmark(benchmark)
     # Standard benchmarks keep OpenCompass's own prompt format, as the paper's numbers do.
     meta_template = EXACT_PROMPT_META_TEMPLATE if spec["kind"] == "custom" else None
-    model = model_config(
-        model_dir,
-        backend=backend,
-        num_gpus=num_gpus,
-        batch_size=batch_size,
-        max_seq_len=max_seq_len,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        meta_template=meta_template,
-    )
+    model = model_config(model_dir, options, meta_template=meta_template)
     datasets = _DATASET_BUILDERS[spec["kind"]](spec)
     abbrs = [dataset["abbr"] for dataset in datasets]
     if len(set(abbrs)) != len(abbrs):

@@ -9,6 +9,7 @@ environment from `BACKEND_ENVS` without OpenCompass.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from shadowft.opencompass_spec import DEFAULT_MAX_OUT_LEN
@@ -41,29 +42,34 @@ def batch_size_for(backend: str, num_gpus: int) -> int:
     return BATCH_PER_GPU[backend] * max(num_gpus, 1)
 
 
-def model_config(
-    model_dir: Path,
-    *,
-    backend: str = "hf",
-    num_gpus: int = 0,
-    batch_size: int | None = None,
-    max_seq_len: int | None = None,
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    meta_template: dict | None = None,
-) -> dict:
-    """The OpenCompass model entry: a chat model on `backend`, greedy decoding.
+@dataclass(frozen=True)
+class ModelOptions:
+    """How OpenCompass runs the model: its backend, GPUs, batch, context length, dtype and code.
 
-    ``max_seq_len=None`` lets OpenCompass take the length from the model's config;
-    ``batch_size=None`` takes `batch_size_for` the job's GPUs. vLLM and LMDeploy split the
-    model over the job's GPUs (`tensor_parallel_for`: all of them when a power of two) and
-    need at least one.
+    Checked by `model_config`, where the batch size's default is known.
     """
+
+    backend: str = "hf"
+    num_gpus: int = 0  # 0 runs on CPU
+    batch_size: int | None = None  # default: from the backend and the GPUs (batch_size_for)
+    max_seq_len: int | None = None  # default: OpenCompass takes it from the model's config
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+
+def model_config(model_dir: Path, options: ModelOptions | None = None, *, meta_template: dict | None = None) -> dict:
+    """The OpenCompass model entry: a chat model on ``options.backend``, greedy decoding.
+
+    vLLM and LMDeploy split the model over the job's GPUs (`tensor_parallel_for`: all of
+    them when a power of two) and need at least one.
+    """
+    options = options or ModelOptions()
+    backend, num_gpus, max_seq_len, dtype = options.backend, options.num_gpus, options.max_seq_len, options.dtype
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    batch_size = batch_size_for(backend, num_gpus) if batch_size is None else batch_size
+    batch_size = batch_size_for(backend, num_gpus) if options.batch_size is None else options.batch_size
     if num_gpus < 0 or batch_size < 1:
         raise ValueError(f"num_gpus must be >= 0 and batch_size >= 1 (got {num_gpus}, {batch_size})")
     if backend != "hf" and num_gpus < 1:
@@ -71,9 +77,9 @@ def model_config(
     if backend == "hf":
         if max_seq_len is None:
             max_seq_len = nested_context_length(Path(model_dir))
-        engine = _transformers_keys(dtype, trust_remote_code)
+        engine = _transformers_keys(dtype, options.trust_remote_code)
     elif backend == "vllm":
-        engine = _vllm_keys(num_gpus, max_seq_len, dtype, trust_remote_code)
+        engine = _vllm_keys(num_gpus, max_seq_len, dtype, options.trust_remote_code)
     else:
         engine = _turbomind_keys(num_gpus, batch_size, max_seq_len, dtype)
     model = {

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from shadowft.chat_templates import with_template_defaults
 from shadowft.io import atomic_write_json
 from shadowft.opencompass_config import run_config
+from shadowft.opencompass_models import ModelOptions
 from shadowft.opencompass_results import PREDICTIONS_FILE, EvaluationError, collect_results, write_scores
 from shadowft.opencompass_spec import CUSTOM_METRICS, check_benchmark
 
@@ -42,12 +43,7 @@ class EvaluateOptions:
 
     # default: predictions.json beside the scores
     predictions_json: Path | None = None
-    backend: str = "hf"
-    num_gpus: int = 0  # 0 runs on CPU
-    batch_size: int | None = None  # default: from the backend and the GPUs (batch_size_for)
-    max_seq_len: int | None = None  # default: from the model's config
-    dtype: str = "auto"
-    trust_remote_code: bool = False
+    model: ModelOptions = field(default_factory=ModelOptions)
     # COMPASS_DATA_CACHE, where standard benchmarks' data is read (default: the variable)
     data_cache: Path | None = None
     # set first in the model's chat templates (Qwen3: enable_thinking False)
@@ -83,25 +79,16 @@ def evaluate(
     if not model_dir.is_dir():
         raise ValueError(f"model: {model_dir} is not a directory")
     data_cache = _data_cache(spec, options.data_cache)
-    config = run_config(
-        model_dir,
-        spec,
-        backend=options.backend,
-        num_gpus=options.num_gpus,
-        batch_size=options.batch_size,
-        max_seq_len=options.max_seq_len,
-        dtype=options.dtype,
-        trust_remote_code=options.trust_remote_code,
-    )
-    env = _environment(spec, config, data_cache, options.num_gpus)
+    config = run_config(model_dir, spec, options.model)
+    env = _environment(spec, config, data_cache, options.model.num_gpus)
     run_dir = _new_run_dir(work_dir)
     if options.chat_template_kwargs:
         view = with_template_defaults(model_dir, run_dir / "model", options.chat_template_kwargs)
         config["models"][0]["path"] = str(view)
     atomic_write_json(run_dir / RUN_CONFIG_FILE, config)
     log_path = run_dir / RUN_LOG_FILE
-    log.info("OpenCompass (%s): %s on %s, log %s", options.backend, model_dir, spec["name"], log_path)
-    returncode = _run_opencompass(run_dir, env, log_path, options.num_gpus)
+    log.info("OpenCompass (%s): %s on %s, log %s", options.model.backend, model_dir, spec["name"], log_path)
+    returncode = _run_opencompass(run_dir, env, log_path, options.model.num_gpus)
     abbrs = [dataset["abbr"] for dataset in config["datasets"]]
     if returncode != 0:
         datasets = f"dataset {abbrs[0]}" if len(abbrs) == 1 else f"{len(abbrs)} datasets"

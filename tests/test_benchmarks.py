@@ -16,7 +16,7 @@ from shadowft.benchmarks import (
     expand_evaluation,
 )
 from shadowft.config import ConfigError, validate_config
-from shadowft.opencompass import BACKEND_ENVS, BACKENDS, batch_size_for, model_config, run_config
+from shadowft.opencompass import BACKEND_ENVS, BACKENDS, ModelOptions, batch_size_for, model_config, run_config
 from shadowft.runs import variants
 
 # The paper's benchmarks (docs/paper.md), by group, as its tables name them.
@@ -170,15 +170,15 @@ def test_group_and_overall_averages_count_each_benchmark_once_by_its_first_metri
 
 
 def test_hf_entry_is_the_default():
-    model = model_config("m", num_gpus=2)
+    model = model_config("m", ModelOptions(num_gpus=2))
     assert model["type"] == BACKENDS["hf"] == "opencompass.models.HuggingFacewithChatTemplate"
     assert model["batch_size"] == batch_size_for("hf", 2) == 16
     assert model["run_cfg"] == {"num_gpus": 2}
-    assert model_config("m", num_gpus=0)["batch_size"] == 8
+    assert model_config("m", ModelOptions(num_gpus=0))["batch_size"] == 8
 
 
 def test_vllm_entry_takes_the_jobs_gpus():
-    model = model_config("m", backend="vllm", num_gpus=4, dtype="bfloat16", max_seq_len=8192)
+    model = model_config("m", ModelOptions(backend="vllm", num_gpus=4, dtype="bfloat16", max_seq_len=8192))
     assert model == {
         "type": "opencompass.models.VLLMwithChatTemplate",
         "abbr": "model",
@@ -198,7 +198,7 @@ def test_vllm_entry_takes_the_jobs_gpus():
 
 
 def test_lmdeploy_entry_takes_the_jobs_gpus():
-    model = model_config("m", backend="lmdeploy", num_gpus=2)
+    model = model_config("m", ModelOptions(backend="lmdeploy", num_gpus=2))
     assert model == {
         "type": "opencompass.models.TurboMindModelwithChatTemplate",
         "abbr": "model",
@@ -214,26 +214,31 @@ def test_lmdeploy_entry_takes_the_jobs_gpus():
 
 @pytest.mark.parametrize(("gpus", "tensor_parallel"), [(1, 1), (2, 2), (3, 2), (4, 4), (6, 4), (8, 8)])
 def test_engines_split_the_model_over_a_power_of_two_gpus(gpus, tensor_parallel):
-    assert model_config("m", backend="vllm", num_gpus=gpus)["model_kwargs"]["tensor_parallel_size"] == tensor_parallel
-    assert model_config("m", backend="lmdeploy", num_gpus=gpus)["engine_config"]["tp"] == tensor_parallel
+    vllm = model_config("m", ModelOptions(backend="vllm", num_gpus=gpus))
+    lmdeploy = model_config("m", ModelOptions(backend="lmdeploy", num_gpus=gpus))
+    assert vllm["model_kwargs"]["tensor_parallel_size"] == tensor_parallel
+    assert lmdeploy["engine_config"]["tp"] == tensor_parallel
 
 
 def test_lmdeploy_refuses_float32():
     with pytest.raises(ValueError, match="TurboMind computes in float16 or bfloat16"):
-        model_config("m", backend="lmdeploy", num_gpus=1, dtype="float32")
-    assert model_config("m", backend="lmdeploy", num_gpus=1, dtype="bfloat16")["engine_config"]["dtype"] == "bfloat16"
+        model_config("m", ModelOptions(backend="lmdeploy", num_gpus=1, dtype="float32"))
+    bfloat16 = model_config("m", ModelOptions(backend="lmdeploy", num_gpus=1, dtype="bfloat16"))
+    assert bfloat16["engine_config"]["dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("backend", ["vllm", "lmdeploy"])
 def test_gpu_backends_refuse_a_cpu_job(backend):
     with pytest.raises(ValueError, match=f"backend {backend} runs on GPUs only"):
-        model_config("m", backend=backend, num_gpus=0)
+        model_config("m", ModelOptions(backend=backend, num_gpus=0))
 
 
 def test_custom_benchmark_on_vllm_keeps_its_exact_prompt(tmp_path):
     path = tmp_path / "eval.jsonl"
     path.write_text('{"question": "q", "answer": "a"}\n')
-    config = run_config(tmp_path, {"name": "t", "kind": "custom", "path": str(path)}, backend="vllm", num_gpus=1)
+    config = run_config(
+        tmp_path, {"name": "t", "kind": "custom", "path": str(path)}, ModelOptions(backend="vllm", num_gpus=1)
+    )
     assert config["models"][0]["meta_template"]["round"][0] == {"role": "HUMAN", "api_role": "HUMAN"}
 
 

@@ -108,10 +108,11 @@ def test_backend_entries_bind_to_the_opencompass_wrappers():
     # drop its run keys, then call the class named by `type` with the rest.
     code = (
         "import importlib, inspect, json\n"
-        "from shadowft.opencompass import BACKENDS, model_config\n"
+        "from shadowft.opencompass import BACKENDS, ModelOptions, model_config\n"
         "RUN_KEYS = ('run_cfg', 'max_out_len', 'batch_size', 'abbr', 'summarizer_abbr', 'pred_postprocessor')\n"
         "for backend in BACKENDS:\n"
-        "    entry = model_config('m', backend=backend, num_gpus=2, max_seq_len=4096, dtype='bfloat16')\n"
+        "    options = ModelOptions(backend=backend, num_gpus=2, max_seq_len=4096, dtype='bfloat16')\n"
+        "    entry = model_config('m', options)\n"
         "    module, _, name = entry['type'].rpartition('.')\n"
         "    cls = getattr(importlib.import_module(module), name)\n"
         "    kwargs = {k: v for k, v in entry.items() if k not in RUN_KEYS and k != 'type'}\n"

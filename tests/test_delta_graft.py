@@ -350,6 +350,20 @@ def test_rerun_replaces_an_existing_output(llama, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_extract_options_as_a_record_or_as_keywords(llama, tmp_path):
+    from shadowft.delta import ExtractOptions
+
+    options = ExtractOptions(preset="official", dtype="bfloat16", progress=False, chunk_elements=64)
+    by_keywords = extract_delta(llama.base, tmp_path / "a", tuned=llama.tuned, preset="official", dtype="bfloat16",
+                                progress=False, chunk_elements=64)  # fmt: skip
+    by_record = extract_delta(llama.base, tmp_path / "b", options, tuned=llama.tuned)
+    with pytest.raises(TypeError, match="not both"):
+        extract_delta(llama.base, tmp_path / "c", options, tuned=llama.tuned, dtype="float32")
+    assert_bitwise_equal(load_tensors(tmp_path / "b"), load_tensors(tmp_path / "a"))
+    assert by_record["tensors"] == by_keywords["tensors"] and by_record["dtype"] == by_keywords["dtype"] == "bfloat16"
+    assert by_record["selection"] == by_keywords["selection"] and by_record["selection"]["preset"] == "official"
+
+
 def test_graft_options_as_a_record_or_as_keywords(llama, tmp_path):
     from shadowft.delta import GraftOptions
 

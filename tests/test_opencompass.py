@@ -12,6 +12,7 @@ from shadowft.opencompass import (
     MODEL_ABBR,
     SCORES_COLUMNS,
     EvaluationError,
+    ModelOptions,
     check_benchmark,
     collect_results,
     main,
@@ -119,7 +120,7 @@ def test_missing_eval_file_is_rejected(tmp_path):
 
 
 def test_custom_run_config(tmp_path, custom, qa_file):
-    config = run_config(tmp_path / "model", custom, num_gpus=0, batch_size=4)
+    config = run_config(tmp_path / "model", custom, ModelOptions(num_gpus=0, batch_size=4))
     assert json.loads(json.dumps(config)) == config, "the configuration is plain JSON"
     (model,) = config["models"]
     assert model["type"] == "opencompass.models.HuggingFacewithChatTemplate"
@@ -152,7 +153,9 @@ def test_custom_prompt_template(tmp_path, custom):
 
 
 def test_model_options():
-    model = model_config("m", num_gpus=2, batch_size=16, max_seq_len=4096, dtype="bfloat16", trust_remote_code=True)
+    model = model_config(
+        "m", ModelOptions(num_gpus=2, batch_size=16, max_seq_len=4096, dtype="bfloat16", trust_remote_code=True)
+    )
     assert model["run_cfg"] == {"num_gpus": 2}
     assert model["batch_size"] == 16
     assert model["max_seq_len"] == 4096
@@ -171,7 +174,7 @@ def test_model_options():
 )
 def test_bad_model_options(options, message):
     with pytest.raises(ValueError, match=message):
-        model_config("m", **options)
+        model_config("m", ModelOptions(**options))
 
 
 def test_evaluate_rejects_a_missing_model_before_running(tmp_path, custom):
