@@ -40,7 +40,6 @@ from shadowft.numerics import (
     byte_ranges,
     compute_dtype,
     encode,
-    passes,
     read_float,
 )
 from shadowft.parts import DeltaEntry
@@ -280,25 +279,19 @@ def _refuse_unplaced_updates(instruct: Checkpoint, delta: Delta, selection: Sele
 def _graft_block(
     item: PlannedTensor, block: Block, alpha: float | None, paired: bool, writer: SafetensorsWriter, scratch: Scratch
 ) -> int:
-    """One block of `item`; `paired`: computed in pair order (see shadowft.numerics), as `item.pairs` allows.
-
-    In pair order the block is elementwise, so it is computed in passes that stay in cache (`passes`).
-    """
+    """One block of `item`; `paired`: computed in pair order (see shadowft.numerics), as `item.pairs` allows."""
     entry = item.entry if block.row1 <= item.graft_rows else None
     dtype = compute_dtype(item.source.dtype, *(entry.dtypes if entry else ()))
-    written = 0
-    for piece in passes(block) if paired else (block,):
-        values = read_float(item.source, piece.start, scratch.work(0, piece.count, dtype), scratch, paired)
-        if entry is not None:
-            update = scratch.work(1, piece.count, dtype)
-            entry.fill(piece, update, scratch, paired)
-            if alpha is not None:
-                np.multiply(update, dtype.type(alpha), out=update)
-            np.add(values, update, out=values)
-        data = encode(values, item.out_dtype, scratch, paired)
-        writer.write(item.name, piece.start * itemsize(item.out_dtype), data)
-        written += len(data)
-    return written
+    values = read_float(item.source, block.start, scratch.work(0, block.count, dtype), scratch, paired)
+    if entry is not None:
+        update = scratch.work(1, block.count, dtype)
+        entry.fill(block, update, scratch, paired)
+        if alpha is not None:
+            np.multiply(update, dtype.type(alpha), out=update)
+        np.add(values, update, out=values)
+    data = encode(values, item.out_dtype, scratch, paired)
+    writer.write(item.name, block.start * itemsize(item.out_dtype), data)
+    return len(data)
 
 
 def _set_config_dtype(config_path: Path, code: str) -> None:

@@ -29,14 +29,13 @@ from shadowft.dtypes import STORAGE
 from shadowft.layout import CheckpointError
 from shadowft.reader import TensorInfo
 
-#: Elements per streamed chunk. Measured: 2^18 float32 elements (1 MiB per
-#: buffer) keep a chunk's passes in cache; 2^20 was 1.5-2x slower per element.
+#: Elements per streamed chunk. Measured on the 1x speed/graft.py triple with two threads: a first
+#: graft took 2.9-3.1 s at 2^20 against 4.7-4.9 s at 2^18 cut into passes of 2^17. Every numpy
+#: call releases and retakes the GIL, so the threads' hand-offs (56,000 voluntary context
+#: switches against 3,000) grow with the number of calls per element; at 2^21 the 8 MiB input
+#: windows are remapped every other chunk and it was slower again (4.2-5.0 s).
 #: The engine's entry points take it as `chunk_elements` (see check_chunk_elements).
-CHUNK_ELEMENTS = 1 << 18
-#: Elements per arithmetic pass over an elementwise block in pair order: 2^17 float32 elements
-#: (512 KiB) keep a pass's four buffers in a core's 2 MiB L2 cache, while the block stays the
-#: unit of reading and writing, whose Python overhead a smaller block would multiply.
-PASS_ELEMENTS = 1 << 17
+CHUNK_ELEMENTS = 1 << 20
 _OPEN_WINDOWS = 4  # per thread: the inputs of one graft, plus one
 
 
@@ -82,13 +81,6 @@ class Block:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.row1 - self.row0, self.col1 - self.col0)
-
-
-def passes(block: Block, size: int = PASS_ELEMENTS) -> Iterator[Block]:
-    """An elementwise block as consecutive runs of at most `size` elements (each a piece of one flat row)."""
-    end = block.start + block.count
-    for start in range(block.start, end, size):
-        yield Block(0, 1, start, min(start + size, end), end)
 
 
 def blocks(row0: int, row1: int, row_length: int, chunk: int = CHUNK_ELEMENTS) -> Iterator[Block]:

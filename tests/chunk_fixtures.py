@@ -1,8 +1,8 @@
 """Synthetic checkpoints whose tensors span many blocks, and the independent oracles they are checked with.
 
-The engine streams a tensor in blocks of at most `chunk_elements` elements (2^18 by
+The engine streams a tensor in blocks of at most `chunk_elements` elements (2^20 by
 default): whole rows, or pieces of a row longer than that. Real test models are far
-smaller than 2^18 elements, so the tests pass CHUNK instead. With CHUNK = 64 the shapes
+smaller than 2^20 elements, so the tests pass CHUNK instead. With CHUNK = 64 the shapes
 below take every path: a 24-wide matrix goes 2 rows a block (45 rows leave a short last
 block), a 150-wide row is split into 64 + 64 + 22, a 150-vector is 3 blocks, and an 800-byte
 int64 tensor is copied in two byte ranges (CHUNK * 8 bytes each).

@@ -245,10 +245,13 @@ def test_float64_to_bfloat16_is_refused_rather_than_rounded_twice(float64_family
 
 
 def test_default_chunk_on_tensors_of_several_chunks(tmp_path):
-    """The default chunk, 2^18 elements: 1030 rows of 512 make three blocks (512, 512, 6 rows); a row of
-    270000 elements is cut into two pieces."""
-    shapes = {"model.layers.0.self_attn.q_proj.weight": (1030, 512), "model.layers.0.mlp.down_proj.weight": (2, 270000)}
-    assert all(len(list(blocks(0, s[0], s[1]))) > 1 for s in shapes.values()) and CHUNK_ELEMENTS == 1 << 18
+    """The default chunk, 2^20 elements: 1030 rows of 2048 make three blocks (512, 512, 6 rows); a row of
+    1,080,000 elements is cut into two pieces."""
+    shapes = {
+        "model.layers.0.self_attn.q_proj.weight": (1030, 2048),
+        "model.layers.0.mlp.down_proj.weight": (2, 1080000),
+    }
+    assert all(len(list(blocks(0, s[0], s[1]))) > 1 for s in shapes.values()) and CHUNK_ELEMENTS == 1 << 20
     base = random_tensors(shapes, seed=8)
     tuned, instruct = moved(base, seed=9, scale=0.02), moved(base, seed=10, scale=0.05)
     dirs = {

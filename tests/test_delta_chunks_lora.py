@@ -167,8 +167,11 @@ def test_lora_in_many_blocks_is_correctly_rounded(layout, alpha, request, tmp_pa
 
 
 def test_lora_at_the_default_chunk_on_tensors_of_several_chunks(tmp_path):
-    """2^18-element chunks: 1030 rows of 512 are three blocks, rows of 270000 are cut in two."""
-    shapes = {"model.layers.0.self_attn.q_proj.weight": (1030, 512), "model.layers.0.mlp.down_proj.weight": (3, 270000)}
+    """2^20-element chunks: 1030 rows of 2048 are three blocks, rows of 1,080,000 are cut in two."""
+    shapes = {
+        "model.layers.0.self_attn.q_proj.weight": (1030, 2048),
+        "model.layers.0.mlp.down_proj.weight": (3, 1080000),
+    }
     base = random_tensors(shapes, seed=18)
     instruct = moved(base, seed=19, scale=0.05)
     factors = random_factors(shapes, [n.removesuffix(".weight") for n in shapes], transposed=lambda m: False, seed=20)
