@@ -30,10 +30,10 @@ from shadowft.layout import CheckpointError
 from shadowft.reader import TensorInfo
 
 #: Elements per streamed chunk. Measured on the 1x speed/graft.py triple with two threads: a first
-#: graft took 2.9-3.1 s at 2^20 against 4.7-4.9 s at 2^18 cut into passes of 2^17. Every numpy
+#: graft took 2.8-3.3 s at 2^20 against 4.7-4.9 s at 2^18 cut into passes of 2^17. Every numpy
 #: call releases and retakes the GIL, so the threads' hand-offs (56,000 voluntary context
-#: switches against 3,000) grow with the number of calls per element; at 2^21 the 8 MiB input
-#: windows are remapped every other chunk and it was slower again (4.2-5.0 s).
+#: switches against 3,000) grow with the number of calls per element. 2^21 was slower again
+#: (4.2-5.0 s), measured before writes were cut into 1 MiB pieces (writer.WRITE_BYTES); see docs/speed.md.
 #: The engine's entry points take it as `chunk_elements` (see check_chunk_elements).
 CHUNK_ELEMENTS = 1 << 20
 _OPEN_WINDOWS = 4  # per thread: the inputs of one graft, plus one
