@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowft.dtypes import itemsize
+from shadowft.kernels import difference_block
 from shadowft.layout import DELTA_MANIFEST, DeltaError
 from shadowft.numerics import Block, Scratch, compute_dtype, encode
 from shadowft.parts import DeltaEntry, FullPart, LoraPart
@@ -70,11 +71,20 @@ def read_delta_manifest(path: Path, manifest_path: Path) -> dict[str, Any]:
 
 
 def save_block(
-    dense: DeltaEntry, block: Block, tensor: OutputTensor, writer: SafetensorsWriter, scratch: Scratch
+    dense: DeltaEntry,
+    block: Block,
+    tensor: OutputTensor,
+    fused: FullPart | None,
+    writer: SafetensorsWriter,
+    scratch: Scratch,
 ) -> int:
-    values = scratch.work(1, block.count, compute_dtype(*dense.dtypes))
-    dense.fill(block, values, scratch)
-    data = encode(values, tensor.dtype, scratch)
+    """One block of a stored update: by the compiled kernel when `fused` (`difference_part`) and no NaN comes
+    out, else numpy."""
+    data = difference_block(fused, block, scratch) if fused is not None else None
+    if data is None:
+        values = scratch.work(1, block.count, compute_dtype(*dense.dtypes))
+        dense.fill(block, values, scratch)
+        data = encode(values, tensor.dtype, scratch)
     writer.write(tensor.name, block.start * itemsize(tensor.dtype), data)
     return len(data)
 

@@ -34,6 +34,7 @@ from shadowft.deltaformat import (
     storage_plan,
 )
 from shadowft.dtypes import dtype_code, torch_dtype_name
+from shadowft.kernels import difference_part
 from shadowft.layout import (
     DELTA_MANIFEST,
     MODEL_MANIFEST,
@@ -247,8 +248,9 @@ class Delta:
                     for byte0, byte1 in byte_ranges(source.nbytes, chunk * 8):
                         yield functools.partial(copy_bytes, source, byte0, byte1, writer, tensor.name)
                 else:
+                    fused = difference_part(tensor.dtype, source)
                     for block in blocks(0, source.rows, source.cols, chunk):
-                        yield functools.partial(save_block, source, block, tensor, writer)
+                        yield functools.partial(save_block, source, block, tensor, fused, writer)
 
         def finish(tmp: Path, writer: SafetensorsWriter, inputs: dict[str, Any]) -> dict[str, Any]:
             return self._manifest(code, inputs, specs, [*writer.file_names, *writer.index_names])

@@ -27,6 +27,8 @@ from shadowft.delta_options import DeltaOptions
 from shadowft.dtypes import dtype_code, itemsize, torch_dtype_name
 from shadowft.extraction import FORMAT_VERSION, GRAFT_MANIFEST, Delta, tie_hint
 from shadowft.io import atomic_write_json
+from shadowft.kernels import graft_block as graft_kernel_block
+from shadowft.kernels import graft_part
 from shadowft.layout import (
     DeltaError,
     embedding_and_head,
@@ -42,7 +44,7 @@ from shadowft.numerics import (
     encode,
     read_float,
 )
-from shadowft.parts import DeltaEntry
+from shadowft.parts import DeltaEntry, FullPart
 from shadowft.policy import Action, Selection
 from shadowft.provenance import InputSet, Provenance, index_files, model_files, versions
 from shadowft.reader import Checkpoint, TensorInfo, ties_embeddings
@@ -98,10 +100,9 @@ class PlannedTensor:
         return self.action.value if self.reason is None else f"{self.action.value}: {self.reason}"
 
     @property
-    def pairs(self) -> bool:
-        """Whether its blocks of an even count are computed in pair order (bfloat16 in and out, elementwise)."""
-        codes = (self.source.dtype, self.out_dtype, *(self.entry.dtypes if self.entry else ()))
-        return all(code == "BF16" for code in codes) and (self.entry is None or self.entry.elementwise)
+    def fused(self) -> FullPart | None:
+        """The update's part when the compiled kernel grafts it (`shadowft.kernels.graft_part`)."""
+        return graft_part(self.source.dtype, self.out_dtype, self.entry)
 
     @property
     def output(self) -> OutputTensor:
@@ -163,11 +164,10 @@ def _tensor_tasks(
     item: PlannedTensor, update_scale: float | None, writer: SafetensorsWriter, chunk: int
 ) -> Iterator[Task]:
     """The blocks of one output tensor: grafted rows first, then the rest copied or converted."""
-    source, cols, pairs = item.source, item.source.cols, item.pairs
+    source, cols, fused = item.source, item.source.cols, item.fused
     if item.entry is not None:
         for block in blocks(0, item.graft_rows, cols, chunk):
-            paired = pairs and block.count % 2 == 0
-            yield functools.partial(_graft_block, item, block, update_scale, paired, writer)
+            yield functools.partial(_graft_block, item, block, update_scale, fused, writer)
     kept_from_row = item.graft_rows if item.entry is not None else 0
     if item.out_dtype == source.dtype:
         offset = kept_from_row * cols * source.itemsize
@@ -175,7 +175,7 @@ def _tensor_tasks(
             yield functools.partial(copy_bytes, source, offset + byte0, offset + byte1, writer, item.name)
     else:
         for block in blocks(kept_from_row, source.rows, cols, chunk):
-            yield functools.partial(_graft_block, item, block, None, False, writer)
+            yield functools.partial(_graft_block, item, block, None, None, writer)
 
 
 def _manifest(
@@ -277,19 +277,26 @@ def _refuse_unplaced_updates(instruct: Checkpoint, delta: Delta, selection: Sele
 
 
 def _graft_block(
-    item: PlannedTensor, block: Block, alpha: float | None, paired: bool, writer: SafetensorsWriter, scratch: Scratch
+    item: PlannedTensor,
+    block: Block,
+    alpha: float | None,
+    fused: FullPart | None,
+    writer: SafetensorsWriter,
+    scratch: Scratch,
 ) -> int:
-    """One block of `item`; `paired`: computed in pair order (see shadowft.numerics), as `item.pairs` allows."""
+    """One block of `item`: by the compiled kernel when `fused` (`item.fused`) and no NaN comes out, else numpy."""
     entry = item.entry if block.row1 <= item.graft_rows else None
-    dtype = compute_dtype(item.source.dtype, *(entry.dtypes if entry else ()))
-    values = read_float(item.source, block.start, scratch.work(0, block.count, dtype), scratch, paired)
-    if entry is not None:
-        update = scratch.work(1, block.count, dtype)
-        entry.fill(block, update, scratch, paired)
-        if alpha is not None:
-            np.multiply(update, dtype.type(alpha), out=update)
-        np.add(values, update, out=values)
-    data = encode(values, item.out_dtype, scratch, paired)
+    data = graft_kernel_block(item.source, fused, block, alpha, scratch) if entry is not None and fused else None
+    if data is None:
+        dtype = compute_dtype(item.source.dtype, *(entry.dtypes if entry else ()))
+        values = read_float(item.source, block.start, scratch.work(0, block.count, dtype), scratch)
+        if entry is not None:
+            update = scratch.work(1, block.count, dtype)
+            entry.fill(block, update, scratch)
+            if alpha is not None:
+                np.multiply(update, dtype.type(alpha), out=update)
+            np.add(values, update, out=values)
+        data = encode(values, item.out_dtype, scratch)
     writer.write(item.name, block.start * itemsize(item.out_dtype), data)
     return len(data)
 

@@ -7,13 +7,9 @@ torch alone costs about 270 MB of resident memory. Tensors are processed in
 `Block`s of whole rows of at most `CHUNK_ELEMENTS` elements, each worker thread
 with its own reusable `Scratch` buffers.
 
-Pair order: an elementwise computation gives the same values whatever order
-its elements are in, so a bfloat16 block of an even count can be decoded in
-pair order, the even-indexed elements first and the odd-indexed ones after
-them. Then each 32-bit word of the input yields two float32s with one shift
-and one mask, and rounding packs them back into words the same way, instead
-of widening and narrowing every element (`read_float` and `encode` with
-`paired`).
+This is the general path, for every dtype and every kind of update. The
+common case, bfloat16 weights with a dense update, runs in one pass in the
+compiled kernels of `shadowft.kernels`, which give the same bytes.
 """
 
 from __future__ import annotations
@@ -29,12 +25,12 @@ from shadowft.dtypes import STORAGE
 from shadowft.layout import CheckpointError
 from shadowft.reader import TensorInfo
 
-#: Elements per streamed chunk. Measured on the 1x speed/graft.py triple with two threads: a first
-#: graft took 2.8-3.3 s at 2^20 against 4.7-4.9 s at 2^18 cut into passes of 2^17. Every numpy
-#: call releases and retakes the GIL, so the threads' hand-offs (56,000 voluntary context
-#: switches against 3,000) grow with the number of calls per element. 2^21 was slower again
-#: (4.2-5.0 s), measured before writes were cut into 1 MiB pieces (writer.WRITE_BYTES); see docs/speed.md.
-#: The engine's entry points take it as `chunk_elements` (see check_chunk_elements).
+#: Elements per streamed chunk. Measured on the 1x speed/graft.py triple with two threads, first
+#: grafts: with the compiled kernels (shadowft.kernels) 1.6-1.7 s at 2^20 and 2^21, 1.8-1.9 s at
+#: 2^19, 2.1-2.2 s at 2^18. For the numpy path, whose every call releases and retakes the GIL,
+#: smaller blocks cost more (4.7-4.9 s at 2^18 cut into passes of 2^17, against 2.8-3.3 s at 2^20,
+#: before the kernels); see docs/speed.md. The engine's entry points take it as `chunk_elements`
+#: (see check_chunk_elements).
 CHUNK_ELEMENTS = 1 << 20
 _OPEN_WINDOWS = 4  # per thread: the inputs of one graft, plus one
 
@@ -98,7 +94,6 @@ def blocks(row0: int, row1: int, row_length: int, chunk: int = CHUNK_ELEMENTS) -
 _FLOAT32 = np.dtype(np.float32)
 # the bit operations' operands, as numpy scalars so no call converts them
 _HALF_BITS = np.uint32(16)
-_HIGH_HALF = np.uint32(0xFFFF0000)
 _ONE = np.uint32(1)
 _ROUNDING_BIAS = np.uint32(0x7FFF)
 
@@ -147,21 +142,16 @@ def compute_dtype(*codes: str) -> np.dtype:
     return np.dtype(np.float64 if "F64" in codes else np.float32)
 
 
-def read_float(info: TensorInfo, start: int, out: np.ndarray, scratch: Scratch, paired: bool = False) -> np.ndarray:
-    """Fill `out` (float32/64) with elements [start, start+len(out)) of `info`, exactly converted.
+def stored(info: TensorInfo, start: int, count: int, scratch: Scratch) -> np.ndarray:
+    """Elements [start, start+count) of `info` as stored (bfloat16 as its uint16 bits), read-only."""
+    storage = STORAGE[info.dtype]
+    return np.frombuffer(scratch.view(info, start * storage.itemsize, count * storage.itemsize), storage)
 
-    With `paired` (bfloat16 into float32, an even count), `out` holds the
-    elements in pair order (see the module's docstring).
-    """
-    count, storage = len(out), STORAGE[info.dtype]
-    view = scratch.view(info, start * storage.itemsize, count * storage.itemsize)
-    if paired:
-        # each 32-bit word holds two bfloat16s: the low one shifted up, the high one masked, is each one's float32
-        words, bits = np.frombuffer(view, np.uint32), out.view(np.uint32)
-        np.left_shift(words, _HALF_BITS, out=bits[: count // 2])
-        np.bitwise_and(words, _HIGH_HALF, out=bits[count // 2 :])
-        return out
-    values = np.frombuffer(view, storage)
+
+def read_float(info: TensorInfo, start: int, out: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """Fill `out` (float32/64) with elements [start, start+len(out)) of `info`, exactly converted."""
+    count = len(out)
+    values = stored(info, start, count, scratch)
     if info.dtype != "BF16":
         np.copyto(out, values)
     else:
@@ -174,12 +164,8 @@ def read_float(info: TensorInfo, start: int, out: np.ndarray, scratch: Scratch, 
     return out
 
 
-def encode(values: np.ndarray, code: str, scratch: Scratch, paired: bool = False) -> memoryview:
-    """The bytes of `values` rounded once (to nearest even) to dtype `code`; `values` may be overwritten.
-
-    With `paired`, `values` (float32, rounded to bfloat16) are in pair order
-    (see the module's docstring) and the bytes come out in the tensor's order.
-    """
+def encode(values: np.ndarray, code: str, scratch: Scratch) -> memoryview:
+    """The bytes of `values` rounded once (to nearest even) to dtype `code`; `values` may be overwritten."""
     storage = STORAGE[code]
     if storage == values.dtype:
         return memoryview(values.view(np.uint8))
@@ -193,19 +179,10 @@ def encode(values: np.ndarray, code: str, scratch: Scratch, paired: bool = False
     # np.minimum propagates NaN: one pass without a write tells whether there is any
     quiet = _quiet_nans(values, scratch) if count and np.isnan(np.minimum.reduce(values)) else None
     bits = _round_to_upper_half(values.view(np.uint32), scratch._bits[:count])
-    if paired:
-        # the elements of each pair, rounded, go into the low and high halves of one 32-bit word
-        half = count // 2
-        np.right_shift(bits[:half], _HALF_BITS, out=bits[:half])
-        np.bitwise_and(bits[half:], _HIGH_HALF, out=bits[half:])
-        np.bitwise_or(bits[:half], bits[half:], out=out.view(np.uint32))
-    else:
-        np.right_shift(bits, _HALF_BITS, out=out, casting="unsafe")  # the top 16 bits, straight into the output
+    np.right_shift(bits, _HALF_BITS, out=out, casting="unsafe")  # the top 16 bits, straight into the output
     if quiet is not None:
         nan, nan_bits = quiet
-        # in pair order, value i of the first half is output element 2i, of the second half 2i + 1
-        target = out.reshape(-1, 2).T if paired else out
-        target[nan.reshape(target.shape)] = nan_bits
+        out[nan] = nan_bits
     return memoryview(out.view(np.uint8))
 
 

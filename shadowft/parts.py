@@ -23,11 +23,11 @@ class FullPart:
     def dtypes(self) -> tuple[str, ...]:
         return (self.minuend.dtype,) + ((self.subtrahend.dtype,) if self.subtrahend else ())
 
-    def fill(self, block: Block, out: np.ndarray, scratch: Scratch, paired: bool = False) -> None:
-        read_float(self.minuend, block.start, out, scratch, paired)
+    def fill(self, block: Block, out: np.ndarray, scratch: Scratch) -> None:
+        read_float(self.minuend, block.start, out, scratch)
         if self.subtrahend is not None:
             other = scratch.work(2, len(out), out.dtype)
-            np.subtract(out, read_float(self.subtrahend, block.start, other, scratch, paired), out=out)
+            np.subtract(out, read_float(self.subtrahend, block.start, other, scratch), out=out)
         if self.scale is not None:
             np.multiply(out, out.dtype.type(self.scale), out=out)
 
@@ -61,8 +61,7 @@ class LoraPart:
     def dtypes(self) -> tuple[str, ...]:
         return (self.a.dtype, self.b.dtype)
 
-    def fill(self, block: Block, out: np.ndarray, scratch: Scratch, paired: bool = False) -> None:
-        assert not paired, "a product of factors is not elementwise: it has no pair order"
+    def fill(self, block: Block, out: np.ndarray, scratch: Scratch) -> None:
         dtype = out.dtype
         cached = scratch.cache.get("lora_columns")
         if cached is None or cached[0] is not self:
@@ -122,15 +121,10 @@ class DeltaEntry:
     def dtypes(self) -> tuple[str, ...]:
         return tuple(code for part in self.parts for code in part.dtypes)
 
-    @property
-    def elementwise(self) -> bool:
-        """Whether each element of the update depends only on the same element of its inputs (no LoRA product)."""
-        return all(isinstance(part, FullPart) for part in self.parts)
-
-    def fill(self, block: Block, out: np.ndarray, scratch: Scratch, paired: bool = False) -> None:
-        """The update over `block` into `out`; `paired` (elementwise entries only): in pair order (`read_float`)."""
-        self.parts[0].fill(block, out, scratch, paired)
+    def fill(self, block: Block, out: np.ndarray, scratch: Scratch) -> None:
+        """The update over `block` into `out`."""
+        self.parts[0].fill(block, out, scratch)
         for part in self.parts[1:]:
             extra = np.empty_like(out)
-            part.fill(block, extra, scratch, paired)
+            part.fill(block, extra, scratch)
             np.add(out, extra, out=out)

@@ -194,10 +194,17 @@ def versions() -> dict[str, str]:
     """Versions recorded in manifests."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import numba
     import numpy as np
 
     try:
         shadowft_version = version("shadowft")
     except PackageNotFoundError:
         shadowft_version = "unknown"
-    return {"shadowft": shadowft_version, "python": platform.python_version(), "numpy": np.__version__}
+    # numba compiles the kernels that compute most blocks (shadowft.kernels)
+    return {
+        "shadowft": shadowft_version,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }

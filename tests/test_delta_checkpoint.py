@@ -179,28 +179,6 @@ def test_nan_stays_nan_when_rounded():
     assert np.isnan(as_float).all()
 
 
-def test_pair_order_reads_and_rounds_the_same_elements(tmp_path):
-    """Pair order (even-indexed elements, then odd-indexed ones) changes where values sit, never their bits."""
-    rng = np.random.default_rng(2)
-    bits = rng.integers(0, 1 << 32, 4000, dtype=np.uint32)
-    # ties, NaNs that rounding would carry into infinity or the sign, infinities, zeros, subnormals
-    special = [0x3F808000, 0x3F818000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7F800000, 0x80000000, 0x00008000]
-    bits[: len(special)] = special
-    values = bits.view(np.float32)
-    scratch = Scratch(len(values))
-    natural = np.frombuffer(encode(values.copy(), "BF16", scratch), np.uint16).copy()
-    in_pairs = np.concatenate([values[0::2], values[1::2]])
-    paired = np.frombuffer(encode(in_pairs, "BF16", scratch, True), np.uint16)
-    assert np.array_equal(paired, natural)
-
-    stored = torch.from_numpy(natural.view(np.int16)).view(torch.bfloat16)
-    save_file({"x": stored}, tmp_path / "model.safetensors")
-    with Checkpoint(tmp_path) as checkpoint:
-        whole = read_float(checkpoint["x"], 6, scratch.work(0, 3000), scratch).copy()
-        pairs = read_float(checkpoint["x"], 6, scratch.work(1, 3000), scratch, True)
-    assert np.array_equal(pairs.view(np.uint32), np.concatenate([whole[0::2], whole[1::2]]).view(np.uint32))
-
-
 def test_read_float_converts_every_float_dtype_exactly(tmp_path):
     source = torch.randn(6, 5) * 3
     tensors = {"bf16": source.bfloat16(), "f16": source.half(), "f32": source, "f64": source.double()}

@@ -108,7 +108,7 @@ def test_output_is_a_complete_model_folder_from_instruct(llama, tmp_path):
     assert read_json(out / "shadowft_manifest.json") == manifest
     assert set(manifest["inputs"]) == {"instruct", "base", "tuned"}
     assert "tokenizer.json" in manifest["inputs"]["instruct"]["files"]
-    assert manifest["versions"]["numpy"] and manifest["policy"]["preset"] == "all"
+    assert manifest["versions"]["numpy"] and manifest["versions"]["numba"] and manifest["policy"]["preset"] == "all"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -297,18 +297,18 @@ def test_shape_mismatch_is_named_and_nothing_is_written(llama, tmp_path):
 
 
 def test_failure_while_writing_leaves_no_output(llama, tmp_path, monkeypatch):
-    import shadowft.grafting
+    from shadowft.writer import SafetensorsWriter
 
     calls = []
-    real_encode = shadowft.grafting.encode
+    real_write = SafetensorsWriter.write
 
-    def failing_encode(*args):
+    def failing_write(*args):
         calls.append(1)
         if len(calls) == 5:
             raise OSError("disk full")
-        return real_encode(*args)
+        return real_write(*args)
 
-    monkeypatch.setattr(shadowft.grafting, "encode", failing_encode)
+    monkeypatch.setattr(SafetensorsWriter, "write", failing_write)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "previous.txt").write_text("earlier result")
     with Delta.from_models(llama.base, llama.tuned) as delta:
