@@ -15,6 +15,18 @@ VENVS = ROOT / ".venvs"
 FAKE_HUB_TOKEN = "hf_ShadowftTestToken9f8e7d6c5b4a3210"
 
 
+def demo_runs() -> dict[str, str]:
+    """The default config's run names by tuning ("lora", "full"), as shadowft.runs names them."""
+    import yaml
+
+    from shadowft.config import validate_config
+    from shadowft.runs import runs
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    validate_config(config)
+    return {run.tuning: run.name for run in runs(config)}
+
+
 def snakemake_command(
     workdir: Path, *args: str, checkout: Path = ROOT, name_demo_config: bool = True
 ) -> tuple[list[str], dict[str, str]]:

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, demo_runs, snakemake
 from dataset_fixtures import (
     INFINITY_INSTRUCT,
     TRAIN_PYTHON,
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 FAKE_TOKEN = "hf_DatasetWorkflowTestToken0123456789"
 
 
-def run_paths(pair: str = "demo", run: str = "sft-lora-lr3e-3-r8-s0") -> dict[str, str]:
-    """Where one training run (the demo's LoRA run, shadowft.runs names it) writes and logs."""
+def run_paths(pair: str = "demo", run: str = demo_runs()["lora"]) -> dict[str, str]:
+    """Where one training run (by default the demo's LoRA run) writes and logs."""
     return {
         "config": f"results/{pair}/{run}/train_base.yaml",
         "model": f"results/{pair}/{run}/train_base/model",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, demo_runs, snakemake
 from safetensors.torch import load_file
 from test_report import REPORT_RULES, assert_report_holds, decoded, workflow_files
 from test_workflow import planned_jobs
@@ -17,8 +17,7 @@ from shadowft import demo
 pytestmark = pytest.mark.slow
 
 PAIR = "results/demo"
-# The demo's runs, one per tuning (shadowft.runs names them).
-RUNS = {"lora": "sft-lora-lr3e-3-r8-s0", "full": "sft-full-lr1e-3-s0"}
+RUNS = demo_runs()  # the demo's runs, one per tuning
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 ALPHAS = [f"{alpha:g}" for alpha in CONFIG["graft"]["alphas"]]
 VARIANTS = ["base", "instruct"] + [

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import snakemake
+from conftest import demo_runs, snakemake
 from delta_fixtures import llama, load_tensors, qwen2, read_json  # noqa: F401
 from model_fixtures import local_pair_experiment
 from safetensors.torch import save_file
@@ -138,7 +138,7 @@ def test_pickle_only_weights_need_the_opt_in_and_a_missing_config_is_named(llama
         check_pair(llama.base, pickled, allow_pickle=True)
 
 
-RUN = "sft-lora-lr3e-3-r8-s0"
+RUN = demo_runs()["lora"]
 
 
 @pytest.mark.slow

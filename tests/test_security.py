@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, demo_runs, snakemake
 from model_fixtures import local_pair_experiment
 from test_report import write_scores, write_similarity
 
@@ -15,7 +15,7 @@ from shadowft.datasets import ROWS_FILE
 from shadowft.report import read_summary
 from shadowft.report.document import REMOTE_CODE_MARK, REMOTE_CODE_NOTE
 
-RUN = "sft-lora-lr3e-3-r8-s0"
+RUN = demo_runs()["lora"]
 
 
 @pytest.mark.bad_input("LLaMA-Factory", caught="check")

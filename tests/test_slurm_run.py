@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, snakemake, snakemake_command
+from conftest import ROOT, demo_runs, snakemake, snakemake_command
 from safetensors.torch import load_file
 from test_workflow import planned_jobs
 
@@ -22,11 +22,10 @@ pytestmark = pytest.mark.slow
 PROFILES = ("--profile", str(ROOT / "profiles" / "slurm"), "--profile", str(ROOT / "tests" / "slurm_ci_profile.yaml"))
 LOCAL_RULES = {"demo_training_config", "training_config", "check_pair", "environment_versions", "all"}
 GPU_RULES = {"demo_train", "train", "evaluate"}
+RUNS = demo_runs()  # the demo's runs, one per tuning
 # The job the test kills: the baseline's full fine-tune, whose only dependants are its
 # evaluations and the report.
-KILLED_RULE, KILLED_WILDCARDS = "train", "demo_sft-full-lr1e-3-s0_instruct"
-# The demo's runs (shadowft.runs names them).
-RUNS = {"lora": "sft-lora-lr3e-3-r8-s0", "full": "sft-full-lr1e-3-s0"}
+KILLED_RULE, KILLED_WILDCARDS = "train", f"demo_{RUNS['full']}_instruct"
 SUBMITTED = re.compile(
     r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)"
 )
