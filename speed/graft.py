@@ -14,7 +14,10 @@ approach as a whole process, several times, on a warm page cache:
                  (when --mergekit-python points at a Python with mergekit installed)
 
 The approaches take turns, one run of each per round, so a change in load
-reaches all of them alike. Each command runs under a small launcher process
+reaches all of them alike. Before each run the approach's inputs are read
+once, untimed, so that it starts on a warm cache whatever the run before it
+evicted: at --scale 2 the three inputs, a stored fp32 delta and the outputs
+(about 27 GB) do not all fit in a 24 GB machine's page cache. Each command runs under a small launcher process
 that reports its wall time, CPU time (user + system, independent of other
 load on the machine) and peak RSS (ru_maxrss, which counts memory-mapped file
 pages too). The launcher hop matters: Linux starts a child's ru_maxrss at its
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +162,20 @@ def files(path: Path) -> str:
     return " ".join(str(p) for p in sorted(path.glob("*.safetensors")))
 
 
-Approach = tuple[list[str], dict[str, str]]  # command, environment
+@dataclass(frozen=True)
+class Approach:
+    command: list[str]
+    env: dict[str, str]
+    inputs: tuple[Path, ...]  # the model folders it reads, warmed before each run
+
+
+def warm(folders: tuple[Path, ...]) -> None:
+    """Read the folders' weight files once, into the page cache."""
+    subprocess.run(
+        ["cat", *(str(p) for f in folders for p in sorted(f.glob("*.safetensors")))],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
 
 
 def approaches(work: Path, shadowft: list[str], python: str) -> dict[str, Approach]:
@@ -180,15 +197,22 @@ def approaches(work: Path, shadowft: list[str], python: str) -> dict[str, Approa
     extract = [*shadowft, "extract-delta", "--base", str(models["base"]), "--tuned", str(models["tuned"])]
     from_delta = [*shadowft, "graft", "--instruct", str(models["instruct"]), "--delta", str(delta)]
     naive = [python, "-c", NAIVE, str(built["base"]), str(built["tuned"]), str(built["instruct"]), str(out)]
+    triple, pair = tuple(models.values()), (models["base"], models["tuned"])
     return {
-        "io-floor": (["bash", "-c", floor], env),
-        "shadowft first graft (sha256 from download manifests)": (graft(models, "--no-progress"), uncached),
-        "shadowft repeat graft (sha256 cached)": (graft(models, "--no-progress"), cached),
-        "shadowft, no manifest or cache (sha256 computed)": (graft(built, "--no-progress"), uncached),
-        "shadowft --threads 1 (sha256 cached)": (graft(models, "--no-progress", "--threads", "1"), cached),
-        "shadowft extract-delta (fp32)": ([*extract, "--out", str(out), "--no-progress"], cached),
-        "shadowft graft --delta": ([*from_delta, "--out", str(out), "--no-progress"], cached),
-        "naive (transformers x3)": (naive, env),
+        "io-floor": Approach(["bash", "-c", floor], env, triple),
+        "shadowft first graft (sha256 from download manifests)": Approach(
+            graft(models, "--no-progress"), uncached, triple
+        ),
+        "shadowft repeat graft (sha256 cached)": Approach(graft(models, "--no-progress"), cached, triple),
+        "shadowft, no manifest or cache (sha256 computed)": Approach(graft(built, "--no-progress"), uncached, triple),
+        "shadowft --threads 1 (sha256 cached)": Approach(
+            graft(models, "--no-progress", "--threads", "1"), cached, triple
+        ),
+        "shadowft extract-delta (fp32)": Approach([*extract, "--out", str(out), "--no-progress"], cached, pair),
+        "shadowft graft --delta": Approach(
+            [*from_delta, "--out", str(out), "--no-progress"], cached, (models["instruct"], delta)
+        ),
+        "naive (transformers x3)": Approach(naive, env, triple),
     }
 
 
@@ -208,11 +232,11 @@ def mergekit_approach(work: Path, mergekit_python: Path) -> Approach:
         """)
     )
     mergekit = Path(mergekit_python).parent / "mergekit-yaml"
-    return [str(mergekit), str(config), str(work / "out")], os.environ.copy()
+    return Approach([str(mergekit), str(config), str(work / "out")], os.environ.copy(), tuple(built.values()))
 
 
 def run_all(work: Path, measured: dict[str, Approach], repeats: int, model_bytes: int) -> dict[str, dict]:
-    """Wall, CPU and peak RSS of each approach, `repeats` times, on a warm page cache.
+    """Wall, CPU and peak RSS of each approach, `repeats` times, each run on a warm page cache.
 
     The approaches take turns (one run of each per round), so a change in the
     machine's load during the benchmark reaches all of them alike.
@@ -220,21 +244,21 @@ def run_all(work: Path, measured: dict[str, Approach], repeats: int, model_bytes
     import psutil  # the benchmark runs from the core environment
 
     out = work / "out"
-    subprocess.run(measured["io-floor"][0], check=True)  # warm the page cache
-    command, env = measured["shadowft repeat graft (sha256 cached)"]
-    subprocess.run(command, env=env, check=True)  # prime the sha256 cache
-    extract, env = measured["shadowft extract-delta (fp32)"]
-    extract = [*extract[: extract.index("--out")], "--out", str(work / "delta"), "--no-progress"]
-    subprocess.run(extract, env=env, check=True)  # the stored delta "graft --delta" reads
+    repeat = measured["shadowft repeat graft (sha256 cached)"]
+    subprocess.run(repeat.command, env=repeat.env, check=True)  # prime the sha256 cache
+    extract = measured["shadowft extract-delta (fp32)"]
+    command = [*extract.command[: extract.command.index("--out")], "--out", str(work / "delta"), "--no-progress"]
+    subprocess.run(command, env=extract.env, check=True)  # the stored delta "graft --delta" reads
     if psutil.virtual_memory().available < 4 * model_bytes:
         print("skipping naive (transformers x3): not enough free memory", file=sys.stderr)
         measured = {name: approach for name, approach in measured.items() if not name.startswith("naive")}
     runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in measured}
     for round_number in range(repeats):
-        for name, (command, env) in measured.items():
+        for name, approach in measured.items():
             shutil.rmtree(out, ignore_errors=True)
             os.sync()
-            runs[name].append(measure(command, env))
+            warm(approach.inputs)
+            runs[name].append(measure(approach.command, approach.env))
             print(f"round {round_number + 1}, {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return {
