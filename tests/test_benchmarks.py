@@ -174,7 +174,7 @@ def test_hf_entry_is_the_default():
     assert model["type"] == BACKENDS["hf"] == "opencompass.models.HuggingFacewithChatTemplate"
     assert model["batch_size"] == batch_size_for("hf", 2) == 16
     assert model["run_cfg"] == {"num_gpus": 2}
-    assert model_config("m", ModelOptions(num_gpus=0))["batch_size"] == 8
+    assert model_config("m", ModelOptions(num_gpus=0))["batch_size"] == batch_size_for("hf", 0) == 32
 
 
 def test_vllm_entry_takes_the_jobs_gpus():

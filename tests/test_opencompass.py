@@ -168,7 +168,7 @@ def test_model_options():
     "options, message",
     [
         ({"dtype": "fp8"}, r"^dtype: 'fp8' is not one of auto, float32, bfloat16, float16$"),
-        ({"num_gpus": -1}, r"^num_gpus must be >= 0 and batch_size >= 1 \(got -1, 8\)$"),
+        ({"num_gpus": -1}, r"^num_gpus must be >= 0 and batch_size >= 1 \(got -1, 32\)$"),
         ({"batch_size": 0}, r"^num_gpus must be >= 0 and batch_size >= 1 \(got 0, 0\)$"),
     ],
 )
