@@ -275,7 +275,7 @@ def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys
     assert row in printed
 
 
-def test_sampling_sd_is_unknown_where_a_score_is_no_share_of_questions(tmp_path, capsys):
+def test_sampling_sd_is_unknown_where_a_score_is_no_share_of_questions(tmp_path):
     runs = {seed: {("base", "gsm8k"): 10.0 + seed} for seed in (0, 1)}
     paths = {seed: write_summary(tmp_path / f"s{seed}.csv", scores, "score") for seed, scores in runs.items()}
     table = demo.seed_spread(paths)
