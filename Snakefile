@@ -12,8 +12,9 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
-from shadowft.config import validate_config
-from shadowft.yamlfile import load_mapping
+from shadowft.demo import DATASETS
+from shadowft.workflow.config import validate_config
+from shadowft.workflow.yamlfile import load_mapping
 
 # The demo is the default experiment, found beside this Snakefile whatever the working
 # directory; a `--configfile` replaces it rather than being merged into it (Snakemake would
@@ -28,14 +29,14 @@ if not workflow.overwrite_configfiles:
     configfile: DEMO_CONFIG
 
 
-validate_config(config)
+validate_config(config, demo_datasets=DATASETS)
 
 
 include: "rules/common.smk"
 include: "rules/download.smk"
-include: "rules/demo.smk"
 include: "rules/check.smk"
 include: "rules/train.smk"
+include: "rules/demo.smk"
 include: "rules/delta.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
@@ -48,4 +49,4 @@ report: "report/workflow.rst"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        PLAN.final_outputs(),

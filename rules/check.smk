@@ -10,8 +10,8 @@ localrules:
 
 rule check_pair:
     input:
-        base=base_model_dir,
-        instruct=instruct_model_dir,
+        base=PLAN.base_model_dir,
+        instruct=PLAN.instruct_model_dir,
     output:
         "results/{pair}/preflight.json",
     log:
@@ -19,7 +19,9 @@ rule check_pair:
     conda:
         "../envs/core.yaml"
     params:
+        python=PLAN.python("core"),
         vocab_mismatch=config["graft"]["vocab_mismatch"],
-        allow_pickle=pair_allows_pickle,
-    script:
-        "../scripts/check_pair.py"
+        allow_pickle=PLAN.allow_pickle_flag,
+    shell:
+        "{params.python:q} -m shadowft check-pair {input.base:q} {input.instruct:q}"
+        " --vocab-mismatch {params.vocab_mismatch} {params.allow_pickle} --out {output:q} > {log:q} 2>&1"

@@ -1,10 +1,11 @@
-# Shadow-FT's own step: the update learned on base, grafted onto instruct.
+# Shadow-FT's own step: the update learned on base, grafted onto instruct, with the same engine
+# and command line a user runs without Snakemake (`shadowft`, shadowft/cli.py).
 
 
 rule extract_delta:
     input:
-        base=base_model_dir,
-        tuned=delta_source,
+        base=PLAN.base_model_dir,
+        tuned=PLAN.tuned_model,
     output:
         directory("results/{pair}/{run}/delta"),
     log:
@@ -13,19 +14,20 @@ rule extract_delta:
         "benchmarks/delta/{pair}/{run}/extract.tsv"
     conda:
         "../envs/core.yaml"
-    threads: engine_threads()
+    threads: SIZES.engine_threads
     resources:
-        mem_mb=sized_mem_mb,
-        runtime=sized_runtime,
+        **SIZES.job(Workload.ENGINE, model="base"),
     params:
-        tuning=run_tuning,
-    script:
-        "../scripts/extract_delta.py"
+        python=PLAN.python("core"),
+        source=PLAN.tuned_model_flag,
+    shell:
+        "{params.python:q} -m shadowft extract-delta --base {input.base:q} {params.source} {input.tuned:q}"
+        " --threads {threads} --no-progress --out {output:q} > {log:q} 2>&1"
 
 
 rule graft:
     input:
-        instruct=instruct_model_dir,
+        instruct=PLAN.instruct_model_dir,
         delta="results/{pair}/{run}/delta",
     output:
         directory("results/{pair}/{run}/shadow_a{alpha}"),
@@ -35,24 +37,25 @@ rule graft:
         "benchmarks/delta/{pair}/{run}/graft_a{alpha}.tsv"
     conda:
         "../envs/core.yaml"
-    threads: engine_threads()
+    threads: SIZES.engine_threads
     resources:
-        mem_mb=sized_mem_mb,
-        runtime=sized_runtime,
+        **SIZES.job(Workload.ENGINE, model="instruct"),
     params:
-        alpha="{alpha}",
+        python=PLAN.python("core"),
         preset=config["graft"]["preset"],
         vocab_mismatch=config["graft"]["vocab_mismatch"],
-    script:
-        "../scripts/graft.py"
+    shell:
+        "{params.python:q} -m shadowft graft --instruct {input.instruct:q} --delta {input.delta:q}"
+        " --alpha {wildcards.alpha} --preset {params.preset} --vocab-mismatch {params.vocab_mismatch}"
+        " --threads {threads} --no-progress --out {output:q} > {log:q} 2>&1"
 
 
 # The paper's observation, measured per pair: how far instruct's weights lie from base's.
 rule similarity:
     input:
         checked="results/{pair}/preflight.json",
-        base=base_model_dir,
-        instruct=instruct_model_dir,
+        base=PLAN.base_model_dir,
+        instruct=PLAN.instruct_model_dir,
     output:
         "results/{pair}/similarity.csv",
     log:
@@ -61,9 +64,11 @@ rule similarity:
         "benchmarks/delta/{pair}/similarity.tsv"
     conda:
         "../envs/core.yaml"
-    threads: engine_threads()
+    threads: SIZES.engine_threads
     resources:
-        mem_mb=sized_mem_mb,
-        runtime=sized_runtime,
-    script:
-        "../scripts/similarity.py"
+        **SIZES.job(Workload.ENGINE, model="base"),
+    params:
+        python=PLAN.python("core"),
+    shell:
+        "{params.python:q} -m shadowft similarity {input.base:q} {input.instruct:q}"
+        " --threads {threads} --no-progress --out {output:q} > {log:q} 2>&1"

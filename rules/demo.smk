@@ -8,16 +8,20 @@ rule build_demo:
     output:
         init=directory("data/demo/init"),
         pretrain=directory("data/demo/pretrain"),
-        chat=directory("data/demo/chat"),
-        task=directory("data/demo/task"),
+        chat=directory("data/demo/demo_chat"),
+        task=directory("data/demo/demo_task"),
+        preference=directory("data/demo/demo_preference"),
     log:
         "logs/demo/build.log",
     conda:
         "../envs/core.yaml"
     params:
+        python=PLAN.python("core"),
         seed=config["seed"],
-    script:
-        "../scripts/build_demo.py"
+    shell:
+        "{params.python:q} -m shadowft.demo build --seed {params.seed} --init {output.init:q}"
+        " --pretrain {output.pretrain:q} --chat {output.chat:q} --task {output.task:q}"
+        " --preference {output.preference:q} > {log:q} 2>&1"
 
 
 # Writing a step's YAML takes a moment: not worth a cluster job.
@@ -27,8 +31,8 @@ localrules:
 
 rule demo_training_config:
     input:
-        model=demo_step_model_dir,
-        dataset=demo_step_dataset_dir,
+        model=PLAN.demo_step_model_dir,
+        dataset=PLAN.demo_step_dataset_dir,
     output:
         "data/demo/{step}.yaml",
     log:
@@ -36,34 +40,26 @@ rule demo_training_config:
     conda:
         "../envs/core.yaml"
     params:
-        step=demo_step_name,
-        paths=demo_step_paths,
-    script:
-        "../scripts/write_demo_training_config.py"
+        python=PLAN.python("core"),
+        step=PLAN.demo_step_name,
+        seed=config["seed"],
+    shell:
+        "{params.python:q} -m shadowft.demo step-config {params.step} --model {input.model:q}"
+        " --dataset {input.dataset:q} --work-dir data/demo/{wildcards.step}/work --seed {params.seed}"
+        " {output:q} > {log:q} 2>&1"
 
 
-rule demo_train:
+# The pair's two steps are training runs like the experiment's (rules/train.smk), on the demo's data.
+use rule train as demo_train with:
     input:
         config="data/demo/{step}.yaml",
-        model=demo_step_model_dir,
-        dataset=demo_step_dataset_dir,
+        model=PLAN.demo_step_model_dir,
+        dataset=PLAN.demo_step_dataset_dir,
     output:
         directory("data/demo/{step}/model"),
     log:
         "logs/demo/{step}_train.log",
     benchmark:
         "benchmarks/demo/{step}_train.tsv"
-    conda:
-        "../envs/train.yaml"
-    threads: tool_threads()
     resources:
-        gpu=sized_gpu,
-        nodes=sized_nodes,
-        cpus_per_gpu=cluster_node().cpus_per_gpu,
-        mem_mb=sized_mem_mb,
-        runtime=sized_runtime,
-    params:
-        python=env_python("train"),
-    shell:
-        "{params.python:q} -m shadowft.llamafactory train {input.config:q} {output:q}"
-        " --gpus {resources.gpu} --nodes {resources.nodes} > {log:q} 2>&1"
+        **SIZES.job(Workload.TRAIN_FULL, model="model", tokens=SIZES.training_tokens),

@@ -16,9 +16,10 @@ rule download_model:
     conda:
         "../envs/core.yaml"
     params:
-        source=model_source,
-    script:
-        "../scripts/download_model.py"
+        python=PLAN.python("core"),
+        spec=PLAN.model_spec,
+    shell:
+        "{params.python:q} -m shadowft.data download-model {params.spec:q} {output:q} > {log:q} 2>&1"
 
 
 # The data files of a Hub dataset at its pinned revision (a subset's, or those matching
@@ -31,16 +32,17 @@ rule download_dataset:
     conda:
         "../envs/core.yaml"
     params:
-        source=dataset_source,
-    script:
-        "../scripts/download_dataset.py"
+        python=PLAN.python("core"),
+        spec=PLAN.dataset_spec,
+    shell:
+        "{params.python:q} -m shadowft.data download-dataset {params.spec:q} {output:q} > {log:q} 2>&1"
 
 
 # Sampled, checked row by row (a format error names its file and row) and registered in
 # a generated dataset_info.json. In the train environment: pyarrow reads parquet there.
 rule prepare_dataset:
     input:
-        dataset_rows_source,
+        PLAN.dataset_rows_source,
     output:
         directory("data/datasets/{dataset}"),
     log:
@@ -48,7 +50,7 @@ rule prepare_dataset:
     conda:
         "../envs/train.yaml"
     params:
-        python=env_python("train"),
-        spec=dataset_spec,
+        python=PLAN.python("train"),
+        spec=PLAN.dataset_spec,
     shell:
-        "{params.python:q} -m shadowft.datasets prepare {wildcards.dataset:q} {params.spec:q} {input:q} {output:q} > {log:q} 2>&1"
+        "{params.python:q} -m shadowft.data prepare {wildcards.dataset:q} {params.spec:q} {input:q} {output:q} > {log:q} 2>&1"

@@ -7,26 +7,26 @@ localrules:
 
 rule prefetch_benchmarks:
     output:
-        prefetch_manifest("{benchmark}"),
+        PLAN.prefetch_manifest("{benchmark}"),
     log:
         "logs/prefetch_benchmarks/{benchmark}.log",
     conda:
-        f"../envs/{evaluation_env()}.yaml"
+        f"../envs/{PLAN.evaluation_environment}.yaml"
     params:
-        python=env_python(evaluation_env()),
-        benchmarks=prefetched_benchmark,
-        data_cache=manifest_cache,
-        urls=dataset_urls(),
+        python=PLAN.python(PLAN.evaluation_environment),
+        benchmarks=PLAN.prefetched_benchmark,
+        data_cache=PLAN.manifest_cache,
+        urls=PLAN.dataset_urls(),
     shell:
-        "{params.python:q} -m shadowft.opencompass prefetch --benchmarks-json {params.benchmarks:q}"
+        "{params.python:q} -m shadowft.evaluation prefetch --benchmarks-json {params.benchmarks:q}"
         " --data-cache {params.data_cache:q} --urls {params.urls:q} --manifest {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         checked="results/{pair}/preflight.json",
-        model=variant_model_dir,
-        data=benchmark_data,
+        model=PLAN.variant_model_dir,
+        data=PLAN.benchmark_data,
     output:
         "results/{pair}/eval/{variant}/{benchmark}/scores.csv",
     log:
@@ -34,23 +34,20 @@ rule evaluate:
     benchmark:
         "benchmarks/evaluate/{pair}/{variant}/{benchmark}.tsv"
     conda:
-        f"../envs/{evaluation_env()}.yaml"
-    threads: tool_threads()
+        f"../envs/{PLAN.evaluation_environment}.yaml"
+    threads: SIZES.tool_threads
     resources:
-        gpu=sized_gpu,
-        cpus_per_gpu=cluster_node().cpus_per_gpu,
-        mem_mb=sized_mem_mb,
-        runtime=sized_runtime,
+        **SIZES.job(Workload.EVALUATE, model="model", tokens=SIZES.evaluation_tokens),
     params:
-        python=env_python(evaluation_env()),
-        benchmark=benchmark_spec,
+        python=PLAN.python(PLAN.evaluation_environment),
+        benchmark=PLAN.benchmark_json,
         backend=config["evaluation"]["backend"],
-        data_cache=data_cache(),
-        work_dir="results/{pair}/eval/{variant}/{benchmark}/opencompass",
-        chat_template_kwargs=pair_chat_template_kwargs,
-        trust_remote_code=trust_remote_code_flag,
+        data_cache=PLAN.data_cache,
+        work_dir=PLAN.evaluation_work_dir,
+        chat_template_kwargs=PLAN.chat_template_kwargs,
+        trust_remote_code=PLAN.remote_code_flag,
     shell:
-        "{params.python:q} -m shadowft.opencompass evaluate --model {input.model:q}"
+        "{params.python:q} -m shadowft.evaluation evaluate --model {input.model:q}"
         " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir:q}"
         " --backend {params.backend:q} --data-cache {params.data_cache:q}"
         " --chat-template-kwargs {params.chat_template_kwargs:q} {params.trust_remote_code}"

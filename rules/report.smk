@@ -10,28 +10,28 @@ localrules:
 
 rule environment_versions:
     input:
-        environment_file,
+        PLAN.environment_file,
     output:
         "results/versions/{environment}.json",
     log:
         "logs/versions/{environment}.log",
     wildcard_constraints:
-        environment=alternatives(report_environments()),
+        environment=alternatives(PLAN.report_environments()),
     conda:
         "../envs/{environment}.yaml"
     params:
-        python=environment_python,
-        commit=shadowft_commit(),
+        python=PLAN.environment_python,
+        commit=COMMIT,
     shell:
-        "{params.python} -m shadowft.versions --environment {wildcards.environment}"
-        " --commit {params.commit:q} {output} > {log} 2>&1"
+        "{params.python:q} -m shadowft.versions --environment {wildcards.environment}"
+        " --commit {params.commit:q} {output:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
-        scores=score_files(),
-        similarity=similarity_files(),
-        versions=environment_versions_files(),
+        scores=PLAN.score_files(),
+        similarity=PLAN.similarity_files(),
+        versions=PLAN.versions_files(),
     output:
         csv=report("results/summary.csv", caption="../report/summary_csv.rst", category="Tables"),
         md=report("results/summary.md", caption="../report/summary_md.rst", category="Tables"),
@@ -41,12 +41,20 @@ rule report:
     conda:
         "../envs/core.yaml"
     params:
-        records=score_records(),
-        benchmark_groups=benchmark_groups(),
-        similarity=similarity_by_pair(),
+        python=PLAN.python("core"),
+        # The score files are named by their pairs, variants and benchmarks (a sweep's thousands
+        # of paths would not fit one command line).
+        pairs=PLAN.pairs,
+        variants=[variant.name for variant in PLAN.variants],
+        benchmarks=PLAN.benchmarks,
+        groups=PLAN.benchmark_groups_json(),
+        remote_code=PLAN.remote_code_roles(),
         versions=recorded_versions,
-    script:
-        "../scripts/report.py"
+    shell:
+        "{params.python:q} -m shadowft.report summary --pairs {params.pairs:q} --variants {params.variants:q}"
+        " --benchmarks {params.benchmarks:q} --groups {params.groups:q} --remote-code {params.remote_code:q}"
+        " --similarity {input.similarity:q} --versions {input.versions:q}"
+        " --csv {output.csv:q} --md {output.md:q} --html {output.html:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -73,12 +81,15 @@ rule figures:
     conda:
         "../envs/core.yaml"
     params:
-        benchmark_groups=benchmark_groups(),
-    script:
-        "../scripts/figures.py"
+        python=PLAN.python("core"),
+        groups=PLAN.benchmark_groups_json(),
+    shell:
+        "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
+        " --groups {params.groups:q} --similarity {input.similarity:q}"
+        " scores={output.scores:q} similarity={output.similarity:q} > {log:q} 2>&1"
 
 
-# Drawn where the experiment grafts (final_outputs asks for it then).
+# Drawn where the experiment grafts (the plan's final outputs ask for it then).
 rule alpha_figure:
     input:
         summary="results/summary.csv",
@@ -95,12 +106,14 @@ rule alpha_figure:
     conda:
         "../envs/core.yaml"
     params:
-        benchmark_groups=benchmark_groups(),
-    script:
-        "../scripts/figures.py"
+        python=PLAN.python("core"),
+        groups=PLAN.benchmark_groups_json(),
+    shell:
+        "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
+        " --groups {params.groups:q} alpha={output.alpha:q} > {log:q} 2>&1"
 
 
-# Drawn only where a setting ran more than one learning rate (final_outputs asks for it then).
+# Drawn only where a setting ran more than one learning rate (the plan's final outputs ask for it then).
 rule learning_rate_figure:
     input:
         summary="results/summary.csv",
@@ -117,15 +130,17 @@ rule learning_rate_figure:
     conda:
         "../envs/core.yaml"
     params:
-        benchmark_groups=benchmark_groups(),
-    script:
-        "../scripts/figures.py"
+        python=PLAN.python("core"),
+        groups=PLAN.benchmark_groups_json(),
+    shell:
+        "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
+        " --groups {params.groups:q} learning_rate={output.learning_rate:q} > {log:q} 2>&1"
 
 
 # Every run's loss curves on BASE and INSTRUCT, from the trainer's state beside each model.
 rule training_figure:
     input:
-        pair_trained_models,
+        PLAN.trained_models,
     output:
         training=report(
             "results/plots/{pair}/training.png",
@@ -139,6 +154,8 @@ rule training_figure:
     conda:
         "../envs/core.yaml"
     params:
-        runs=pair_trainer_states,
-    script:
-        "../scripts/training_figure.py"
+        python=PLAN.python("core"),
+        states=PLAN.trainer_states,
+    shell:
+        "{params.python:q} -m shadowft.report training-figure {wildcards.pair:q} {output.training:q}"
+        " --states {params.states:q} > {log:q} 2>&1"

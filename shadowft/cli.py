@@ -1,75 +1,74 @@
-"""The `shadowft` command: the delta engine without Snakemake.
+"""The `shadowft` command: the delta engine without Snakemake, and an experiment config checked
+as the workflow will check it. The workflow's own rules call the same commands.
 
 shadowft extract-delta --base BASE (--tuned TUNED | --adapter ADAPTER) --out DELTA
 shadowft graft --instruct INSTRUCT (--delta DELTA | --base BASE (--tuned T | --adapter A)) --out OUT
 shadowft similarity MODEL_A MODEL_B --out sigma.csv
 shadowft delta-to-lora --delta DELTA (--rank R | --energy E) --out ADAPTER
+shadowft check-pair BASE INSTRUCT --out preflight.json
+shadowft check-config CONFIG.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shadowft.engine.extraction import ExtractOptions
+from shadowft.engine.grafting import GraftOptions
+from shadowft.engine.layout import CheckpointError
+from shadowft.engine.options import DeltaOptions
 from shadowft.io import raise_on_sigterm
-from shadowft.layout import VOCAB_POLICIES, CheckpointError
-from shadowft.policy import PRESETS
 
 
-def _add_io_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-shard-size",
-        default="5GB",
-        metavar="SIZE",
-        help="largest output shard, e.g. 5GB, 500MB (default: %(default)s)",
-    )
-    _add_runtime_options(parser)
+class CommandError(Exception):
+    """A command's input is wrong; the message says which and why."""
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--allow-pickle", action="store_true", help="also read pickle weights (.bin/.pt); they can run code when loaded"
-    )
-    parser.add_argument("--threads", type=int, metavar="N", help="worker threads (default: usable CPUs, at most 8)")
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="do not draw a progress bar on stderr"
-    )
+# The flags of the streaming fields that every command reading or writing models takes.
+RUNTIME_FIELDS = ("allow_pickle", "threads", "progress")
 
 
-def _add_policy_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="all",
-        help="'official': only q/k/v/o/gate/up/down projections, like the official "
-        "apply_diff.py; 'all': every tensor (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="REGEX",
-        help="only tensors whose name matches (re.search); repeatable",
-    )
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="REGEX",
-        help="skip tensors whose name matches (re.search); repeatable",
-    )
-    parser.add_argument(
-        "--vocab-mismatch",
-        choices=VOCAB_POLICIES,
-        default="error",
-        help="embeddings/lm_head of different vocabulary sizes: 'error', graft the "
-        "'shared' rows, or 'keep' the instruct tensor (default: %(default)s)",
-    )
+def _add_option_flags(parser: argparse.ArgumentParser, options: type, only: Sequence[str] | None = None) -> None:
+    """One flag per field of the options record `options` that has a ``help`` in its metadata
+    (those named in `only`, when given): a boolean that defaults to true becomes ``--no-<name>``,
+    one that defaults to false ``--<name>``, a tuple a repeatable flag, anything else a flag
+    taking one value."""
+    for option in dataclasses.fields(options):
+        meta = option.metadata
+        if "help" not in meta or (only is not None and option.name not in only):
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        if isinstance(option.default, bool):
+            if option.default:
+                parser.add_argument(
+                    f"--no-{option.name.replace('_', '-')}",
+                    dest=option.name,
+                    action="store_false",
+                    help=f"do not {meta['help']}",
+                )
+            else:
+                parser.add_argument(flag, dest=option.name, action="store_true", help=meta["help"])
+            continue
+        keywords = {key: meta[key] for key in ("choices", "metavar", "type") if key in meta}
+        if isinstance(option.default, tuple):
+            keywords.update(action="append", default=[])
+        else:
+            keywords["default"] = option.default
+        default = "" if option.default in (None, ()) else " (default: %(default)s)"
+        parser.add_argument(flag, dest=option.name, help=meta["help"] + default, **keywords)
+
+
+def _options(options: type, args: argparse.Namespace, **settings: Any):
+    """The options record `options` from the flags `_add_option_flags` made, and `settings`."""
+    flagged = {option.name for option in dataclasses.fields(options) if "help" in option.metadata}
+    return options(**{name: getattr(args, name) for name in flagged}, **settings)
 
 
 def _add_extract(commands: argparse._SubParsersAction) -> None:
@@ -85,11 +84,7 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--tuned", type=Path, help="the fully fine-tuned base model")
     source.add_argument("--adapter", type=Path, help="a PEFT LoRA adapter trained on the base")
     extract.add_argument("--out", required=True, type=Path, help="delta directory to write")
-    _add_policy_options(extract)
-    extract.add_argument(
-        "--dtype", default="float32", help="storage dtype of dense updates; float32 is exact (default: %(default)s)"
-    )
-    _add_io_options(extract)
+    _add_option_flags(extract, ExtractOptions)
     extract.set_defaults(run=_run_extract)
 
 
@@ -108,10 +103,7 @@ def _add_graft(commands: argparse._SubParsersAction) -> None:
     graft_source.add_argument("--tuned", type=Path, help="fully fine-tuned base model")
     graft_source.add_argument("--adapter", type=Path, help="PEFT LoRA adapter trained on the base")
     graft.add_argument("--out", required=True, type=Path, help="model directory to write")
-    graft.add_argument("--alpha", type=float, default=1.0, help="scale of the update (default: %(default)s)")
-    _add_policy_options(graft)
-    graft.add_argument("--dtype", help="output dtype of floating-point tensors (default: the instruct model's)")
-    _add_io_options(graft)
+    _add_option_flags(graft, GraftOptions)
     graft.set_defaults(run=functools.partial(_run_graft, graft))
 
 
@@ -125,7 +117,7 @@ def _add_similarity(commands: argparse._SubParsersAction) -> None:
     similarity.add_argument("first", type=Path, metavar="MODEL_A")
     similarity.add_argument("second", type=Path, metavar="MODEL_B")
     similarity.add_argument("--out", required=True, type=Path, help="CSV file to write")
-    _add_runtime_options(similarity)
+    _add_option_flags(similarity, DeltaOptions, RUNTIME_FIELDS)
     similarity.set_defaults(run=_run_similarity)
 
 
@@ -145,9 +137,7 @@ def _add_lowrank(commands: argparse._SubParsersAction) -> None:
     keep.add_argument(
         "--energy", type=float, help="per module, the smallest rank keeping this fraction of sum(sigma^2), e.g. 0.9"
     )
-    lowrank.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="do not draw a progress bar on stderr"
-    )
+    _add_option_flags(lowrank, DeltaOptions, ["progress"])
     lowrank.set_defaults(run=_run_lowrank)
 
 
@@ -163,29 +153,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_graft(commands)
     _add_similarity(commands)
     _add_lowrank(commands)
+    _add_check_pair(commands)
+    _add_check_config(commands)
     return parser
 
 
-def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keywords of the options record that extract-delta and graft set from the same flags
-    (`_add_policy_options`, --dtype, `_add_io_options`)."""
-    return dict(
-        preset=args.preset,
-        include=args.include,
-        exclude=args.exclude,
-        vocab_mismatch=args.vocab_mismatch,
-        dtype=args.dtype,
-        max_shard_size=args.max_shard_size,
-        allow_pickle=args.allow_pickle,
-        threads=args.threads,
-        progress=args.progress,
+def _add_check_pair(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "check-pair",
+        help="check that two models can be a Shadow-FT pair, from their configs and weight headers",
+        description="Same architecture, the same tensor names and shapes (a vocabulary difference only as "
+        "--vocab-mismatch allows), every weight file whole; the findings are written as JSON.",
     )
+    check.add_argument("base", type=Path, metavar="BASE")
+    check.add_argument("instruct", type=Path, metavar="INSTRUCT")
+    check.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    _add_option_flags(check, DeltaOptions, ["vocab_mismatch", "allow_pickle"])
+    check.set_defaults(run=_run_check_pair)
+
+
+def _add_check_config(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "check-config",
+        help="check an experiment config file as the workflow will, naming the file and line of an error",
+        description="Snakemake reads a --configfile before the workflow runs, and names neither the file nor "
+        "the line of a YAML error; this names both, then checks the config against its schema and families.",
+    )
+    check.add_argument("config_file", type=Path, metavar="CONFIG", help="the file you would give --configfile")
+    check.set_defaults(run=_run_check_config)
 
 
 def _run_extract(args: argparse.Namespace) -> str:
-    from shadowft.delta import ExtractOptions, extract_delta
+    from shadowft.engine.extraction import extract_delta
 
-    options = ExtractOptions(**_shared_options(args))
+    options = _options(ExtractOptions, args)
     manifest = extract_delta(args.base, args.out, options, tuned=args.tuned, adapter=args.adapter)
     counts = manifest["counts"]
     return f"wrote {manifest['kind']} delta of {counts['tensors']} tensors to {args.out}"
@@ -193,14 +194,15 @@ def _run_extract(args: argparse.Namespace) -> str:
 
 def _run_graft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """`parser` is the graft subcommand's, so usage errors show its usage line."""
-    from shadowft.delta import Delta, GraftOptions, graft
+    from shadowft.engine.extraction import Delta
+    from shadowft.engine.grafting import graft
 
     on_the_fly = args.tuned is not None or args.adapter is not None
     if (args.delta is not None) == on_the_fly:
         parser.error("give either --delta, or --base with --tuned or --adapter")
     if on_the_fly != (args.base is not None):
         parser.error("--base goes with --tuned or --adapter (and only with them)")
-    options = GraftOptions(alpha=args.alpha, **_shared_options(args))
+    options = _options(GraftOptions, args)
     if on_the_fly:
         opener = Delta.from_models if args.tuned is not None else Delta.from_adapter
         source = opener(
@@ -222,7 +224,7 @@ def _run_graft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
 
 
 def _run_similarity(args: argparse.Namespace) -> str:
-    from shadowft.similarity import similarity
+    from shadowft.engine.sigma import similarity
 
     summary = similarity(
         args.first, args.second, args.out, allow_pickle=args.allow_pickle, threads=args.threads, progress=args.progress
@@ -231,7 +233,7 @@ def _run_similarity(args: argparse.Namespace) -> str:
 
 
 def _run_lowrank(args: argparse.Namespace) -> str:
-    from shadowft.lowrank import delta_to_lora
+    from shadowft.engine.lowrank import delta_to_lora
 
     report = delta_to_lora(args.delta, args.out, rank=args.rank, energy=args.energy, progress=args.progress)
     return (
@@ -240,13 +242,37 @@ def _run_lowrank(args: argparse.Namespace) -> str:
     )
 
 
+def _run_check_pair(args: argparse.Namespace) -> str:
+    from shadowft.engine.preflight import write_pair_check
+
+    check = write_pair_check(
+        args.base, args.instruct, args.out, vocab_mismatch=args.vocab_mismatch, allow_pickle=args.allow_pickle
+    )
+    return f"{args.base} and {args.instruct} are a pair: {check.parameters} parameters each; wrote {args.out}"
+
+
+def _run_check_config(args: argparse.Namespace) -> str:
+    from shadowft.demo import DATASETS
+    from shadowft.workflow.config import ConfigError, validate_config
+    from shadowft.workflow.sweep import runs
+    from shadowft.workflow.yamlfile import YamlFileError, load_mapping
+
+    try:
+        config = validate_config(load_mapping(args.config_file, "config file"), demo_datasets=DATASETS)
+    except YamlFileError as error:
+        raise CommandError(str(error)) from None
+    except ConfigError as error:
+        raise CommandError(f"{args.config_file}: {error}") from None
+    return f"{args.config_file}: valid ({len(config['pairs'])} pairs, {len(runs(config))} runs)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     raise_on_sigterm()
     try:
         message = args.run(args)
-    except CheckpointError as exc:
+    except (CheckpointError, CommandError) as exc:
         print(f"shadowft {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the system refused a read or write: a full disk, a read-only folder, ...

@@ -22,7 +22,7 @@ that reports its wall time, CPU time (user + system, independent of other
 load on the machine) and peak RSS (ru_maxrss, which counts memory-mapped file
 pages too). The launcher hop matters: Linux starts a child's ru_maxrss at its
 parent's RSS at fork time, so the models are also built in a separate
-process. "Downloaded" models are folders made by shadowft.hub.link_local_model,
+process. "Downloaded" models are folders made by shadowft.data.hub.link_local_model,
 the way the workflow brings a local model in: links to the built files plus a
 manifest of their sha256
 (computed while building, not timed). Usage:
@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # the builder subprocess
     args = parser.parse_args()
     if args.build_only:
-        from shadowft.hub import link_local_model
+        from shadowft.data.hub import link_local_model
 
         for role, path in build_triple(args.build_only / "built", LAYERS_PER_SCALE * args.scale).items():
             link_local_model(path, args.build_only / role)  # as the workflow's download_model rule does

@@ -13,14 +13,16 @@ VENVS = ROOT / ".venvs"
 # Every workflow a test runs sees this hub token (unless the test sets its own), so any
 # run's outputs can be searched for it: a token must never reach a log, config or result.
 FAKE_HUB_TOKEN = "hf_ShadowftTestToken9f8e7d6c5b4a3210"
+# The folders build_demo writes, in its arguments' order, named as rules/demo.smk names them under data/demo/.
+DEMO_FOLDERS = ("init", "pretrain", "demo_chat", "demo_task", "demo_preference")
 
 
 def demo_runs() -> dict[str, str]:
-    """The default config's run names by tuning ("lora", "full"), as shadowft.runs names them."""
+    """The default config's run names by tuning ("lora", "full"), as shadowft.workflow.sweep names them."""
     import yaml
 
-    from shadowft.config import validate_config
-    from shadowft.runs import runs
+    from shadowft.workflow.config import validate_config
+    from shadowft.workflow.sweep import runs
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     validate_config(config)

@@ -60,7 +60,7 @@ def constant_answer_model(directory: Path, answer: str, *, max_seq_len: int = 51
 
 
 def evaluate_in_eval_env(eval_python: Path, root: Path, cwd: Path, model_dir: Path, benchmark: dict, *extra: str):
-    """`python -m shadowft.opencompass evaluate` in the eval environment, writing out/scores.csv under `cwd`."""
+    """`python -m shadowft.evaluation evaluate` in the eval environment, writing out/scores.csv under `cwd`."""
     import json
     import os
     import subprocess
@@ -68,7 +68,7 @@ def evaluate_in_eval_env(eval_python: Path, root: Path, cwd: Path, model_dir: Pa
     command = [
         str(eval_python),
         "-m",
-        "shadowft.opencompass",
+        "shadowft.evaluation",
         "evaluate",
         "--model",
         str(model_dir),

@@ -8,16 +8,18 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 
-from shadowft.benchmarks import (
+from shadowft.evaluation.benchmarks import (
     CATALOG,
     GROUPS,
     PAPER_MAX_OUT_LEN,
     benchmark_groups,
     expand_evaluation,
 )
-from shadowft.config import ConfigError, validate_config
-from shadowft.opencompass import BACKEND_ENVS, BACKENDS, ModelOptions, batch_size_for, model_config, run_config
-from shadowft.runs import variants
+from shadowft.evaluation.models import BACKEND_ENVS, BACKENDS, ModelOptions, batch_size_for, model_config
+from shadowft.evaluation.run_config import run_config
+from shadowft.evaluation.spec import BenchmarkSpec
+from shadowft.workflow.config import ConfigError, validate_config
+from shadowft.workflow.sweep import variants
 
 # The paper's benchmarks (docs/paper.md), by group, as its tables name them.
 PAPER_GROUPS = {
@@ -138,7 +140,7 @@ def test_bad_evaluation_is_rejected_naming_the_key(edit, message):
 
 
 def test_group_and_overall_averages_count_each_benchmark_once_by_its_first_metric(tmp_path):
-    from shadowft.opencompass import write_scores
+    from shadowft.evaluation.results import write_scores
     from shadowft.report import summarize
 
     scores = {
@@ -236,9 +238,8 @@ def test_gpu_backends_refuse_a_cpu_job(backend):
 def test_custom_benchmark_on_vllm_keeps_its_exact_prompt(tmp_path):
     path = tmp_path / "eval.jsonl"
     path.write_text('{"question": "q", "answer": "a"}\n')
-    config = run_config(
-        tmp_path, {"name": "t", "kind": "custom", "path": str(path)}, ModelOptions(backend="vllm", num_gpus=1)
-    )
+    spec = BenchmarkSpec.from_mapping({"name": "t", "kind": "custom", "path": str(path)})
+    config = run_config(tmp_path, spec, ModelOptions(backend="vllm", num_gpus=1))
     assert config["models"][0]["meta_template"]["round"][0] == {"role": "HUMAN", "api_role": "HUMAN"}
 
 
@@ -284,7 +285,7 @@ def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
 
 @pytest.mark.bad_input("benchmark", caught="job")
 def test_a_missing_evaluator_extra_names_itself_and_the_prefetch_rule(tmp_path):
-    from shadowft.opencompass_data import MissingDataError, check_prefetched, evaluation_environment
+    from shadowft.evaluation.cache import MissingDataError, check_prefetched, evaluation_environment
 
     with pytest.raises(MissingDataError) as error:
         check_prefetched("ifeval", [], tmp_path)

@@ -17,8 +17,8 @@ import yaml
 from conftest import ROOT, VENVS, snakemake
 from opencompass_fixtures import evaluate_in_eval_env
 
-from shadowft.benchmarks import CATALOG
-from shadowft.opencompass import read_scores
+from shadowft.evaluation.benchmarks import CATALOG
+from shadowft.evaluation.results import read_scores
 
 EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 # Data OpenCompass 0.5.4 has no download for (shadowft's own config; evaluation.dataset_urls supplies it).
@@ -70,9 +70,9 @@ def test_every_benchmark_resolves_to_a_config_of_the_installed_opencompass():
     code = (
         "import json, sys\n"
         "from mmengine.config import Config\n"
-        "from shadowft.benchmarks import CATALOG\n"
-        "from shadowft.opencompass_config import _find_dataset_config, opencompass_datasets\n"
-        "from shadowft.opencompass_data import dataset_urls, download_key, required_paths\n"
+        "from shadowft.evaluation.benchmarks import CATALOG\n"
+        "from shadowft.evaluation.run_config import _find_dataset_config, opencompass_datasets\n"
+        "from shadowft.evaluation.cache import dataset_urls, download_key, required_paths\n"
         "urls, out = dataset_urls(), {}\n"
         "for name, benchmark in CATALOG.items():\n"
         "    path = _find_dataset_config(benchmark.config)\n"
@@ -108,7 +108,7 @@ def test_backend_entries_bind_to_the_opencompass_wrappers():
     # drop its run keys, then call the class named by `type` with the rest.
     code = (
         "import importlib, inspect, json\n"
-        "from shadowft.opencompass import BACKENDS, ModelOptions, model_config\n"
+        "from shadowft.evaluation import BACKENDS, ModelOptions, model_config\n"
         "RUN_KEYS = ('run_cfg', 'max_out_len', 'batch_size', 'abbr', 'summarizer_abbr', 'pred_postprocessor')\n"
         "for backend in BACKENDS:\n"
         "    options = ModelOptions(backend=backend, num_gpus=2, max_seq_len=4096, dtype='bfloat16')\n"
@@ -239,7 +239,7 @@ def test_prefetch_fetches_the_evaluators_extras(tmp_path):
         archive, md5 = zip_folder(folder, tmp_path / f"{folder.name}.zip")
         urls[key] = {"url": archive.as_uri(), "md5": md5}
     cache = tmp_path / "cache"
-    code = "import sys; from shadowft.opencompass import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from shadowft.evaluation import main; sys.exit(main(sys.argv[1:]))"
     args = ["prefetch", "--benchmarks-json", json.dumps({"ifeval": CATALOG["ifeval"].spec()})]
     args += ["--data-cache", str(cache), "--manifest", str(cache / "manifest.json"), "--urls", json.dumps(urls)]
     in_eval_env(code, *args)

@@ -7,8 +7,8 @@ import pytest
 import transformers
 from family_fixtures import FAMILIES, tiny_tokenizer
 
-from shadowft.chat_templates import template_prefix, with_template_defaults
-from shadowft.opencompass import main as opencompass_main
+from shadowft.evaluation.__main__ import main as opencompass_main
+from shadowft.evaluation.chat_templates import template_prefix, with_template_defaults
 
 MESSAGES = [{"role": "user", "content": "Shift: a b"}]
 

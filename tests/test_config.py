@@ -6,9 +6,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from shadowft.config import ConfigError, validate_config
-from shadowft.llamafactory import TUNING_DEFAULTS
-from shadowft.runs import alpha_label, runs, variants
+from shadowft import demo
+from shadowft.training.arguments import TUNING_DEFAULTS
+from shadowft.workflow.config import ConfigError, validate_config
+from shadowft.workflow.sweep import alpha_label, runs, variants
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_hub_model_gains_revision_default(demo_config):
 def test_bad_config_names_the_key(demo_config, mutate, named):
     mutate(demo_config)
     with pytest.raises(ConfigError) as error:
-        validate_config(demo_config)
+        validate_config(demo_config, demo_datasets=demo.DATASETS)
     assert named in str(error.value)
 
 

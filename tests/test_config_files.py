@@ -2,7 +2,7 @@
 
 Where the workflow reads the file itself (the demo's `configfile:`, a family file) the dry run
 says so. A `--configfile` is read by Snakemake before the Snakefile runs, which stops with a
-message naming neither file nor line; `python -m shadowft.config FILE` names both
+message naming neither file nor line; `shadowft check-config FILE` names both
 (docs/pitfalls.md)."""
 
 import shutil
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 
-from shadowft.yamlfile import YamlFileError, load_mapping
+from shadowft.workflow.yamlfile import YamlFileError, load_mapping
 
 # Broken YAML, each with the line:column (or line) the message must give.
 BROKEN = {
@@ -81,7 +81,7 @@ def test_a_broken_family_file_names_the_file_and_line(checkout, tmp_path, text, 
 @pytest.mark.parametrize("text, where, says", CASES)
 def test_a_broken_configfile_stops_snakemake_and_the_check_names_the_line(tmp_path, text, where, says):
     """Snakemake refuses it before any job, in its own words (no file, no line: it reads the
-    file before the Snakefile runs); `python -m shadowft.config` gives both."""
+    file before the Snakefile runs); `shadowft check-config` gives both."""
     configfile = tmp_path / "experiment.yaml"
     configfile.write_text(text)
     workdir = tmp_path / "work"
@@ -92,7 +92,7 @@ def test_a_broken_configfile_stops_snakemake_and_the_check_names_the_line(tmp_pa
     assert not (workdir / "data").exists() and not (workdir / "results").exists()
 
     check = subprocess.run(
-        [sys.executable, "-m", "shadowft.config", str(configfile)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "shadowft", "check-config", str(configfile)], capture_output=True, text=True, cwd=ROOT
     )
     assert check.returncode == 1
     assert f"{configfile}{where}" in check.stderr and says in check.stderr, check.stderr
@@ -123,13 +123,13 @@ def test_merge_keys_are_not_duplicates(tmp_path):
 
 def test_the_check_accepts_the_demo_config():
     check = subprocess.run(
-        [sys.executable, "-m", "shadowft.config", str(ROOT / "config" / "config.yaml")],
+        [sys.executable, "-m", "shadowft", "check-config", str(ROOT / "config" / "config.yaml")],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert check.returncode == 0, check.stderr
-    assert "valid (1 pairs, 2 runs)" in check.stdout
+    assert "valid (1 pairs, 2 runs)" in check.stderr
 
 
 @pytest.mark.bad_input("config", caught="plan")
@@ -139,7 +139,7 @@ def test_the_check_names_the_key_of_a_config_that_parses(tmp_path):
     config["graft"]["alphas"] = [-1.0]
     configfile.write_text(yaml.safe_dump(config))
     check = subprocess.run(
-        [sys.executable, "-m", "shadowft.config", str(configfile)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "shadowft", "check-config", str(configfile)], capture_output=True, text=True, cwd=ROOT
     )
     assert check.returncode == 1
     assert f"{configfile}: invalid configuration" in check.stderr and "graft.alphas[0]" in check.stderr

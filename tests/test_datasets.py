@@ -24,17 +24,13 @@ from dataset_fixtures import (
 from hub_fixtures import FakeHub
 from test_workflow import planned_jobs
 
-from shadowft.config import ConfigError, validate_config
-from shadowft.datasets import (
-    DATASET_INFO,
-    ROWS_FILE,
-    DatasetFormatError,
-    prepare_dataset,
-    sample_key,
-    sample_rows,
-)
-from shadowft.hub import DatasetSourceError, download_dataset
-from shadowft.layout import DATASET_MANIFEST
+from shadowft.data.datasets import DATASET_INFO, ROWS_FILE, prepare_dataset
+from shadowft.data.hub import download_dataset
+from shadowft.data.rows import DatasetFormatError
+from shadowft.data.sampling import sample_key, sample_rows
+from shadowft.data.selection import DatasetSourceError
+from shadowft.engine.layout import DATASET_MANIFEST
+from shadowft.workflow.config import ConfigError, validate_config
 
 
 def local(file, format="sharegpt", **extra):

@@ -23,8 +23,9 @@ from dataset_fixtures import (
 )
 from hub_fixtures import FakeHub
 
-from shadowft.datasets import DATASET_INFO, ROWS_FILE, sample_rows
-from shadowft.layout import DATASET_MANIFEST
+from shadowft.data.datasets import DATASET_INFO, ROWS_FILE
+from shadowft.data.sampling import sample_rows
+from shadowft.engine.layout import DATASET_MANIFEST
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +122,7 @@ def test_shadow_2k_is_downloaded_pinned_sampled_recorded_and_trained_on(tmp_path
     # Another seed, other rows (through the rule's own command, from the same download).
     reseeded = tmp_path / "reseeded"
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [str(TRAIN_PYTHON), "-m", "shadowft.datasets", "prepare", "shadow_2k"]
+    command = [str(TRAIN_PYTHON), "-m", "shadowft.data", "prepare", "shadow_2k"]
     other = {**spec, "sample": {"count": 40, "seed": 1}}
     subprocess.run([*command, json.dumps(other), str(tmp_path / "data/downloads/shadow_2k"), str(reseeded)],
                    check=True, env=environment)  # fmt: skip

@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 from delta_fixtures import _private_hash_cache  # noqa: F401  (autouse)
 
-from shadowft.checkpoint import (
-    WINDOW_BYTES,
-    Block,
-    Checkpoint,
-    CheckpointError,
-    SafetensorsWriter,
-    Scratch,
-    blocks,
-    dtype_code,
-    encode,
-    file_sha256,
-    output_tensor,
-    parse_size,
-    read_float,
-    run_tasks,
-    ties_embeddings,
-)
+from shadowft.engine.dtypes import dtype_code
+from shadowft.engine.layout import CheckpointError
+from shadowft.engine.numerics import Block, Scratch, blocks, encode, read_float
+from shadowft.engine.parallel import run_tasks
+from shadowft.engine.provenance import file_sha256
+from shadowft.engine.reader import WINDOW_BYTES, Checkpoint, ties_embeddings
+from shadowft.engine.writer import SafetensorsWriter, output_tensor, parse_size
 from shadowft.io import atomic_directory, atomic_write_json, sha256_file
 
 torch = pytest.importorskip("torch")
@@ -68,7 +58,7 @@ def test_file_sha256_is_cached_until_the_file_changes(tmp_path, monkeypatch):
     path = tmp_path / "weights.bin"
     path.write_bytes(b"a" * 1000)
     calls = []
-    import shadowft.provenance as provenance
+    import shadowft.engine.provenance as provenance
 
     monkeypatch.setattr(provenance, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
     first = file_sha256(path)

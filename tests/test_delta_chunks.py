@@ -22,8 +22,11 @@ from chunk_fixtures import (
 )
 from delta_fixtures import _private_hash_cache  # noqa: F401  (autouse)
 
-from shadowft.checkpoint import CHUNK_ELEMENTS, CheckpointError, blocks, compute_dtype
-from shadowft.delta import Delta, DeltaError, Selection, extract_delta, graft
+from shadowft.engine.extraction import Delta, extract_delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.layout import CheckpointError, DeltaError
+from shadowft.engine.numerics import CHUNK_ELEMENTS, blocks, compute_dtype
+from shadowft.engine.policy import Selection
 
 VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 

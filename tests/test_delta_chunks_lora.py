@@ -31,7 +31,9 @@ from chunk_fixtures import (
 )
 from delta_fixtures import _private_hash_cache  # noqa: F401  (autouse)
 
-from shadowft.delta import Delta, DeltaError, extract_delta, graft
+from shadowft.engine.extraction import Delta, extract_delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.layout import DeltaError
 
 RANK, LORA_ALPHA = 4, 8  # s = lora_alpha / r = 2
 SCALE = LORA_ALPHA / RANK

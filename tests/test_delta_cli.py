@@ -13,7 +13,7 @@ import pytest
 from delta_fixtures import _private_hash_cache, llama, load_tensors, qwen2, read_json  # noqa: F401
 
 from shadowft.cli import main
-from shadowft.similarity import layer_index, similarity
+from shadowft.engine.sigma import layer_index, similarity
 
 torch = pytest.importorskip("torch")
 
@@ -167,7 +167,7 @@ def test_similarity_of_a_model_with_itself_is_zero_and_skips_unshared_tensors(ll
 _SLOW_GRAFT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import shadowft.checkpoint as checkpoint
+    import shadowft.engine as checkpoint
 
     write = checkpoint.SafetensorsWriter.write
     def slow_write(self, *args):

@@ -7,7 +7,10 @@ import shutil
 import pytest
 from delta_fixtures import _private_hash_cache, llama, load_tensors, qwen2, read_json  # noqa: F401
 
-from shadowft.delta import Delta, DeltaError, Selection, extract_delta, graft
+from shadowft.engine.extraction import Delta, extract_delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.layout import DeltaError
+from shadowft.engine.policy import Selection
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
@@ -297,7 +300,7 @@ def test_shape_mismatch_is_named_and_nothing_is_written(llama, tmp_path):
 
 
 def test_failure_while_writing_leaves_no_output(llama, tmp_path, monkeypatch):
-    from shadowft.writer import SafetensorsWriter
+    from shadowft.engine.writer import SafetensorsWriter
 
     calls = []
     real_write = SafetensorsWriter.write
@@ -351,7 +354,7 @@ def test_rerun_replaces_an_existing_output(llama, tmp_path):
 
 
 def test_extract_options_as_a_record_or_as_keywords(llama, tmp_path):
-    from shadowft.delta import ExtractOptions
+    from shadowft.engine.extraction import ExtractOptions
 
     options = ExtractOptions(preset="official", dtype="bfloat16", progress=False, chunk_elements=64)
     by_keywords = extract_delta(llama.base, tmp_path / "a", tuned=llama.tuned, preset="official", dtype="bfloat16",
@@ -365,7 +368,7 @@ def test_extract_options_as_a_record_or_as_keywords(llama, tmp_path):
 
 
 def test_graft_options_as_a_record_or_as_keywords(llama, tmp_path):
-    from shadowft.delta import GraftOptions
+    from shadowft.engine.grafting import GraftOptions
 
     options = GraftOptions(alpha=0.5, preset="official", progress=False, chunk_elements=64)
     with Delta.from_models(llama.base, llama.tuned) as delta:

@@ -31,8 +31,10 @@ from delta_fixtures import (  # noqa: F401
     save,
 )
 
-from shadowft.checkpoint import CheckpointError
-from shadowft.delta import Delta, DeltaError, Selection, extract_delta, graft
+from shadowft.engine.extraction import Delta, extract_delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.layout import CheckpointError, DeltaError
+from shadowft.engine.policy import Selection
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")

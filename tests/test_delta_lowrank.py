@@ -6,8 +6,10 @@ import pytest
 from delta_fixtures import _private_hash_cache, llama, load_tensors, read_json  # noqa: F401
 
 from shadowft.cli import main
-from shadowft.delta import DeltaError, extract_delta, graft
-from shadowft.lowrank import delta_to_lora
+from shadowft.engine.extraction import extract_delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.layout import DeltaError
+from shadowft.engine.lowrank import delta_to_lora
 
 torch = pytest.importorskip("torch")
 

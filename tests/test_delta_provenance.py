@@ -8,15 +8,16 @@ import time
 import pytest
 from delta_fixtures import _private_hash_cache, llama, read_json  # noqa: F401
 
-from shadowft.delta import Delta, graft
-from shadowft.hub import link_local_model
-from shadowft.provenance import recorded_digests
+from shadowft.data.hub import link_local_model
+from shadowft.engine.extraction import Delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.provenance import recorded_digests
 
 pytest.importorskip("torch")
 
 
 def counted_hashing(monkeypatch):
-    import shadowft.provenance as provenance
+    import shadowft.engine.provenance as provenance
 
     hashed = []
     real = provenance.sha256_file

@@ -1,25 +1,25 @@
 """The embedded demo's builder: determinism, data layout, tokenizer and chat template."""
 
 import json
-import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from shadowft import demo
+from shadowft.demo import build as demo
 
 DATA_FILES = {
     "pretrain": ["corpus.jsonl", "dataset_info.json"],
-    "chat": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
-    "task": ["dataset_info.json", "eval.jsonl", "preference.jsonl", "train.jsonl"],
+    "demo_chat": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
+    "demo_task": ["dataset_info.json", "eval.jsonl", "train.jsonl"],
+    "demo_preference": ["dataset_info.json", "preference.jsonl"],
 }
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 
 
 def build(root, seed=0):
-    demo.build_demo(root / "init", root / "pretrain", root / "chat", root / "task", seed=seed)
+    demo.build_demo(*(root / folder for folder in ("init", *DATA_FILES)), seed=seed)
     return root
 
 
@@ -51,7 +51,7 @@ def test_same_seed_gives_the_same_bytes_and_weights(built, tmp_path):
 
 def test_another_seed_gives_other_data_and_weights(built, tmp_path):
     other = build(tmp_path, seed=1)
-    for folder in ("chat", "task"):
+    for folder in ("demo_chat", "demo_task"):
         assert (other / folder / "eval.jsonl").read_bytes() != (built / folder / "eval.jsonl").read_bytes()
     first, second = load_file(built / "init" / "model.safetensors"), load_file(other / "init" / "model.safetensors")
     assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], second["model.layers.0.mlp.up_proj.weight"])
@@ -59,16 +59,17 @@ def test_another_seed_gives_other_data_and_weights(built, tmp_path):
 
 def test_rebuilding_replaces_the_folders_whole(tmp_path):
     build(tmp_path)
-    (tmp_path / "task" / "stale.jsonl").write_text("{}\n")
+    (tmp_path / "demo_task" / "stale.jsonl").write_text("{}\n")
     build(tmp_path)
-    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == DATA_FILES["task"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat", "init", "pretrain", "task"]
+    assert sorted(p.name for p in (tmp_path / "demo_task").iterdir()) == DATA_FILES["demo_task"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["init", *DATA_FILES])
 
 
 def test_dataset_info_registers_the_llamafactory_datasets(built):
     pretrain = json.loads((built / "pretrain" / "dataset_info.json").read_text())
-    chat = json.loads((built / "chat" / "dataset_info.json").read_text())
-    task = json.loads((built / "task" / "dataset_info.json").read_text())
+    chat = json.loads((built / "demo_chat" / "dataset_info.json").read_text())
+    task = json.loads((built / "demo_task" / "dataset_info.json").read_text())
+    preference = json.loads((built / "demo_preference" / "dataset_info.json").read_text())
     assert pretrain == {demo.CORPUS_DATASET: {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}}}
     sharegpt = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
     assert chat == {demo.CHAT_DATASET: {"file_name": "train.jsonl", **sharegpt}}
@@ -78,15 +79,16 @@ def test_dataset_info_registers_the_llamafactory_datasets(built):
         "ranking": True,
         "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
     }
-    assert task == {demo.TASK_DATASET: {"file_name": "train.jsonl", **sharegpt}, demo.PREFERENCE_DATASET: ranking}
-    # The workflow finds a `source: demo` dataset in the folder whose dataset_info.json registers it.
-    for name, folder in demo.DATASET_FOLDERS.items():
-        assert name in json.loads((built / folder / "dataset_info.json").read_text())
+    assert task == {demo.TASK_DATASET: {"file_name": "train.jsonl", **sharegpt}}
+    assert preference == {demo.PREFERENCE_DATASET: ranking}
+    # The workflow finds a `source: demo` dataset in the folder of its name, whose dataset_info.json registers it.
+    for name in demo.DATASETS:
+        assert name in json.loads((built / name / "dataset_info.json").read_text())
 
 
 def test_preference_pairs_prefer_the_shift_to_the_copy(built):
-    pairs = read_jsonl(built / "task" / demo.PREFERENCE_FILE)
-    train = read_jsonl(built / "task" / "train.jsonl")
+    pairs = read_jsonl(built / "demo_preference" / demo.PREFERENCE_FILE)
+    train = read_jsonl(built / "demo_task" / "train.jsonl")
     assert len(pairs) == demo.SIZES["preference"]
     for pair, example in zip(pairs, train, strict=False):
         question, answer = (turn["value"] for turn in example["conversations"])
@@ -99,7 +101,7 @@ def test_preference_pairs_prefer_the_shift_to_the_copy(built):
 def test_corpus_is_plain_text_and_chats_are_human_gpt_turns(built):
     corpus = read_jsonl(built / "pretrain" / "corpus.jsonl")
     assert len(corpus) == demo.SIZES["corpus"] and all(set(doc) == {"text"} for doc in corpus)
-    for path in (built / "chat" / "train.jsonl", built / "task" / "train.jsonl"):
+    for path in (built / "demo_chat" / "train.jsonl", built / "demo_task" / "train.jsonl"):
         for record in read_jsonl(path):
             roles = [turn["from"] for turn in record["conversations"]]
             assert roles == ["human", "gpt"] * (len(roles) // 2) and roles
@@ -108,9 +110,9 @@ def test_corpus_is_plain_text_and_chats_are_human_gpt_turns(built):
 def test_eval_is_held_out_and_answers_are_the_task(built):
     train = {
         r["conversations"][0]["value"]: r["conversations"][1]["value"]
-        for r in read_jsonl(built / "task" / "train.jsonl")
+        for r in read_jsonl(built / "demo_task" / "train.jsonl")
     }
-    held_out = read_jsonl(built / "task" / "eval.jsonl")
+    held_out = read_jsonl(built / "demo_task" / "eval.jsonl")
     assert len(train) == demo.SIZES["task_train"] and len(held_out) == demo.SIZES["task_eval"]
     assert not train.keys() & {r["question"] for r in held_out}
     for question, answer in [*train.items(), *((r["question"], r["answer"]) for r in held_out)]:
@@ -119,17 +121,17 @@ def test_eval_is_held_out_and_answers_are_the_task(built):
 
 
 def test_the_task_is_not_in_the_chat_data(built):
-    chat = (built / "chat" / "train.jsonl").read_text()
+    chat = (built / "demo_chat" / "train.jsonl").read_text()
     assert "Shift" not in chat
 
 
 def test_chat_benchmark_is_held_out_and_answers_are_the_skills(built):
     trained_words = {
         turn["value"].split(": ", 1)[1]
-        for record in read_jsonl(built / "chat" / "train.jsonl")
+        for record in read_jsonl(built / "demo_chat" / "train.jsonl")
         for turn in record["conversations"][::2]
     }
-    held_out = read_jsonl(built / "chat" / "eval.jsonl")
+    held_out = read_jsonl(built / "demo_chat" / "eval.jsonl")
     assert len(held_out) == demo.SIZES["chat_eval"]
     skills = [record["question"].split(": ", 1)[0] for record in held_out]
     words = [record["question"].split(": ", 1)[1] for record in held_out]
@@ -219,76 +221,3 @@ def test_model_loads_with_im_end_as_eos_and_generates_deterministically(built, t
     )
     first = model.generate(prompt, max_new_tokens=4)
     assert torch.equal(first, model.generate(prompt, max_new_tokens=4))
-
-
-def write_summary(path, scores, metric="exact_match"):
-    rows = ["pair,variant,tuning,alpha,benchmark,dataset,metric,score,num_examples"]
-    rows += [
-        f"demo,{variant},,,{benchmark},{benchmark},{metric},{score},200"
-        for (variant, benchmark), score in scores.items()
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def test_seed_spread_is_max_minus_min_per_variant_and_benchmark(tmp_path, capsys):
-    runs = {
-        0: {
-            ("base", "demo_task"): 0.0,
-            ("sft-lora-lr3e-3-r8-s0/shadow_a1", "demo_task"): 88.0,
-            ("sft-lora-lr3e-3-r8-s0/shadow_a1", "demo_chat"): 10.5,
-        },
-        1: {
-            ("base", "demo_task"): 0.0,
-            ("sft-lora-lr3e-3-r8-s1/shadow_a1", "demo_task"): 51.0,
-            ("sft-lora-lr3e-3-r8-s1/shadow_a1", "demo_chat"): 12.0,
-        },
-        5: {
-            ("base", "demo_task"): 1.0,
-            ("sft-lora-lr3e-3-r8-s5/shadow_a1", "demo_task"): 70.0,
-            ("sft-lora-lr3e-3-r8-s5/shadow_a1", "demo_chat"): 9.0,
-        },
-    }
-    paths = {
-        seed: write_summary(tmp_path / f"s{seed}" / "results" / "summary.csv", scores) for seed, scores in runs.items()
-    }
-    table = demo.seed_spread(paths)
-    assert list(table.columns) == [0, 1, 5, "mean", "min", "max", "spread", "sd", "sampling sd"]
-    mean = 209 / 3
-    sd = math.sqrt(((88 - mean) ** 2 + (51 - mean) ** 2 + (70 - mean) ** 2) / 2)
-    # The binomial variance of a share of 200 questions, averaged over the seeds.
-    sampling_sd = 100 * math.sqrt((0.88 * 0.12 + 0.51 * 0.49 + 0.70 * 0.30) / 3 / 200)
-    assert table.loc[("demo", "Shadow-LoRA (α=1)", "demo_task")].tolist() == pytest.approx(
-        [88.0, 51.0, 70.0, mean, 51.0, 88.0, 37.0, sd, sampling_sd], rel=1e-12
-    )
-    assert table.loc[("demo", "Shadow-LoRA (α=1)", "demo_chat"), "spread"] == 3.0
-    assert table.loc[("demo", "Base", "demo_task"), "spread"] == 1.0
-    assert table.loc[("demo", "Base", "demo_task"), "sampling sd"] == pytest.approx(
-        100 * math.sqrt(0.01 * 0.99 / 3 / 200)
-    )
-
-    demo.main([f"{seed}={tmp_path / f's{seed}'}" for seed in runs])
-    printed = capsys.readouterr().out
-    cells = f"88.0 | 51.0 | 70.0 | 69.7 | 51.0 | 88.0 | 37.0 | {sd:.1f} | {sampling_sd:.1f}"
-    row = f"| demo | Shadow-LoRA (α=1) | demo_task | {cells} |"
-    assert row in printed
-
-
-def test_sampling_sd_is_unknown_where_a_score_is_no_share_of_questions(tmp_path):
-    runs = {seed: {("base", "gsm8k"): 10.0 + seed} for seed in (0, 1)}
-    paths = {seed: write_summary(tmp_path / f"s{seed}.csv", scores, "score") for seed, scores in runs.items()}
-    table = demo.seed_spread(paths)
-    assert math.isnan(table.loc[("demo", "Base", "gsm8k"), "sampling sd"])
-    assert table.loc[("demo", "Base", "gsm8k"), "sd"] == pytest.approx(math.sqrt(0.5))
-    assert (
-        demo.render_seed_spread(table).splitlines()[-1]
-        == "| demo | Base | gsm8k | 10.0 | 11.0 | 10.5 | 10.0 | 11.0 | 1.0 | 0.7 | - |"
-    )
-
-
-def test_seed_spread_refuses_runs_that_differ(tmp_path):
-    first = write_summary(tmp_path / "a.csv", {("base", "demo_task"): 0.0})
-    second = write_summary(tmp_path / "b.csv", {("base", "demo_chat"): 0.0})
-    with pytest.raises(ValueError, match="seed 1"):
-        demo.seed_spread({0: first, 1: second})

@@ -115,7 +115,9 @@ def test_a_rerun_from_scratch_is_bit_identical(demo_run, tmp_path):
         "data/demo/base/model/model.safetensors",
     ]
     built += [
-        f"data/demo/{folder}/{name}" for folder in ("pretrain", "chat", "task") for name in ("dataset_info.json",)
+        f"data/demo/{folder}/{name}"
+        for folder in ("pretrain", "demo_chat", "demo_task", "demo_preference")
+        for name in ("dataset_info.json",)
     ]
     for path in built:
         assert (tmp_path / path).read_bytes() == (demo_run / path).read_bytes(), path
@@ -130,7 +132,11 @@ def test_a_rerun_from_scratch_is_bit_identical(demo_run, tmp_path):
 def test_another_seed_builds_another_demo(demo_run, tmp_path):
     snakemake(tmp_path, "data/demo/base.yaml", "--cores", "1", "--config", "seed=7")
     assert yaml.safe_load((tmp_path / "data" / "demo" / "base.yaml").read_text())["seed"] == 7
-    for path in ("data/demo/init/model.safetensors", "data/demo/task/eval.jsonl", "data/demo/chat/eval.jsonl"):
+    for path in (
+        "data/demo/init/model.safetensors",
+        "data/demo/demo_task/eval.jsonl",
+        "data/demo/demo_chat/eval.jsonl",
+    ):
         assert (tmp_path / path).read_bytes() != (demo_run / path).read_bytes(), path
 
 

@@ -39,7 +39,7 @@ def test_both_models_are_tuned_with_llamafactory_dpo_on_the_preference_pairs(dpo
         log = (dpo_run / "logs" / "train" / "demo" / RUNS[tuning] / f"{role}.log").read_text()
         # The DPO trainer's own metrics: it compared chosen with rejected replies against a reference.
         assert "rewards/accuracies" in log and "rewards/margins" in log
-    info = json.loads((dpo_run / "data" / "demo" / "task" / "dataset_info.json").read_text())
+    info = json.loads((dpo_run / "data" / "demo" / "demo_preference" / "dataset_info.json").read_text())
     assert info["demo_preference"]["ranking"] is True
 
 

@@ -16,10 +16,10 @@ from family_fixtures import build_tiny_pair, tiny_sft_dataset
 from safetensors.torch import load_file
 from test_workflow import planned_jobs
 
-from shadowft.config import ConfigError, validate_config
-from shadowft.families import FamilyError, load_family, shipped_families
-from shadowft.opencompass import read_scores
-from shadowft.runs import Run
+from shadowft.evaluation.results import read_scores
+from shadowft.workflow.config import ConfigError, validate_config
+from shadowft.workflow.families import FamilyError, load_family, shipped_families
+from shadowft.workflow.sweep import Run
 
 FAMILIES = shipped_families()
 REQUIRED = [
@@ -355,8 +355,8 @@ def test_a_tiny_model_of_the_family_runs_lora_extract_graft_and_evaluate(tmp_pat
 @pytest.mark.bad_input("checkpoint", caught="job")
 def test_adapter_names_resolve_through_a_multimodal_checkpoint_layout():
     """PEFT names Gemma-3's modules as transformers holds them; its checkpoint names them otherwise."""
-    from shadowft.adapters import NameResolver
-    from shadowft.layout import DeltaError
+    from shadowft.engine.adapters import NameResolver
+    from shadowft.engine.layout import DeltaError
 
     checkpoint = [
         "language_model.model.layers.0.self_attn.q_proj.weight",

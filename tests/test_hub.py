@@ -15,7 +15,9 @@ import pytest
 from hub_fixtures import FakeHub
 from safetensors.numpy import save as safetensors_bytes
 
-from shadowft.hub import MANIFEST_NAME, HubError, ModelSourceError, download_model
+from shadowft.data.hub import MANIFEST_NAME, download_model
+from shadowft.data.selection import ModelSourceError
+from shadowft.data.transfer import HubError
 
 TOKEN_ENV = "SHADOWFT_TEST_HUB_TOKEN"
 FAKE_TOKEN = "hf_FakeTokenForShadowftTests0123456789"

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from shadowft.hub import MANIFEST_NAME, ModelSourceError, fetch_model, link_local_model
+from shadowft.data.hub import MANIFEST_NAME, fetch_model, link_local_model
+from shadowft.data.selection import ModelSourceError
 
 MODEL_FILES = {
     "config.json": b'{"model_type": "qwen2"}',

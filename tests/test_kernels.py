@@ -6,9 +6,10 @@ import pytest
 from chunk_fixtures import CHUNK, LLAMA_SHAPES, moved, random_tensors, write_model
 from delta_fixtures import _private_hash_cache  # noqa: F401  (autouse)
 
-from shadowft import deltaformat, extraction, grafting, kernels
-from shadowft.delta import Delta, extract_delta, graft
-from shadowft.numerics import Scratch, encode
+from shadowft.engine import deltaformat, extraction, grafting, kernels
+from shadowft.engine.extraction import Delta, extract_delta
+from shadowft.engine.grafting import graft
+from shadowft.engine.numerics import Scratch, encode
 
 ALPHAS = [None, 0.5, -1.7, 3.0]  # None: no scaling, as the engine passes alpha 1
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shadowft.launch import (
+from shadowft.training.launch import (
     RENDEZVOUS_PORTS,
     Launch,
     LaunchError,

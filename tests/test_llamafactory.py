@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from shadowft import demo
-from shadowft import llamafactory as lf
+from shadowft.demo import build, pair
+from shadowft.training import arguments as lf_args
+from shadowft.training import llamafactory as lf
 
 PATHS = {
     "model_dir": "data/models/base",
@@ -18,7 +19,7 @@ PATHS = {
 
 
 def arguments(tuning="lora", **options):
-    return lf.training_arguments(**PATHS, tuning=tuning, **options)
+    return lf_args.training_arguments(**PATHS, tuning=tuning, **options)
 
 
 def test_lora_gets_the_paper_hyper_parameters():
@@ -43,9 +44,9 @@ def test_full_tuning_has_its_learning_rate_and_no_lora_keys():
 def test_a_run_is_reproducible_offline_and_resumable():
     args = arguments()
     assert args["do_train"] is True
-    assert args["seed"] == lf.RUN_DEFAULTS["seed"]
+    assert args["seed"] == lf_args.RUN_DEFAULTS["seed"]
     assert arguments(seed=7)["seed"] == 7 and arguments(seed=0)["seed"] == 0
-    assert lf.demo_pair_arguments("instruct", model_dir="b", dataset_dir="c", output_dir="w", seed=3)["seed"] == 3
+    assert pair.step_arguments("instruct", model_dir="b", dataset_dir="c", output_dir="w", seed=3)["seed"] == 3
     with pytest.raises(TypeError, match="seed"):
         arguments(seed="7")
     assert args["report_to"] == "none"
@@ -89,7 +90,7 @@ def test_overrides_do_not_leak_between_calls():
     assert arguments()["learning_rate"] == 2e-4
 
 
-@pytest.mark.parametrize("key", sorted(lf.MANAGED_KEYS))
+@pytest.mark.parametrize("key", sorted(lf_args.MANAGED_KEYS))
 @pytest.mark.bad_input("LLaMA-Factory", caught="check")
 def test_workflow_managed_keys_cannot_be_overridden(key):
     with pytest.raises(ValueError, match=key):
@@ -104,33 +105,33 @@ def test_unknown_tuning_and_stage_are_named():
 
 
 def test_demo_pair_steps_use_the_demo_datasets():
-    base = lf.demo_pair_arguments("pretrain", model_dir="init", dataset_dir="pretrain", output_dir="work")
-    assert (base["stage"], base["finetuning_type"], base["dataset"]) == ("pt", "full", demo.CORPUS_DATASET)
-    instruct = lf.demo_pair_arguments("instruct", model_dir="base", dataset_dir="chat", output_dir="work")
-    assert (instruct["stage"], instruct["finetuning_type"], instruct["dataset"]) == ("sft", "full", demo.CHAT_DATASET)
+    base = pair.step_arguments("pretrain", model_dir="init", dataset_dir="pretrain", output_dir="work")
+    assert (base["stage"], base["finetuning_type"], base["dataset"]) == ("pt", "full", build.CORPUS_DATASET)
+    instruct = pair.step_arguments("instruct", model_dir="base", dataset_dir="chat", output_dir="work")
+    assert (instruct["stage"], instruct["finetuning_type"], instruct["dataset"]) == ("sft", "full", build.CHAT_DATASET)
     for args in (base, instruct):
-        assert args["template"] == demo.TEMPLATE
-        assert args["default_system"] == demo.DEFAULT_SYSTEM
+        assert args["template"] == build.TEMPLATE
+        assert args["default_system"] == build.DEFAULT_SYSTEM
         assert args["bf16"] is False
 
 
 def test_demo_overrides_cover_every_step_and_stay_small():
-    assert set(lf.DEMO_OVERRIDES) == set(lf.DEMO_PAIR_STEPS) == {"pretrain", "instruct"}
-    for overrides in lf.DEMO_OVERRIDES.values():
-        assert lf.MANAGED_KEYS.isdisjoint(overrides)
+    assert set(pair.STEP_OVERRIDES) == set(pair.STEPS) == {"pretrain", "instruct"}
+    for overrides in pair.STEP_OVERRIDES.values():
+        assert lf_args.MANAGED_KEYS.isdisjoint(overrides)
         assert overrides["cutoff_len"] <= 128
 
 
 def test_write_yaml_is_sorted_deterministic_and_round_trips(tmp_path):
     args = arguments(overrides={"default_system": ""})
     shuffled = dict(reversed(list(args.items())))
-    lf.write_yaml(args, tmp_path / "a.yaml")
-    lf.write_yaml(shuffled, tmp_path / "b.yaml")
+    lf_args.write_yaml(args, tmp_path / "a.yaml")
+    lf_args.write_yaml(shuffled, tmp_path / "b.yaml")
     text = (tmp_path / "a.yaml").read_text()
     assert text == (tmp_path / "b.yaml").read_text()
     keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
     assert keys == sorted(keys)
-    assert lf.read_yaml(tmp_path / "a.yaml") == args
+    assert lf_args.read_yaml(tmp_path / "a.yaml") == args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml"]  # no temporary left
 
 
@@ -138,7 +139,7 @@ def test_read_yaml_rejects_a_non_mapping(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="mapping"):
-        lf.read_yaml(path)
+        lf_args.read_yaml(path)
 
 
 def make_checkpoint(work, step, complete=True):
@@ -194,7 +195,9 @@ def fake_llamafactory(monkeypatch):
 
 def write_config(tmp_path):
     config = tmp_path / "train_base.yaml"
-    lf.write_yaml(lf.training_arguments(**{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="lora"), config)
+    lf_args.write_yaml(
+        lf_args.training_arguments(**{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="lora"), config
+    )
     return config
 
 
@@ -244,15 +247,15 @@ def test_one_device_trains_in_process_without_deepspeed(tmp_path, fake_llamafact
 
 def write_full_config(tmp_path, **overrides):
     config = tmp_path / "train_base.yaml"
-    arguments = lf.training_arguments(
+    arguments = lf_args.training_arguments(
         **{**PATHS, "output_dir": str(tmp_path / "work")}, tuning="full", overrides=overrides
     )
-    lf.write_yaml(arguments, config)
+    lf_args.write_yaml(arguments, config)
     return config
 
 
 def test_full_tuning_on_several_gpus_shards_with_zero3_recorded_beside_the_model(tmp_path, fake_llamafactory):
-    from shadowft.launch import ZERO3_CONFIG
+    from shadowft.training.launch import ZERO3_CONFIG
 
     record = lf.run_training(write_full_config(tmp_path), tmp_path / "model", gpus=4)
     ((listing, launch, nodes, args),) = fake_llamafactory
@@ -261,10 +264,10 @@ def test_full_tuning_on_several_gpus_shards_with_zero3_recorded_beside_the_model
     assert lf.DEEPSPEED_CONFIG_FILE in listing
     assert record["deepspeed"] == args["deepspeed"]
     assert json.loads((tmp_path / "model" / lf.DEEPSPEED_CONFIG_FILE).read_text()) == ZERO3_CONFIG
-    effective = lf.read_yaml(tmp_path / "model" / lf.EFFECTIVE_ARGUMENTS_FILE)
+    effective = lf_args.read_yaml(tmp_path / "model" / lf.EFFECTIVE_ARGUMENTS_FILE)
     assert effective == args
     # The tracked YAML stays what the config made it: the launch's addition is in the record.
-    assert "deepspeed" not in lf.read_yaml(tmp_path / "train_base.yaml")
+    assert "deepspeed" not in lf_args.read_yaml(tmp_path / "train_base.yaml")
 
 
 def test_a_deepspeed_choice_in_the_hyperparameters_wins(tmp_path, fake_llamafactory):
@@ -291,7 +294,7 @@ def test_several_nodes_start_one_launcher_per_node_through_srun(tmp_path, monkey
     assert command[7:] == [
         lf.sys.executable,
         "-m",
-        "shadowft.llamafactory",
+        "shadowft.training",
         "node-launch",
         str(config),
         "--nodes",

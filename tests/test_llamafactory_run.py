@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import DEMO_FOLDERS
 from safetensors.torch import load_file
 
 from shadowft import demo
-from shadowft import llamafactory as lf
+from shadowft.training import llamafactory as lf
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def environment():
 
 def shadowft_llamafactory(*args, timeout=300):
     return subprocess.run(
-        [venv_python("train"), "-m", "shadowft.llamafactory", *map(str, args)],
+        [venv_python("train"), "-m", "shadowft.training", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -55,7 +56,7 @@ def succeed(result):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    demo.build_demo(root / "init", root / "pretrain", root / "chat", root / "task")
+    demo.build_demo(*(root / folder for folder in DEMO_FOLDERS))
     return root
 
 
@@ -77,7 +78,7 @@ def task_config(built, directory, tuning, **overrides):
     settings = demo_task_settings(tuning)
     args = lf.training_arguments(
         model_dir=built / "init",
-        dataset_dir=built / "task",
+        dataset_dir=built / "demo_task",
         dataset=demo.TASK_DATASET,
         template=demo.TEMPLATE,
         tuning=tuning,
@@ -175,7 +176,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(built, tmp_path):
     config = task_config(built, tmp_path, "lora", max_steps=40, save_steps=4)
     work = tmp_path / "work"
     first = subprocess.Popen(
-        [venv_python("train"), "-m", "shadowft.llamafactory", "train", str(config), str(tmp_path / "model")],
+        [venv_python("train"), "-m", "shadowft.training", "train", str(config), str(tmp_path / "model")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=environment(),
@@ -235,7 +236,7 @@ def test_demo_tokenizer_gives_the_same_ids_in_every_environment(built):
         python = sys.executable if name == "core" else venv_python(name)
         result = succeed(
             subprocess.run(
-                [python, "-c", TOKENIZE, str(built / "init"), str(built / "task" / demo.EVAL_FILE)],
+                [python, "-c", TOKENIZE, str(built / "init"), str(built / "demo_task" / demo.EVAL_FILE)],
                 capture_output=True,
                 text=True,
                 timeout=120,

@@ -6,21 +6,12 @@ import sys
 
 import pytest
 
-from shadowft import opencompass
-from shadowft.opencompass import (
-    EXACT_PROMPT_META_TEMPLATE,
-    MODEL_ABBR,
-    SCORES_COLUMNS,
-    EvaluationError,
-    ModelOptions,
-    check_benchmark,
-    collect_results,
-    main,
-    model_config,
-    read_scores,
-    run_config,
-    write_scores,
-)
+from shadowft.evaluation.__main__ import main
+from shadowft.evaluation.models import MODEL_ABBR, ModelOptions, model_config
+from shadowft.evaluation.results import SCORES_COLUMNS, EvaluationError, collect_results, read_scores, write_scores
+from shadowft.evaluation.run import evaluate
+from shadowft.evaluation.run_config import EXACT_PROMPT_META_TEMPLATE, run_config
+from shadowft.evaluation.spec import DEFAULT_MAX_OUT_LEN, BenchmarkSpec
 
 
 @pytest.fixture
@@ -33,23 +24,23 @@ def qa_file(tmp_path):
 
 @pytest.fixture
 def custom(qa_file):
-    return {"name": "demo_task", "kind": "custom", "path": str(qa_file), "metric": "exact_match", "max_out_len": 32}
+    return BenchmarkSpec.from_mapping(
+        {"name": "demo_task", "kind": "custom", "path": str(qa_file), "metric": "exact_match", "max_out_len": 32}
+    )
 
 
 # --- the benchmark spec ------------------------------------------------------------------
 
 
 def test_custom_defaults_are_filled(qa_file):
-    spec = check_benchmark({"name": "t", "kind": "custom", "path": str(qa_file)})
-    assert spec["metric"] == "exact_match"
-    assert spec["max_out_len"] == opencompass.DEFAULT_CUSTOM_MAX_OUT_LEN
-    assert spec["prompt"] == "{question}"
+    spec = BenchmarkSpec.from_mapping({"name": "t", "kind": "custom", "path": str(qa_file)})
+    assert spec.metric == "exact_match"
+    assert spec.max_out_len == DEFAULT_MAX_OUT_LEN["custom"]
+    assert spec.prompt == "{question}"
 
 
-def test_check_benchmark_leaves_its_argument_alone(custom):
-    given = dict(custom)
-    check_benchmark(custom)
-    assert custom == given
+def test_a_spec_round_trips_through_its_json_form(custom):
+    assert BenchmarkSpec.from_mapping(json.loads(json.dumps(custom.as_dict()))) == custom
 
 
 @pytest.mark.parametrize(
@@ -68,29 +59,33 @@ def test_check_benchmark_leaves_its_argument_alone(custom):
 )
 def test_bad_benchmark_is_rejected_naming_the_key(custom, change, message):
     with pytest.raises(ValueError) as error:
-        check_benchmark({**custom, **change})
+        BenchmarkSpec.from_mapping({**custom.as_dict(), **change})
     assert message in str(error.value)
 
 
 def test_benchmark_must_be_a_mapping():
     with pytest.raises(TypeError, match="expected a mapping"):
-        check_benchmark(["demo_task"])
+        BenchmarkSpec.from_mapping(["demo_task"])
 
 
 def test_missing_keys_are_named():
     with pytest.raises(ValueError, match="missing key.*path"):
-        check_benchmark({"name": "t", "kind": "custom"})
+        BenchmarkSpec.from_mapping({"name": "t", "kind": "custom"})
     with pytest.raises(ValueError, match="missing key.*config"):
-        check_benchmark({"name": "gsm8k", "kind": "opencompass"})
+        BenchmarkSpec.from_mapping({"name": "gsm8k", "kind": "opencompass"})
 
 
 def test_opencompass_spec_takes_a_config_name():
-    spec = check_benchmark({"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "max_out_len": 512})
-    assert spec == {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "max_out_len": 512}
+    spec = BenchmarkSpec.from_mapping(
+        {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "max_out_len": 512}
+    )
+    assert spec.as_dict() == {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "max_out_len": 512}
     with pytest.raises(ValueError, match="benchmark.config"):
-        check_benchmark({"name": "gsm8k", "kind": "opencompass", "config": "../gsm8k_gen"})
+        BenchmarkSpec.from_mapping({"name": "gsm8k", "kind": "opencompass", "config": "../gsm8k_gen"})
     with pytest.raises(ValueError, match="unknown key.*prompt"):
-        check_benchmark({"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "prompt": "{question}"})
+        BenchmarkSpec.from_mapping(
+            {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen", "prompt": "{question}"}
+        )
 
 
 @pytest.mark.parametrize(
@@ -108,12 +103,15 @@ def test_bad_eval_file_is_rejected_naming_the_line(tmp_path, content, message):
     path = tmp_path / "eval.jsonl"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        run_config(tmp_path, {"name": "t", "kind": "custom", "path": str(path)})
+        run_config(tmp_path, BenchmarkSpec.from_mapping({"name": "t", "kind": "custom", "path": str(path)}))
 
 
 def test_missing_eval_file_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="is not a file"):
-        run_config(tmp_path, {"name": "t", "kind": "custom", "path": str(tmp_path / "absent.jsonl")})
+        run_config(
+            tmp_path,
+            BenchmarkSpec.from_mapping({"name": "t", "kind": "custom", "path": str(tmp_path / "absent.jsonl")}),
+        )
 
 
 # --- the run configuration ---------------------------------------------------------------
@@ -146,7 +144,7 @@ def test_custom_run_config(tmp_path, custom, qa_file):
 
 
 def test_custom_prompt_template(tmp_path, custom):
-    config = run_config(tmp_path, {**custom, "prompt": "Q: {question}\nA:"})
+    config = run_config(tmp_path, BenchmarkSpec.from_mapping({**custom.as_dict(), "prompt": "Q: {question}\nA:"}))
     assert (
         config["datasets"][0]["infer_cfg"]["prompt_template"]["template"]["round"][0]["prompt"] == "Q: {question}\nA:"
     )
@@ -179,15 +177,15 @@ def test_bad_model_options(options, message):
 
 def test_evaluate_rejects_a_missing_model_before_running(tmp_path, custom):
     with pytest.raises(ValueError, match="is not a directory"):
-        opencompass.evaluate(tmp_path / "absent", custom, tmp_path / "work", tmp_path / "scores.csv")
+        evaluate(tmp_path / "absent", custom, tmp_path / "work", tmp_path / "scores.csv")
     assert not (tmp_path / "work").exists()
 
 
 def test_standard_benchmark_needs_the_data_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("COMPASS_DATA_CACHE", raising=False)
-    spec = {"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen"}
+    spec = BenchmarkSpec.from_mapping({"name": "gsm8k", "kind": "opencompass", "config": "gsm8k_gen"})
     with pytest.raises(ValueError, match="COMPASS_DATA_CACHE"):
-        opencompass.evaluate(tmp_path, spec, tmp_path / "work", tmp_path / "scores.csv")
+        evaluate(tmp_path, spec, tmp_path / "work", tmp_path / "scores.csv")
 
 
 # --- results of a run folder -------------------------------------------------------------
@@ -344,7 +342,7 @@ def test_cli_reports_a_bad_benchmark(tmp_path, capsys, qa_file):
 
 def test_cli_reads_the_benchmark_from_a_file(tmp_path, capsys, custom):
     spec_file = tmp_path / "benchmark.json"
-    spec_file.write_text(json.dumps(custom))
+    spec_file.write_text(json.dumps(custom.as_dict()))
     code = main(
         [
             "evaluate",
@@ -406,7 +404,7 @@ def test_module_imports_only_the_standard_library():
     # The eval environment imports this module from the repository root, without the
     # core environment's packages; OpenCompass itself loads only when a run needs it.
     code = (
-        "import sys, shadowft.opencompass\n"
+        "import sys, shadowft.evaluation\n"
         "heavy = {'torch', 'transformers', 'opencompass', 'mmengine', 'pandas', 'yaml', 'numpy'}\n"
         "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
     )

@@ -11,10 +11,11 @@ import json
 import shutil
 
 import pytest
-from conftest import ROOT, VENVS
+from conftest import DEMO_FOLDERS, ROOT, VENVS
 from opencompass_fixtures import constant_answer_model, evaluate_in_eval_env
 
-from shadowft.opencompass import RUN_CONFIG_FILE, RUN_LOG_FILE, read_scores
+from shadowft.evaluation.results import read_scores
+from shadowft.evaluation.run import RUN_CONFIG_FILE, RUN_LOG_FILE
 
 EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 MAX_OUT_LEN = 8
@@ -28,17 +29,17 @@ pytestmark = [
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    from shadowft.demo import build_demo
+    from shadowft.demo.build import build_demo
 
     root = tmp_path_factory.mktemp("opencompass_demo")
-    build_demo(root / "init", root / "pretrain", root / "chat", root / "task")
+    build_demo(*(root / folder for folder in DEMO_FOLDERS))
     return root
 
 
 @pytest.fixture(scope="session")
 def model_answers(demo):
     """(question, the model's own greedy answer) for the first demo questions."""
-    lines = (demo / "task" / "eval.jsonl").read_text().splitlines()[:NUM_QUESTIONS]
+    lines = (demo / "demo_task" / "eval.jsonl").read_text().splitlines()[:NUM_QUESTIONS]
     questions = [json.loads(line)["question"] for line in lines]
     answers = greedy_answers(demo / "init", questions, MAX_OUT_LEN)
     assert len(set(answers)) > 1, "the model answers every question alike; shuffling would prove nothing"
@@ -84,7 +85,7 @@ def write_qa(path, pairs):
 
 
 def evaluate(tmp_path, model_dir, benchmark, *extra):
-    """`python -m shadowft.opencompass evaluate` in the eval environment, run from tmp_path
+    """`python -m shadowft.evaluation evaluate` in the eval environment, run from tmp_path
     with relative output paths, as Snakemake gives them."""
     return evaluate_in_eval_env(EVAL_PYTHON, ROOT, tmp_path, model_dir, benchmark, *extra)
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, VENVS
 from opencompass_fixtures import constant_answer_model, evaluate_in_eval_env
 
-from shadowft.opencompass import RUN_CONFIG_FILE, read_scores
+from shadowft.evaluation.results import read_scores
+from shadowft.evaluation.run import RUN_CONFIG_FILE
 
 EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 MAX_OUT_LEN = 4

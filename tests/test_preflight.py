@@ -11,8 +11,8 @@ from delta_fixtures import llama, load_tensors, qwen2, read_json  # noqa: F401
 from model_fixtures import local_pair_experiment
 from safetensors.torch import save_file
 
-from shadowft.layout import CheckpointError
-from shadowft.preflight import PreflightError, check_pair, write_pair_check
+from shadowft.engine.layout import CheckpointError
+from shadowft.engine.preflight import PreflightError, check_pair, write_pair_check
 
 
 def single_file_copy(source, destination, transform=None, config=None):

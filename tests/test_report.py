@@ -18,17 +18,11 @@ import pytest
 import yaml
 from conftest import ROOT, VENVS, snakemake
 
-from shadowft import figures
-from shadowft.report import (
-    SUMMARY_COLUMNS,
-    ScoreRecord,
-    pair_tables,
-    pairs_sweeping_learning_rate,
-    read_summary,
-    summarize,
-)
-from shadowft.runs import Run, Variant, VariantKind
+from shadowft.report import ScoreRecord, figures, pair_tables, read_summary, summarize
+from shadowft.report.records import SUMMARY_COLUMNS
+from shadowft.report.tables import pairs_sweeping_learning_rate
 from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
+from shadowft.workflow.sweep import Run, Variant, VariantKind
 
 BENCHMARKS = ["gsm8k", "math", "mmlu"]
 GROUPS = {"Math": ["gsm8k", "math"]}
@@ -55,7 +49,7 @@ def write_scores(path, rows):
 
 
 def variant_name(tuning, learning_rate, rank, seed, kind, alpha=None):
-    """The canonical name (shadowft.runs) of a fixture variant of an SFT run."""
+    """The canonical name (shadowft.workflow.sweep) of a fixture variant of an SFT run."""
     return Variant(VariantKind(kind), Run("sft", tuning, learning_rate, rank, seed), alpha).name
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from model_fixtures import write_sparse_model
 
-from shadowft.resources import (
+from shadowft.training.resources import (
     GIB,
     MIB,
     Node,

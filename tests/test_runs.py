@@ -1,8 +1,8 @@
-"""Run and variant names (shadowft.runs): every dimension in the name, parsed back exactly."""
+"""Run and variant names (shadowft.workflow.sweep): every dimension in the name, parsed back exactly."""
 
 import pytest
 
-from shadowft.runs import Run, Variant, VariantKind, learning_rate_label
+from shadowft.workflow.sweep import Run, Variant, VariantKind, learning_rate_label
 
 
 @pytest.mark.parametrize(

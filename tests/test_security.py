@@ -10,10 +10,10 @@ from conftest import ROOT, demo_runs, snakemake
 from model_fixtures import local_pair_experiment
 from test_report import write_scores, write_similarity
 
-from shadowft import llamafactory
-from shadowft.datasets import ROWS_FILE
+from shadowft.data.datasets import ROWS_FILE
 from shadowft.report import read_summary
 from shadowft.report.document import REMOTE_CODE_MARK, REMOTE_CODE_NOTE
+from shadowft.training.arguments import training_arguments
 
 RUN = demo_runs()["lora"]
 
@@ -21,10 +21,10 @@ RUN = demo_runs()["lora"]
 @pytest.mark.bad_input("LLaMA-Factory", caught="check")
 def test_training_arguments_carry_the_models_setting_and_no_override_changes_it():
     common = dict(model_dir="m", dataset_dir="d", dataset="x", template="qwen", tuning="lora", output_dir="o")
-    assert llamafactory.training_arguments(**common)["trust_remote_code"] is False
-    assert llamafactory.training_arguments(**common, trust_remote_code=True)["trust_remote_code"] is True
+    assert training_arguments(**common)["trust_remote_code"] is False
+    assert training_arguments(**common, trust_remote_code=True)["trust_remote_code"] is True
     with pytest.raises(ValueError, match="trust_remote_code by the model's entry"):
-        llamafactory.training_arguments(**common, overrides={"trust_remote_code": True})
+        training_arguments(**common, overrides={"trust_remote_code": True})
 
 
 @pytest.fixture
@@ -114,10 +114,10 @@ def hostile_experiment(demo_run, root):
     inputs = root / f"in {HOSTILE}"
     for role in ("base", "instruct"):
         shutil.copytree(demo_run / f"data/demo/{role}/model", inputs / role)
-    rows = (demo_run / "data/demo/task/train.jsonl").read_text().splitlines()[:32]
+    rows = (demo_run / "data/demo/demo_task/train.jsonl").read_text().splitlines()[:32]
     rows_file = inputs / f"rows {HOSTILE}.jsonl"
     rows_file.write_text("\n".join(rows) + "\n")
-    shutil.copytree(demo_run / "data/demo/task", inputs / "questions")
+    shutil.copytree(demo_run / "data/demo/demo_task", inputs / "questions")
     (root / "sparse").mkdir()
     config, _ = local_pair_experiment(root / "sparse")
     config["models"] = {"b": {"source": "local", "path": str(inputs / "base")}}

@@ -13,8 +13,8 @@ import torch
 from chunk_fixtures import CHUNK, HIDDEN, INT_TENSOR, LLAMA_SHAPES, moved, random_tensors, with_int_tensor, write_model
 from delta_fixtures import _private_hash_cache  # noqa: F401  (autouse)
 
-from shadowft.checkpoint import CHUNK_ELEMENTS
-from shadowft.similarity import similarity
+from shadowft.engine.numerics import CHUNK_ELEMENTS
+from shadowft.engine.sigma import similarity
 
 BIG = "model.layers.1.mlp.up_proj.weight"  # 600 x 512 = 307200 elements: two default chunks
 ONLY_IN_A, ONLY_IN_B = "model.layers.0.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight"

@@ -13,14 +13,14 @@ import yaml
 from conftest import ROOT, snakemake
 from model_fixtures import write_sparse_model
 
-from shadowft.resources import GIB, MIB, Workload, node_from_resources, size_job
-from shadowft.runs import Run
+from shadowft.training.resources import GIB, MIB, Workload, node_from_resources, size_job
+from shadowft.workflow.sweep import Run
 
 PARAMETERS = 4_022_468_096
 PROFILE = ROOT / "profiles" / "slurm"
 DATASET_BYTES = 3_000_000
 QUESTIONS, MAX_OUT_LEN = 200, 512
-# The runs of the config below (shadowft.runs names them): the paper's learning rates and rank, seed 0.
+# The runs of the config below (shadowft.workflow.sweep names them): the paper's learning rates and rank, seed 0.
 LORA_RUN, FULL_RUN = "sft-lora-lr2e-4-r8-s0", "sft-full-lr1e-5-s0"
 
 

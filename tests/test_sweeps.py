@@ -14,8 +14,8 @@ from model_fixtures import write_sparse_model
 from test_slurm_plan import planned_resources
 from test_workflow import planned_jobs
 
-from shadowft.resources import Workload, node_from_resources, size_job
-from shadowft.runs import Run
+from shadowft.training.resources import Workload, node_from_resources, size_job
+from shadowft.workflow.sweep import Run
 
 PAIRS = ("p1", "p2")
 LEARNING_RATES = {"lora": [1.0e-4, 2.0e-4, 5.0e-4], "full": [1.0e-5, 2.0e-5, 5.0e-5]}

@@ -14,12 +14,12 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import ROOT, snakemake, snakemake_command
+from conftest import DEMO_FOLDERS, ROOT, snakemake, snakemake_command
 from safetensors.torch import load_file
 
 from shadowft import demo
-from shadowft.config import validate_config
-from shadowft.runs import runs
+from shadowft.workflow.config import validate_config
+from shadowft.workflow.sweep import runs
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def experiment(tmp_path_factory):
     """A config training one LoRA run on the demo's initial model, and the run's name."""
     root = tmp_path_factory.mktemp("resume")
     built = root / "built"
-    demo.build_demo(built / "init", built / "pretrain", built / "chat", built / "task")
+    demo.build_demo(*(built / folder for folder in DEMO_FOLDERS))
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["models"] = {
         "init-base": {"source": "local", "path": str(built / "init")},

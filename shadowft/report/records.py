@@ -1,10 +1,10 @@
 """The report's input and its tidy table: one ``ScoreRecord`` per scores.csv, stacked into the
 frame that summary.csv holds (``SUMMARY_COLUMNS``), typed and in report order.
 
-A record names its pair and variant (a name of ``shadowft.runs``), the variant's sweep values
+A record names its pair and variant (a name of ``shadowft.workflow.sweep``), the variant's sweep values
 (``DIMENSIONS``; None where one does not apply, as for base and instruct), whether its models
-ran their own code (``trust_remote_code``) and the scores.csv that shadowft.opencompass wrote,
-read with its own reader (``shadowft.opencompass.read_scores``).
+ran their own code (``trust_remote_code``) and the scores.csv that shadowft.evaluation wrote,
+read with its own reader (``shadowft.evaluation.results.read_scores``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from shadowft.opencompass import SCORES_COLUMNS, read_scores
-from shadowft.runs import Variant, VariantKind
+from shadowft.evaluation.results import SCORES_COLUMNS, read_scores
+from shadowft.workflow.plan import scores_path
+from shadowft.workflow.sweep import Variant, VariantKind
 
 # The sweep dimensions of a run, in the order the summary lists them.
 DIMENSIONS = ("stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha")
@@ -80,6 +81,25 @@ class ScoreRecord:
     @property
     def kind(self) -> str:
         return Variant.parse(self.variant).kind.value
+
+
+def score_records(
+    results: Path, pairs: Sequence[str], variants: Sequence[str], benchmarks: Sequence[str], remote_code: Sequence[str]
+) -> list[ScoreRecord]:
+    """The record of every scores.csv of an experiment: each pair's every variant on every benchmark,
+    under `results` (the folder holding results/). `remote_code` names the models that may run their
+    own code, as ``pair:role``: a variant is marked when a job behind it ran one of them."""
+    records = []
+    for pair in pairs:
+        for name in variants:
+            variant = Variant.parse(name)
+            trusted = any(f"{pair}:{role}" in remote_code for role in variant.roles_run)
+            for benchmark in benchmarks:
+                scores = Path(results) / scores_path(pair, name, benchmark)
+                records.append(
+                    ScoreRecord(pair, name, benchmark, scores, **variant.dimensions(), trust_remote_code=trusted)
+                )
+    return records
 
 
 def parse_records(records: Sequence[Mapping | ScoreRecord]) -> list[ScoreRecord]:

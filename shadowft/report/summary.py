@@ -30,7 +30,7 @@ def summarize(
 
     ``benchmark_groups`` maps a group name to its benchmarks: each group gets a column with
     their unweighted mean. ``similarity`` maps a pair to its similarity CSV
-    (shadowft.similarity), whose overall sigma is quoted with the pair's tables. ``versions``,
+    (shadowft.engine.sigma), whose overall sigma is quoted with the pair's tables. ``versions``,
     the environments that ran (shadowft.versions), are stated under the title. Returns the
     tidy frame written to ``out_csv``.
     """

@@ -3,7 +3,7 @@ stage, tuning, learning rate, LoRA rank) one ``ScoreTable``, variants as rows, b
 averages and the average as columns. Runs that differ only by seed are one row, each cell the
 mean and standard deviation over the seeds (``Cell``).
 
-``shadowft.figures`` draws the same tables; ``shadowft.report.document`` writes them as text.
+``shadowft.report.figures`` draws the same tables; ``shadowft.report.document`` writes them as text.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from shadowft.report.records import KINDS, UNTUNED, ScoreRecord, missing_to_none, parse_records, setting_values
-from shadowft.runs import Variant
+from shadowft.workflow.sweep import Variant
 
 AVERAGE = "Average"
 REFERENCE = "instruct"  # every Shadow-FT claim is made against it
@@ -215,7 +215,7 @@ def report_sections(
 
 
 def overall_sigma(similarity_csv: Path) -> float:
-    """The overall sigma of a similarity CSV written by shadowft.similarity."""
+    """The overall sigma of a similarity CSV written by shadowft.engine.sigma."""
     table = read_similarity(similarity_csv)
     overall = table.loc[table["level"] == "overall", "sigma"]
     if len(overall) != 1:
@@ -224,7 +224,7 @@ def overall_sigma(similarity_csv: Path) -> float:
 
 
 def read_similarity(similarity_csv: Path) -> pd.DataFrame:
-    """A similarity CSV (shadowft.similarity.COLUMNS), checked for the columns the report reads."""
+    """A similarity CSV (shadowft.engine.sigma.COLUMNS), checked for the columns the report reads."""
     if not Path(similarity_csv).is_file():
         raise FileNotFoundError(f"similarity table {similarity_csv} does not exist")
     table = pd.read_csv(similarity_csv, keep_default_na=False, na_values={"layer": [""], "sigma": [""]})

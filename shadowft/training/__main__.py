@@ -1,0 +1,61 @@
+"""The training room's command line, which the workflow's training rules call in the train environment:
+write a run's checked LLaMA-Factory YAML, train (resuming), merge a LoRA adapter.
+
+    python -m shadowft.training config --spec JSON OUT.yaml
+    python -m shadowft.training train CONFIG.yaml MODEL_OUT [--gpus G] [--nodes N]
+    python -m shadowft.training export --model M --adapter A --template T OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from shadowft.io import raise_on_sigterm
+from shadowft.training.arguments import UnknownArgumentError, write_checked_config
+from shadowft.training.llamafactory import export_merged, launch_node, run_training
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shadowft.training", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train from a YAML and publish the model (resumes)")
+    train.add_argument("config", type=Path, help="LLaMA-Factory YAML written by write_yaml")
+    train.add_argument("model_out", type=Path, help="where the final model or adapter goes")
+    train.add_argument("--gpus", type=int, default=None, help="GPUs the job has in all (default: all visible)")
+    train.add_argument("--nodes", type=int, default=1, help="nodes the job spans (one launcher per node via srun)")
+    node = commands.add_parser("node-launch", help="(internal) one node's launcher in a multi-node run")
+    node.add_argument("config", type=Path)
+    node.add_argument("--nodes", type=int, required=True)
+    node.add_argument("--gpus-per-node", type=int, required=True)
+    written = commands.add_parser("config", help="write one run's checked LLaMA-Factory YAML")
+    written.add_argument("--spec", type=json.loads, required=True, help="training_arguments' keywords, as JSON")
+    written.add_argument("out", type=Path)
+    export = commands.add_parser("export", help="merge a LoRA adapter into its model")
+    export.add_argument("--model", type=Path, required=True)
+    export.add_argument("--adapter", type=Path, required=True)
+    export.add_argument("--template", required=True)
+    export.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    export.add_argument("out", type=Path)
+    options = parser.parse_args(None if argv is None else list(argv))
+    raise_on_sigterm()
+    if options.command == "train":
+        run_training(options.config, options.model_out, gpus=options.gpus, nodes=options.nodes)
+    elif options.command == "config":
+        try:
+            write_checked_config(options.spec, options.out)
+        except (UnknownArgumentError, ValueError, TypeError) as error:
+            sys.exit(f"error: {error}")
+    elif options.command == "node-launch":
+        launch_node(options.config, options.nodes, options.gpus_per_node)
+    else:
+        export_merged(
+            options.model, options.adapter, options.template, options.out, trust_remote_code=options.trust_remote_code
+        )
+
+
+if __name__ == "__main__":
+    main()
