@@ -73,12 +73,13 @@ def test_every_benchmark_resolves_to_a_config_of_the_installed_opencompass():
         "from shadowft.evaluation.benchmarks import CATALOG\n"
         "from shadowft.evaluation.run_config import _find_dataset_config, opencompass_datasets\n"
         "from shadowft.evaluation.cache import dataset_urls, download_key, required_paths\n"
+        "from shadowft.evaluation.spec import benchmark_spec\n"
         "urls, out = dataset_urls(), {}\n"
         "for name, benchmark in CATALOG.items():\n"
         "    path = _find_dataset_config(benchmark.config)\n"
         "    config = Config.fromfile(str(path))\n"
         "    entries = config[benchmark.variable]\n"
-        "    datasets = opencompass_datasets({**benchmark.spec(), 'name': name})\n"
+        "    datasets = opencompass_datasets(benchmark_spec(name, benchmark.spec()))\n"
         "    assert json.loads(json.dumps(datasets)) == datasets, name  # plain data, as the run config is\n"
         "    out[name] = {\n"
         "        'file': str(path), 'entries': len(entries), 'abbrs': [d['abbr'] for d in datasets],\n"
@@ -108,7 +109,7 @@ def test_backend_entries_bind_to_the_opencompass_wrappers():
     # drop its run keys, then call the class named by `type` with the rest.
     code = (
         "import importlib, inspect, json\n"
-        "from shadowft.evaluation import BACKENDS, ModelOptions, model_config\n"
+        "from shadowft.evaluation.models import BACKENDS, ModelOptions, model_config\n"
         "RUN_KEYS = ('run_cfg', 'max_out_len', 'batch_size', 'abbr', 'summarizer_abbr', 'pred_postprocessor')\n"
         "for backend in BACKENDS:\n"
         "    options = ModelOptions(backend=backend, num_gpus=2, max_seq_len=4096, dtype='bfloat16')\n"
@@ -239,7 +240,7 @@ def test_prefetch_fetches_the_evaluators_extras(tmp_path):
         archive, md5 = zip_folder(folder, tmp_path / f"{folder.name}.zip")
         urls[key] = {"url": archive.as_uri(), "md5": md5}
     cache = tmp_path / "cache"
-    code = "import sys; from shadowft.evaluation import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from shadowft.evaluation.__main__ import main; sys.exit(main(sys.argv[1:]))"
     args = ["prefetch", "--benchmarks-json", json.dumps({"ifeval": CATALOG["ifeval"].spec()})]
     args += ["--data-cache", str(cache), "--manifest", str(cache / "manifest.json"), "--urls", json.dumps(urls)]
     in_eval_env(code, *args)

@@ -7,6 +7,7 @@ import yaml
 from conftest import ROOT
 
 from shadowft import demo
+from shadowft.evaluation import spec
 from shadowft.training.arguments import TUNING_DEFAULTS
 from shadowft.workflow.config import ConfigError, validate_config
 from shadowft.workflow.sweep import alpha_label, runs, variants
@@ -198,3 +199,19 @@ def test_a_local_dataset_folder_that_registers_the_dataset_passes(demo_config, t
     folder = write_dataset_folder(tmp_path / "d", json.dumps({"mine": {"file_name": "x.json"}}))
     demo_config["datasets"]["mine"] = {"source": "local", "path": str(folder)}
     validate_config(demo_config)
+
+
+def test_the_schema_allows_the_benchmark_keys_and_defaults_the_code_reads():
+    """One list of a benchmark entry's keys and defaults: shadowft.evaluation.spec's, which the
+    schema repeats for the validator and its readers."""
+    schema = yaml.safe_load((ROOT / "config" / "schema" / "config.schema.yaml").read_text())
+    entry = schema["properties"]["evaluation"]["properties"]["benchmarks"]["additionalProperties"]
+    branches = {branch["if"]["properties"]["kind"]["const"]: branch["then"] for branch in entry["allOf"]}
+    assert set(branches) == set(spec.KINDS)
+    for kind, branch in branches.items():
+        assert tuple(branch["propertyNames"]["enum"]) == spec.CONFIG_KEYS[kind]
+        assert branch["properties"]["max_out_len"]["default"] == spec.DEFAULT_MAX_OUT_LEN[kind]
+    custom = branches["custom"]["properties"]
+    assert custom["metric"]["enum"] == list(spec.CUSTOM_METRICS)
+    assert custom["metric"]["default"] == spec.DEFAULT_METRIC
+    assert custom["prompt"]["default"] == spec.DEFAULT_PROMPT

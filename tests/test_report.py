@@ -20,7 +20,6 @@ from conftest import ROOT, VENVS, snakemake
 
 from shadowft.report import ScoreRecord, figures, pair_tables, read_summary, summarize
 from shadowft.report.records import SUMMARY_COLUMNS
-from shadowft.report.tables import pairs_sweeping_learning_rate
 from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
 from shadowft.workflow.sweep import Run, Variant, VariantKind
 
@@ -387,12 +386,6 @@ def test_benchmark_groups_must_name_scored_benchmarks(tmp_path):
     records = sweep_records(tmp_path)[:6]
     with pytest.raises(ValueError, match="group 'Code': pair 'qwen' has no scores for humaneval"):
         summarize(records, tmp_path / "s.csv", tmp_path / "s.md", benchmark_groups={"Code": ["humaneval"]})
-
-
-def test_learning_rate_sweeps_are_found_per_setting(sweep):
-    assert pairs_sweeping_learning_rate(sweep["records"]) == ["qwen"]
-    one_rate = [r for r in sweep["records"] if r["learning_rate"] != 2e-4]
-    assert pairs_sweeping_learning_rate(one_rate) == []  # LoRA 1e-4 and full 1e-5: one rate per tuning
 
 
 def write_trainer_state(path, losses, every=10):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shadowft.report.records import KINDS, UNTUNED, ScoreRecord, missing_to_none, parse_records, setting_values
+from shadowft.report.records import KINDS, UNTUNED, missing_to_none, setting_values
 from shadowft.workflow.sweep import Variant
 
 AVERAGE = "Average"
@@ -177,16 +177,6 @@ def pair_tables(summary: pd.DataFrame, pair: str, benchmark_groups: Mapping[str,
 def learning_rate_swept(tables: Sequence[ScoreTable]) -> bool:
     """Whether some setting of these tables ran at more than one learning rate (else there is no curve to draw)."""
     return _sweeps_learning_rate(table.setting for table in tables if table.setting is not None)
-
-
-def pairs_sweeping_learning_rate(records: Sequence[Mapping | ScoreRecord]) -> list[str]:
-    """The pairs of these records where some setting ran at more than one learning rate."""
-    settings: dict[str, set[Setting]] = {}
-    for record in parse_records(records):
-        if record.kind not in UNTUNED:
-            setting = Setting(record.stage, record.tuning, record.learning_rate, record.lora_rank)
-            settings.setdefault(record.pair, set()).add(setting)
-    return [pair for pair, values in settings.items() if _sweeps_learning_rate(values)]
 
 
 def _sweeps_learning_rate(settings: Iterable[Setting]) -> bool:

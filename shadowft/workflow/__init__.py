@@ -1,6 +1,6 @@
 """What the Snakemake workflow plans, as code the tests reach: the experiment config validated
 against its schema (`config`, `yamlfile`), model families (`families`), runs and variants and
-their names in paths (`runs`), every path and value the rules look up (`plan`) and how large each
+their names in paths (`sweep`), every path and value the rules look up (`plan`) and how large each
 job is (`sizing`). The Snakefile and rules/*.smk only adapt these to Snakemake.
 """
 

@@ -94,7 +94,7 @@ class Sizer:
             chosen = workload(wildcards) if callable(workload) else workload
             key = (id(size), tuple(wildcards.items()), attempt, tuple(map(os.path.exists, input)))
             if key not in self._sizes:
-                parameters = self._parameters(wildcards, input[model])
+                parameters = self._parameters(wildcards, getattr(input, model))
                 self._sizes[key] = None
                 if parameters is not None:
                     processed = tokens(wildcards, input) if tokens is not None else 0.0
