@@ -1,5 +1,5 @@
-"""The delta engine, the first floor above the package's stdlib-only ground (shadowft.io): safetensors checkpoints read and written in
-bounded memory, an update (a full model's difference or a LoRA adapter) extracted and grafted with
+"""The delta engine, the floor above the package's standard-library ground (shadowft.io):
+safetensors checkpoints read and written in bounded memory, an update (a full model's difference or a LoRA adapter) extracted and grafted with
 exact arithmetic, and the paper's sigma. It knows nothing of workflows: the `shadowft` command
 and the workflow's rules both call it.
 
