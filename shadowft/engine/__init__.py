@@ -1,7 +1,7 @@
 """The delta engine, the floor above the package's standard-library ground (shadowft.io):
-safetensors checkpoints read and written in bounded memory, an update (a full model's difference or a LoRA adapter) extracted and grafted with
-exact arithmetic, and the paper's sigma. It knows nothing of workflows: the `shadowft` command
-and the workflow's rules both call it.
+safetensors checkpoints read and written in bounded memory, an update (a full model's difference
+or a LoRA adapter) extracted and grafted with exact arithmetic, and the paper's sigma. It knows
+nothing of workflows: the `shadowft` command and the workflow's rules both call it.
 
     W_shadow = W_instruct + alpha * Delta
 
