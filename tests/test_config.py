@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from shadowft import demo
+from shadowft.demo import build as demo
 from shadowft.evaluation import spec
 from shadowft.training.arguments import TUNING_DEFAULTS
 from shadowft.workflow.config import ConfigError, validate_config

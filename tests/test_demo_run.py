@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_report import REPORT_RULES, assert_report_holds, decoded, workflow_files
 from test_workflow import planned_jobs
 
-from shadowft import demo
+from shadowft.demo import build as demo
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +163,7 @@ def test_shadow_model_answers_as_scored_and_stops_at_im_end(demo_run, tuning, be
     """The graft, run by transformers alone, gives OpenCompass's predictions and score, and stops at <|im_end|>."""
     folder = demo_run / PAIR / RUNS[tuning] / "shadow_a1"
     scored = demo_run / PAIR / "eval" / RUNS[tuning] / "shadow_a1" / benchmark
-    eval_file = demo_run / "data" / "demo" / demo.DATASET_FOLDERS[benchmark] / demo.EVAL_FILE
+    eval_file = demo_run / "data" / "demo" / benchmark / demo.EVAL_FILE
     held_out = [json.loads(line) for line in eval_file.read_text().splitlines()]
     predictions = json.loads((scored / "predictions.json").read_text())[benchmark]
     assert [predictions[str(i)]["origin_prompt"][0]["prompt"] for i in range(len(held_out))] == [

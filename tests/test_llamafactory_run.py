@@ -15,8 +15,8 @@ import yaml
 from conftest import DEMO_FOLDERS
 from safetensors.torch import load_file
 
-from shadowft import demo
-from shadowft.training import llamafactory as lf
+from shadowft.demo import build as demo
+from shadowft.training import arguments as lf_args
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def task_config(built, directory, tuning, **overrides):
     """A demo task fine-tune of the random init, cut to a few steps."""
     directory.mkdir(parents=True, exist_ok=True)
     settings = demo_task_settings(tuning)
-    args = lf.training_arguments(
+    args = lf_args.training_arguments(
         model_dir=built / "init",
         dataset_dir=built / "demo_task",
         dataset=demo.TASK_DATASET,
@@ -88,7 +88,7 @@ def task_config(built, directory, tuning, **overrides):
         lora_rank=settings["lora_rank"],
     )
     config = directory / "train.yaml"
-    lf.write_yaml(args, config)
+    lf_args.write_yaml(args, config)
     return config
 
 

@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT
 from model_fixtures import write_sparse_model
 
-from shadowft import demo
+from shadowft.demo import build as demo
 from shadowft.evaluation.spec import BenchmarkSpec
 from shadowft.training.resources import Node, Workload, size_job
 from shadowft.workflow.config import validate_config

@@ -17,7 +17,7 @@ import yaml
 from conftest import DEMO_FOLDERS, ROOT, snakemake, snakemake_command
 from safetensors.torch import load_file
 
-from shadowft import demo
+from shadowft.demo import build as demo
 from shadowft.workflow.config import validate_config
 from shadowft.workflow.sweep import runs
 
