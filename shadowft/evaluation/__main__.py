@@ -18,9 +18,15 @@ from pathlib import Path
 
 from shadowft.evaluation.models import BACKENDS, DTYPES, ModelOptions
 from shadowft.evaluation.results import PREDICTIONS_FILE, EvaluationError
-from shadowft.evaluation.run import EvaluateOptions, evaluate
+from shadowft.evaluation.run import OFFLINE, EvaluateOptions, evaluate
 from shadowft.evaluation.spec import BenchmarkSpec
 from shadowft.io import raise_on_sigterm
+from shadowft.workers import run_command
+
+# What a warm worker (shadowft.workers) imports once for every CPU evaluation of a local run:
+# OpenCompass's command line, and with it torch and transformers, offline as evaluation runs.
+WARM_ENVIRONMENT = OFFLINE
+WARM_IMPORTS = ("opencompass.cli.main",)
 
 
 def _benchmark_argument(text: str) -> dict:
@@ -113,5 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _warm(argv: list[str]) -> bool:
+    """Whether a warm worker may run these arguments: an evaluation on the CPU."""
+    args, _ = _parser().parse_known_args(argv)
+    return args.command == "evaluate" and args.num_gpus == 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("shadowft.evaluation", main, sys.argv[1:], warm=_warm))

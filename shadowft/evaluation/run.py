@@ -1,20 +1,22 @@
 """One OpenCompass run, offline, in a fresh folder of its own: `evaluate` scores one model on one benchmark.
 
-OpenCompass runs as ``python -m opencompass.cli.main`` of this interpreter (the eval
-environment, with the repository on PYTHONPATH), and its scores and predictions are copied
-to fixed paths once every dataset has been scored (shadowft.evaluation.results).
+OpenCompass runs in this process (the eval environment, with the repository on PYTHONPATH), as
+its own command line would, and its scores and predictions are copied to fixed paths once every
+dataset has been scored (shadowft.evaluation.results). A warm worker (shadowft.workers) runs
+this process already past OpenCompass's imports.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import secrets
-import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +32,8 @@ from shadowft.io import atomic_write_json
 RUN_CONFIG_FILE = "shadowft_run.json"
 RUN_LOG_FILE = "opencompass.log"
 
-_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Evaluation runs offline; huggingface_hub and transformers read these when imported.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 _LOG_TAIL_LINES = 20
 
 # The logger of the OpenCompass face (shadowft.evaluation), as the evaluation logs have always named it.
@@ -92,7 +95,7 @@ def evaluate(
     if returncode != 0:
         datasets = f"dataset {abbrs[0]}" if len(abbrs) == 1 else f"{len(abbrs)} datasets"
         raise EvaluationError(
-            f"OpenCompass failed (exit code {returncode}) scoring {model_dir} on benchmark {spec.name} "
+            f"OpenCompass failed (exit status {returncode}) scoring {model_dir} on benchmark {spec.name} "
             f"({datasets}); read {log_path}. Its last lines:\n{_tail(log_path)}"
         )
     metric_names = {spec.score_key: spec.metric} if spec.score_key else None
@@ -117,7 +120,7 @@ def _environment(spec: BenchmarkSpec, config: dict, data_cache: str | Path | Non
 
     A standard benchmark's data and evaluator packages are checked here, before OpenCompass starts.
     """
-    env = {**os.environ, **_OFFLINE}
+    env = {**os.environ, **OFFLINE}
     if spec.kind == "opencompass":
         from shadowft.evaluation.cache import check_packages, check_prefetched, evaluation_environment
 
@@ -132,11 +135,9 @@ def _environment(spec: BenchmarkSpec, config: dict, data_cache: str | Path | Non
 
 
 def _run_opencompass(run_dir: Path, env: dict[str, str], log_path: Path, num_gpus: int) -> int:
-    """Run OpenCompass on the run folder's configuration, its output to `log_path`; return its exit code."""
-    command = [
-        sys.executable,
-        "-m",
-        "opencompass.cli.main",
+    """Run OpenCompass on the run folder's configuration in this process, its output to
+    `log_path`; return its exit status (0 when every task ran)."""
+    argv = [
         str(run_dir / RUN_CONFIG_FILE),
         "--work-dir",
         str(run_dir.parent),
@@ -144,20 +145,60 @@ def _run_opencompass(run_dir: Path, env: dict[str, str], log_path: Path, num_gpu
         # folder to write; there is nothing in it to reuse.
         "--reuse",
         run_dir.name,
-        # In-process tasks: a failure exits non-zero (without --debug a failed task still
-        # exits 0) and one interpreter starts instead of three.
+        # In-process tasks: a failing task raises (without --debug it would still exit 0), and
+        # the model and datasets load in this process, whose imports a warm worker made already.
         "--debug",
     ]
     # Which devices the job was given (SLURM sets CUDA_VISIBLE_DEVICES for a GPU job).
     log.info("devices: %d GPU(s), CUDA_VISIBLE_DEVICES=%s", num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     started = time.monotonic()
     # OpenCompass writes scratch files (tmp/, .cache/) into its working directory.
-    with open(log_path, "w", encoding="utf-8") as log_file:
-        returncode = subprocess.run(
-            command, check=False, cwd=run_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        ).returncode
-    log.info("OpenCompass finished in %.1f s with exit code %d", time.monotonic() - started, returncode)
-    return returncode
+    with _as_process(["opencompass", *argv], cwd=run_dir, env=env, output=log_path):
+        # After the environment: huggingface_hub and transformers read the offline switches at import.
+        from opencompass.cli.main import main as opencompass_main
+
+        try:
+            opencompass_main()
+            status = 0
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else 1
+        except Exception:  # OpenCompass's own failure: its traceback goes to its log, as it would
+            traceback.print_exc()
+            status = 1
+    log.info("OpenCompass finished in %.1f s with exit status %d", time.monotonic() - started, status)
+    return status
+
+
+@contextlib.contextmanager
+def _as_process(argv: list[str], *, cwd: Path, env: Mapping[str, str], output: Path) -> Iterator[None]:
+    """Inside the block, this process looks like a fresh one started with `argv` in `cwd` with
+    the environment `env`, its standard output and error going to `output`; restored after."""
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    try:
+        with open(output, "w", encoding="utf-8") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(cwd)
+            sys.argv = argv
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved_fds[0], 1)
+        os.dup2(saved_fds[1], 2)
+        for fd in saved_fds:
+            os.close(fd)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
 
 
 def _new_run_dir(work_dir: Path) -> Path:

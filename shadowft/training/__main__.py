@@ -16,10 +16,16 @@ from pathlib import Path
 
 from shadowft.io import raise_on_sigterm
 from shadowft.training.arguments import UnknownArgumentError, write_checked_config
-from shadowft.training.llamafactory import export_merged, launch_node, run_training
+from shadowft.training.llamafactory import OFFLINE_ENVIRONMENT, export_merged, launch_node, run_training
+from shadowft.workers import run_command
+
+# What a warm worker (shadowft.workers) imports once for every CPU job of a local run:
+# LLaMA-Factory's trainer, and with it torch, transformers, peft and datasets, offline.
+WARM_ENVIRONMENT = OFFLINE_ENVIRONMENT
+WARM_IMPORTS = ("llamafactory.train.tuner",)
 
 
-def main(argv: Iterable[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shadowft.training", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train from a YAML and publish the model (resumes)")
@@ -40,7 +46,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     export.add_argument("--template", required=True)
     export.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
     export.add_argument("out", type=Path)
-    options = parser.parse_args(None if argv is None else list(argv))
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    options = _parser().parse_args(None if argv is None else list(argv))
     raise_on_sigterm()
     if options.command == "train":
         run_training(options.config, options.model_out, gpus=options.gpus, nodes=options.nodes)
@@ -57,5 +67,12 @@ def main(argv: Iterable[str] | None = None) -> None:
         )
 
 
+def _warm(argv: list[str]) -> bool:
+    """Whether a warm worker may run these arguments: writing a run's YAML, a merge, or training
+    on the CPU (no GPU given)."""
+    args, _ = _parser().parse_known_args(argv)
+    return args.command in ("config", "export") or (args.command == "train" and args.gpus == 0 and args.nodes == 1)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("shadowft.training", main, sys.argv[1:], warm=_warm))
