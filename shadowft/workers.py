@@ -107,6 +107,26 @@ def _exit_status(main: Callable[[list[str]], int | None], argv: list[str]) -> in
     return 1
 
 
+def workers_folder() -> Path:
+    """The folder of this user's workers: their sockets, locks, logs and process ids."""
+    folder = Path(tempfile.gettempdir()) / f"shadowft-workers-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def stop_workers() -> list[int]:
+    """Stop every worker of this user (each cleans up after itself); return their process ids."""
+    stopped = []
+    for pid_file in workers_folder().glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        except (ValueError, ProcessLookupError):
+            pid_file.unlink(missing_ok=True)
+    return stopped
+
+
 def socket_path(room: str) -> Path:
     """Where the worker of `room` for this interpreter, this checkout's code and this job's
     thread settings listens."""
@@ -116,9 +136,7 @@ def socket_path(room: str) -> Path:
     for path in sorted(_PACKAGE.rglob("*.py")):
         stat = path.stat()
         fingerprint.update(f"\0{path.relative_to(_PACKAGE)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    folder = Path(tempfile.gettempdir()) / f"shadowft-workers-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"{fingerprint.hexdigest()[:16]}.sock"
+    return workers_folder() / f"{fingerprint.hexdigest()[:16]}.sock"
 
 
 def _run_in_worker(room: str, argv: list[str]) -> int | None:
@@ -227,6 +245,7 @@ def serve(room: str, path: Path, *, idle_seconds: float = IDLE_SECONDS) -> None:
         path.unlink()  # a stale socket: the lock holder found nobody listening on it
     listener.bind(os.fspath(path))
     listener.listen(16)
+    path.with_suffix(".pid").write_text(str(os.getpid()))
     print(f"shadowft worker {os.getpid()} of {room} ready at {path}", flush=True)
     try:
         while select.select([listener], [], [], idle_seconds)[0]:
@@ -238,9 +257,8 @@ def serve(room: str, path: Path, *, idle_seconds: float = IDLE_SECONDS) -> None:
             connection.close()
     finally:
         listener.close()
-        if path.exists():
-            path.unlink()
-    print(f"shadowft worker {os.getpid()} of {room}: idle for {idle_seconds:.0f} s, exiting", flush=True)
+        for leftover in (path, path.with_suffix(".pid"), path.with_suffix(".lock"), path.with_suffix(".log")):
+            leftover.unlink(missing_ok=True)  # a worker that crashed leaves its log
 
 
 def _run_job(main: Callable[[list[str]], int | None], connection: socket.socket) -> None:

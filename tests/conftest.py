@@ -17,6 +17,15 @@ FAKE_HUB_TOKEN = "hf_ShadowftTestToken9f8e7d6c5b4a3210"
 DEMO_FOLDERS = ("init", "pretrain", "demo_chat", "demo_task", "demo_preference")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_workers_left():
+    """The warm workers (shadowft.workers) the session's runs start are stopped when it ends."""
+    yield
+    from shadowft.workers import stop_workers
+
+    stop_workers()
+
+
 def demo_runs() -> dict[str, str]:
     """The default config's run names by tuning ("lora", "full"), as shadowft.workflow.sweep names them."""
     import yaml
