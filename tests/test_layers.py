@@ -11,7 +11,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "shadowft"
 # Bottom to top. A module may import its own room and the floors below it.
 FLOORS = (
-    ("shadowft.io", "shadowft.exports"),
+    ("shadowft.io", "shadowft.exports", "shadowft.workers"),
     ("shadowft.versions",),
     ("shadowft.engine",),
     ("shadowft.data", "shadowft.training", "shadowft.evaluation"),

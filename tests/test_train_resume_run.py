@@ -1,8 +1,11 @@
 """A training job killed after a checkpoint: the workflow's rerun resumes from it, and the
-final adapter is the one an uninterrupted run with the same seed trains, bit for bit.
+final adapter (LoRA) or model (full) is the one an uninterrupted run with the same seed trains,
+bit for bit.
 
 Cheap: the pair is the demo's random initial model twice (no pre-training, no chat tuning),
-and one LoRA run on base is trained for a few steps, through the real workflow."""
+and one LoRA and one full run on base are trained for a few steps, through the real workflow.
+The uninterrupted run trains in a warm worker (shadowft.workers), the killed one in processes
+of its own, which are what an out-of-memory kill or a lost node ends."""
 
 import json
 import os
@@ -39,16 +42,15 @@ def experiment(tmp_path_factory):
         "init-instruct": {"source": "local", "path": str(built / "init")},
     }
     config["pairs"] = {"init": {"base": "init-base", "instruct": "init-instruct", "template": demo.TEMPLATE}}
-    config["datasets"] = {demo.TASK_DATASET: {"source": "local", "path": str(built / "task")}}
-    config["training"].update(tunings=["lora"], stages=["sft"])
+    config["datasets"] = {demo.TASK_DATASET: {"source": "local", "path": str(built / demo.TASK_DATASET)}}
+    config["training"].update(tunings=["lora", "full"], stages=["sft"])
     config["training"].pop("preference_dataset")
     config["training"]["hyperparameters"]["common"].update(max_steps=MAX_STEPS, save_steps=SAVE_STEPS, logging_steps=1)
     config["evaluation"]["benchmarks"] = {"demo_task": config["evaluation"]["benchmarks"]["demo_task"]}
     config["graft"]["alphas"] = [1.0]
     file = root / "experiment.yaml"
     file.write_text(yaml.safe_dump(config))
-    (run,) = runs(validate_config(yaml.safe_load(file.read_text())))
-    return file, run.name
+    return file, {run.tuning: run.name for run in runs(validate_config(yaml.safe_load(file.read_text())))}
 
 
 def target(run):
@@ -69,6 +71,7 @@ def kill_training_after_first_checkpoint(workdir, configfile, run):
     """Start the workflow, wait for the training job's first whole checkpoint, SIGKILL every
     process of the job (as an out-of-memory kill or a lost node would), and let Snakemake fail."""
     command, env = snakemake_command(workdir, target(run), "--cores", "1", "--configfile", str(configfile))
+    env["SHADOWFT_WORKERS"] = "0"
     workflow = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     work = workdir / "results" / "init" / run / "train_base" / "work"
     deadline = time.monotonic() + 600
@@ -88,8 +91,10 @@ def kill_training_after_first_checkpoint(workdir, configfile, run):
     return sorted(path.parent.name for path in work.glob("checkpoint-*/trainer_state.json"))
 
 
-def test_a_killed_training_resumes_and_trains_the_same_adapter(experiment, tmp_path):
-    configfile, run = experiment
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_a_killed_training_resumes_and_trains_the_same_weights(experiment, tmp_path, tuning):
+    configfile, runs_by_tuning = experiment
+    run = runs_by_tuning[tuning]
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     train(uninterrupted, configfile, run)
 
@@ -106,8 +111,9 @@ def test_a_killed_training_resumes_and_trains_the_same_adapter(experiment, tmp_p
     assert launch["resumed_from"] == checkpoints[-1]
     state = json.loads((trained_adapter(interrupted, run) / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS
-    expected = load_file(trained_adapter(uninterrupted, run) / "adapter_model.safetensors")
-    resumed = load_file(trained_adapter(interrupted, run) / "adapter_model.safetensors")
+    weights = "adapter_model.safetensors" if tuning == "lora" else "model.safetensors"
+    expected = load_file(trained_adapter(uninterrupted, run) / weights)
+    resumed = load_file(trained_adapter(interrupted, run) / weights)
     assert expected.keys() == resumed.keys()
     differences = {
         name: (expected[name].double() - resumed[name].double()).abs().max().item()
