@@ -1,6 +1,7 @@
 """Shared test plumbing: where the checkout and its environments are, and the demo run."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,6 +51,11 @@ def snakemake_command(
     snakefile = str(checkout / "Snakefile")
     command = [sys.executable, "-m", "snakemake", "--snakefile", snakefile, "--directory", str(workdir)]
     env = {"HF_TOKEN": FAKE_HUB_TOKEN, **os.environ}
+    if not (any("slurm" in arg for arg in args) and "-n" not in args):
+        # Snakemake's SLURM plugin asks `scontrol show config` when it is imported, which waits
+        # 10 s where the client is installed and no controller answers; an empty configuration
+        # makes scontrol fail at once (docs/pitfalls.md). Only runs that submit to SLURM ask it.
+        env["SLURM_CONF"] = "/dev/null"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return [*command, *args], env
 
@@ -73,4 +79,11 @@ def demo_run(tmp_path_factory):
     started = time.monotonic()
     snakemake(workdir, "--cores", "2", timeout=1200)
     print(f"demo DAG wall time: {time.monotonic() - started:.0f} s")
+    return workdir
+
+
+def with_demo_pair(workdir: Path, demo_run: Path) -> Path:
+    """`workdir` holding the session's demo pair and data (data/demo/, times kept): a test that
+    needs the pair trains or scores from it instead of building and pre-training it again."""
+    shutil.copytree(demo_run / "data" / "demo", workdir / "data" / "demo", symlinks=True, dirs_exist_ok=True)
     return workdir

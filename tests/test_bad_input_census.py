@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from bad_input_census_plugin import CENSUS_FILE
 from conftest import ROOT
 
@@ -67,6 +68,7 @@ def table(cases: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_at_least_thirty_bad_inputs_each_checking_its_message(tmp_path):
     cases = marked_cases(tmp_path)
     print(f"\nbad inputs tried: {len(cases)}\n{table(cases)}")

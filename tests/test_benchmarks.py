@@ -262,6 +262,7 @@ def test_each_backend_has_an_env_file_that_says_what_it_serves():
 # --- the plan ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
     config = demo_config()
     config["evaluation"]["groups"] = ["math7", "code3", "reasoning9"]

@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 import yaml
-from conftest import ROOT, VENVS, snakemake
+from conftest import ROOT, VENVS, snakemake, with_demo_pair
 from opencompass_fixtures import evaluate_in_eval_env
 
 from shadowft.evaluation.benchmarks import CATALOG
@@ -177,7 +177,7 @@ def test_missing_dataset_is_a_clear_error_before_opencompass_starts(tmp_path):
     assert not (tmp_path / "work").exists(), "OpenCompass never started (no run folder)"
 
 
-def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
+def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path, demo_run):
     cache = tmp_path / "cache"
     write_gsm8k(cache / "data" / "gsm8k", NO_NUMBER_ROWS)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -185,8 +185,7 @@ def test_gsm8k_runs_offline_through_the_workflow_on_the_demo(tmp_path):
     config["evaluation"].update(
         benchmarks={"gsm8k": {"kind": "opencompass", "max_out_len": 8}}, data_cache=str(cache), variants=["base"]
     )
-    workdir = tmp_path / "run"
-    workdir.mkdir()
+    workdir = with_demo_pair(tmp_path / "run", demo_run)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     target = scores_path(workdir, "demo", "base", "gsm8k")
     snakemake(workdir, str(target.relative_to(workdir)), "--cores", "2", "--configfile", str(workdir / "config.yaml"))

@@ -24,6 +24,8 @@ BROKEN = {
     "top level a scalar": ("demo\n", ":1: ", "the single value 'demo'"),
 }
 CASES = [pytest.param(*case, id=name) for name, case in BROKEN.items()]
+# Through a whole dry run, one case each: the reader's own test below tries every case.
+DRY_RUN_CASE = [pytest.param(*BROKEN["syntax error"], id="syntax error")]
 # What the workflow needs of a checkout to plan: the Snakefile and everything it reads.
 WORKFLOW_PARTS = ("Snakefile", "rules", "shadowft", "scripts", "config", "envs", "report", "profiles")
 
@@ -44,6 +46,17 @@ def checkout(tmp_path_factory):
 
 @pytest.mark.bad_input("config file", caught="plan")
 @pytest.mark.parametrize("text, where, says", CASES)
+def test_the_reader_names_the_file_and_line(tmp_path, text, where, says):
+    file = tmp_path / "experiment.yaml"
+    file.write_text(text)
+    with pytest.raises(YamlFileError) as error:
+        load_mapping(file, "config file")
+    assert f"{file}{where}" in str(error.value) and says in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.bad_input("config file", caught="plan")
+@pytest.mark.parametrize("text, where, says", DRY_RUN_CASE)
 def test_a_broken_demo_config_names_the_file_and_line(checkout, tmp_path, text, where, says):
     demo_config = checkout / "config" / "config.yaml"
     original = demo_config.read_text()
@@ -58,8 +71,9 @@ def test_a_broken_demo_config_names_the_file_and_line(checkout, tmp_path, text, 
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input("family", caught="plan")
-@pytest.mark.parametrize("text, where, says", CASES)
+@pytest.mark.parametrize("text, where, says", DRY_RUN_CASE)
 def test_a_broken_family_file_names_the_file_and_line(checkout, tmp_path, text, where, says):
     family = checkout / "config" / "families" / "broken.yaml"
     family.write_text(text)
@@ -77,8 +91,9 @@ def test_a_broken_family_file_names_the_file_and_line(checkout, tmp_path, text, 
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input("config file", caught="plan")
-@pytest.mark.parametrize("text, where, says", CASES)
+@pytest.mark.parametrize("text, where, says", DRY_RUN_CASE)
 def test_a_broken_configfile_stops_snakemake_and_the_check_names_the_line(tmp_path, text, where, says):
     """Snakemake refuses it before any job, in its own words (no file, no line: it reads the
     file before the Snakefile runs); `shadowft check-config` gives both."""
@@ -98,6 +113,19 @@ def test_a_broken_configfile_stops_snakemake_and_the_check_names_the_line(tmp_pa
     assert f"{configfile}{where}" in check.stderr and says in check.stderr, check.stderr
 
 
+@pytest.mark.bad_input("config file", caught="plan")
+@pytest.mark.parametrize("text, where, says", CASES)
+def test_the_check_command_names_the_line_of_every_broken_file(tmp_path, text, where, says):
+    configfile = tmp_path / "experiment.yaml"
+    configfile.write_text(text)
+    check = subprocess.run(
+        [sys.executable, "-m", "shadowft", "check-config", str(configfile)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert check.returncode == 1
+    assert f"{configfile}{where}" in check.stderr and says in check.stderr, check.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.bad_input("config file", caught="plan")
 def test_a_key_given_twice_in_a_configfile_is_named_with_both_lines(tmp_path):
     """Snakemake (like PyYAML) keeps the second silently: two pairs of one name plan one."""

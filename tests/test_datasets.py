@@ -346,6 +346,7 @@ def test_config_rejects_a_wrong_dataset_entry(spec, message):
 # ---------------------------------------------------------------- the plan
 
 
+@pytest.mark.slow
 def test_training_on_shadow_2k_plans_the_download_and_the_preparation_first(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["datasets"]["shadow_2k"] = {
@@ -406,6 +407,7 @@ def rows_written(folder):
     return [json.loads(line) for line in (folder / ROWS_FILE).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_dataset_folder_on_disk_is_used_as_it_is(tmp_path):
     folder = tmp_path / "my_data"
     prepare_dataset("mine", local(write_jsonl(tmp_path / "c.jsonl", infinity_rows(4))), tmp_path / "c.jsonl", folder)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT, demo_runs, snakemake
+from conftest import ROOT, demo_runs, snakemake, with_demo_pair
 from dataset_fixtures import (
     INFINITY_INSTRUCT,
     TRAIN_PYTHON,
@@ -51,8 +51,9 @@ def demo_experiment(datasets: dict, dataset: str) -> dict:
     return config
 
 
-def train_once(workdir, config: dict) -> dict:
-    """Train BASE once on the config's dataset; what LLaMA-Factory ran with, and its log."""
+def train_once(workdir, config: dict, demo_run) -> dict:
+    """Train the session's demo BASE once on the config's dataset; what LLaMA-Factory ran with, and its log."""
+    with_demo_pair(workdir, demo_run)
     (workdir / "experiment.yaml").write_text(yaml.safe_dump(config))
     paths = run_paths()
     snakemake(workdir, paths["model"], "--cores", "2", "--configfile", str(workdir / "experiment.yaml"))
@@ -64,7 +65,7 @@ def rows_of(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / ROWS_FILE).read_text().splitlines()]
 
 
-def test_shadow_2k_is_downloaded_pinned_sampled_recorded_and_trained_on(tmp_path, monkeypatch):
+def test_shadow_2k_is_downloaded_pinned_sampled_recorded_and_trained_on(tmp_path, monkeypatch, demo_run):
     files = infinity_instruct_files()
     with FakeHub() as hub:
         pinned = hub.add_commit(INFINITY_INSTRUCT, files, repo_type="dataset")
@@ -82,7 +83,7 @@ def test_shadow_2k_is_downloaded_pinned_sampled_recorded_and_trained_on(tmp_path
             "sample": {"count": 40, "seed": 0},
         }
         config = demo_experiment({"shadow_2k": spec}, "shadow_2k")
-        trained = train_once(tmp_path, config)
+        trained = train_once(tmp_path, config, demo_run)
         requests = len(hub.requests)
         assert {request.authorization for request in hub.requests} == {f"Bearer {FAKE_TOKEN}"}
 
@@ -137,7 +138,7 @@ def test_shadow_2k_is_downloaded_pinned_sampled_recorded_and_trained_on(tmp_path
     assert not any(FAKE_TOKEN in text for text in written)
 
 
-def test_local_sharegpt_and_alpaca_files_register_and_train_on_the_demo(tmp_path):
+def test_local_sharegpt_and_alpaca_files_register_and_train_on_the_demo(tmp_path, demo_run):
     chat = write_jsonl(tmp_path / "chat.jsonl", sharegpt_openai_rows(24))
     (tmp_path / "tasks.parquet").write_bytes(parquet_files({"tasks": alpaca_rows(18)})["tasks"])
     datasets = {
@@ -145,13 +146,13 @@ def test_local_sharegpt_and_alpaca_files_register_and_train_on_the_demo(tmp_path
         "local_tasks": {"source": "local", "file": "tasks.parquet", "format": "alpaca", "sample": {"count": 12}},
     }
 
-    chat_run = train_once(tmp_path, demo_experiment(datasets, "local_chat"))
+    chat_run = train_once(tmp_path, demo_experiment(datasets, "local_chat"), demo_run)
     info = json.loads((tmp_path / "data/datasets/local_chat" / DATASET_INFO).read_text())
     assert info["local_chat"]["tags"]["role_tag"] == "role"
     assert chat_run["arguments"]["dataset_dir"] == "data/datasets/local_chat"
     assert "Num examples = 24" in chat_run["log"]
 
-    tasks_run = train_once(tmp_path, demo_experiment(datasets, "local_tasks"))
+    tasks_run = train_once(tmp_path, demo_experiment(datasets, "local_tasks"), demo_run)
     info = json.loads((tmp_path / "data/datasets/local_tasks" / DATASET_INFO).read_text())
     assert info["local_tasks"]["formatting"] == "alpaca"
     assert tasks_run["arguments"]["dataset"] == "local_tasks"

@@ -105,9 +105,11 @@ def test_every_llamafactory_run_gets_the_config_seed(demo_run):
     assert [yaml.safe_load(run.read_text())["seed"] for run in runs] == [CONFIG["seed"]] * len(runs)
 
 
-def test_a_rerun_from_scratch_is_bit_identical(demo_run, tmp_path):
-    """The cheapest part of the chain again in a fresh folder: build, pre-train BASE, score it on both benchmarks."""
+def test_a_rerun_from_scratch_is_bit_identical(demo_run, tmp_path, monkeypatch):
+    """The cheapest part of the chain again in a fresh folder: build, pre-train BASE, score it on
+    both benchmarks; every job in its own process, where the session's run used warm workers."""
     targets = [f"results/demo/eval/base/{benchmark}/scores.csv" for benchmark in BENCHMARKS]
+    monkeypatch.setenv("SHADOWFT_WORKERS", "0")
     snakemake(tmp_path, "--cores", "2", *targets)
     built = [
         "data/demo/init/model.safetensors",

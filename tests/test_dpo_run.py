@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, snakemake, with_demo_pair
 from test_demo_run import assert_full_graft, assert_lora_graft
 
 pytestmark = pytest.mark.slow
@@ -16,9 +16,10 @@ RUNS = {"lora": "dpo-lora-lr3e-3-r8-s0", "full": "dpo-full-lr1e-3-s0"}
 
 
 @pytest.fixture(scope="module")
-def dpo_run(tmp_path_factory):
-    """The demo config with stage dpo alone and one graft strength, run up to the grafts and the baselines."""
-    workdir = tmp_path_factory.mktemp("dpo")
+def dpo_run(tmp_path_factory, demo_run):
+    """The demo config with stage dpo alone and one graft strength, run up to the grafts and the
+    baselines, on the session's demo pair."""
+    workdir = with_demo_pair(tmp_path_factory.mktemp("dpo"), demo_run)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["training"]["stages"] = ["dpo"]
     config["graft"]["alphas"] = [ALPHA]

@@ -2,7 +2,9 @@
 overriding a family, and (slow) tiny models of real families' architectures run through
 the workflow with their family's file: one LoRA step, extract, graft, one evaluation."""
 
+import collections
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +16,6 @@ import yaml
 from conftest import ROOT, VENVS, snakemake
 from family_fixtures import build_tiny_pair, tiny_sft_dataset
 from safetensors.torch import load_file
-from test_workflow import planned_jobs
 
 from shadowft.evaluation.results import read_scores
 from shadowft.workflow.config import ConfigError, validate_config
@@ -89,6 +90,7 @@ def test_family_file_is_valid_and_makes_a_pair(name):
         assert "HF_TOKEN" in (ROOT / "config" / "families" / f"{name}.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_every_template_is_one_llamafactory_registers():
     """The installed LLaMA-Factory's own registry, asked in the train environment."""
     script = "import json; from llamafactory.data.template import TEMPLATES; print(json.dumps(sorted(TEMPLATES)))"
@@ -192,35 +194,53 @@ def test_a_family_file_that_breaks_the_schema_is_named(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def paper_workdir(tmp_path_factory):
-    """An empty working directory: the paper's plan needs nothing on disk."""
-    return tmp_path_factory.mktemp("paper")
-
-
-def test_the_demo_config_is_not_merged_into_a_given_config(paper_workdir):
-    output = snakemake(paper_workdir, "-n", "--profile", str(SLURM_PROFILE), "--configfile", str(PAPER)).stdout
-    assert "pair=qwen3-4b" in output
-    # Not "demo" anywhere: the checkout's own path may hold the word.
-    assert not any(mark in output for mark in ("pair=demo", "results/demo/", "data/demo/", "rule build_demo"))
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(paper_workdir, name):
+def paper_plan(tmp_path_factory):
+    """The paper's experiment on every shipped family, planned once for the cluster in an empty
+    working directory (the paper's plan needs nothing on disk): {pair or "shared": {rule: count}}
+    and the dry run's output."""
     output = snakemake(
-        paper_workdir,
+        tmp_path_factory.mktemp("paper"),
         "-n",
         "--profile",
         str(SLURM_PROFILE),
         "--configfile",
         str(PAPER),
         "--config",
-        f"families=[{name}]",
+        f"families=[{','.join(FAMILIES)}]",
     ).stdout
-    assert planned_jobs(output) == {
-        "download_model": 2,
+    jobs: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for block in output.split("\n\n"):
+        rule = re.search(r"^\s*rule (\w+):", block, re.MULTILINE)
+        if rule is None:
+            continue
+        wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"wildcards: (.*)", block) or [""])[0]))
+        owner = wildcards.get("pair") or wildcards.get("model", "").rsplit("-", 1)[0] or "shared"
+        jobs[owner][rule.group(1)] += 1
+    return jobs, output
+
+
+@pytest.mark.slow
+def test_the_demo_config_is_not_merged_into_a_given_config(paper_plan):
+    jobs, output = paper_plan
+    assert set(jobs) == {*FAMILIES, "shared"}
+    # Not "demo" anywhere: the checkout's own path may hold the word.
+    assert not any(mark in output for mark in ("pair=demo", "results/demo/", "data/demo/", "rule build_demo"))
+    assert jobs["shared"] == {
         "download_dataset": 1,
         "prepare_dataset": 1,
         "prefetch_benchmarks": 19,
+        "report": 1,
+        "environment_versions": 3,  # core, train, lmdeploy
+        "all": 1,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(paper_plan, name):
+    jobs, output = paper_plan
+    assert jobs[name] == {
+        "download_model": 2,
         "training_config": 4,
         "train": 4,
         "merge_adapter": 1,
@@ -229,15 +249,12 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
         "similarity": 1,
         "check_pair": 1,
         "evaluate": 6 * 19,
-        "report": 1,
-        "environment_versions": 3,  # core, train, lmdeploy
         "figures": 1,
         "alpha_figure": 1,
         "training_figure": 1,
-        "all": 1,
     }
     for block in output.split("\n\n"):
-        if block.lstrip().startswith(("rule train:", "rule evaluate:")):
+        if block.lstrip().startswith(("rule train:", "rule evaluate:")) and f"pair={name}," in block:
             resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
             assert "gpu=<TBD>" not in resources and " gpu=" in resources, block
 

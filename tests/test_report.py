@@ -419,6 +419,7 @@ def decoded(png):
     return pixels
 
 
+@pytest.mark.slow
 def test_every_figure_is_drawn_and_decodes(sweep, tmp_path):
     names = ("scores", "alpha", "learning_rate", "similarity")
     outputs = {name: tmp_path / "plots" / f"{name}.png" for name in names}
@@ -433,6 +434,7 @@ def test_every_figure_is_drawn_and_decodes(sweep, tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{name}.png" for name in names)
 
 
+@pytest.mark.slow
 def test_learning_rate_figure_is_refused_for_one_rate(tmp_path):
     records = [r for r in sweep_records(tmp_path) if r["learning_rate"] != 2e-4]
     frame = summarize(records, tmp_path / "s.csv", tmp_path / "s.md")

@@ -16,6 +16,8 @@ from model_fixtures import write_sparse_model
 from shadowft.training.resources import GIB, MIB, Workload, node_from_resources, size_job
 from shadowft.workflow.sweep import Run
 
+pytestmark = pytest.mark.slow  # each plan is a dry run of Snakemake
+
 PARAMETERS = 4_022_468_096
 PROFILE = ROOT / "profiles" / "slurm"
 DATASET_BYTES = 3_000_000

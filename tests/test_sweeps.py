@@ -102,6 +102,7 @@ def expected_jobs(alphas):
     }
 
 
+@pytest.mark.slow
 def test_a_sweep_plans_every_combination_with_its_own_paths(inputs, tmp_path):
     output = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(sweep_config(inputs, ALPHAS))).stdout
     assert planned_jobs(output) == expected_jobs(len(ALPHAS))
@@ -140,6 +141,7 @@ def score_files(alpha_folders):
     return [f"results/{pair}/eval/{variant}/held_out/scores.csv" for pair in PAIRS for variant in variants]
 
 
+@pytest.mark.slow
 def test_adding_an_alpha_plans_only_the_new_grafts_and_their_evaluations(inputs, tmp_path):
     first = sweep_config(inputs, ALPHAS)
     materialize(tmp_path, snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(first)).stdout, inputs[1])
@@ -163,6 +165,7 @@ def test_adding_an_alpha_plans_only_the_new_grafts_and_their_evaluations(inputs,
     ) - set(score_files([]))
 
 
+@pytest.mark.slow
 def test_dpo_jobs_are_sized_as_training_of_their_tuning_plus_a_reference_model(inputs, tmp_path):
     """The SLURM profile's plan of an SFT and a DPO run per tuning: each training job asks for its workload."""
     root, _, data = inputs

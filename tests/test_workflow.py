@@ -69,6 +69,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_rulegraph_orders_the_chain(tmp_path):
     dot = snakemake(tmp_path, "--rulegraph").stdout
     rule_of = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.MULTILINE))
@@ -76,6 +77,7 @@ def test_rulegraph_orders_the_chain(tmp_path):
     assert set(CHAIN_EDGES) <= edges, set(CHAIN_EDGES) - edges
 
 
+@pytest.mark.slow
 def test_lint_is_clean(tmp_path):
     result = snakemake(tmp_path, "--lint", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -90,6 +92,7 @@ def test_lint_is_clean(tmp_path):
         ({"graft": {"alphas": [1.0], "strength": 2}}, "strength"),
     ],
 )
+@pytest.mark.slow
 @pytest.mark.bad_input("config", caught="plan")
 def test_bad_config_fails_before_any_job(tmp_path, edit, named):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
