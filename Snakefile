@@ -29,7 +29,8 @@ if not workflow.overwrite_configfiles:
     configfile: DEMO_CONFIG
 
 
-validate_config(config, demo_datasets=DATASETS)
+CONFIG_FILES = ", ".join(map(str, workflow.overwrite_configfiles or [DEMO_CONFIG]))
+validate_config(config, demo_datasets=DATASETS, source=CONFIG_FILES)
 
 
 include: "rules/common.smk"

@@ -30,6 +30,10 @@ SIZES = Sizer(
 )
 
 
+# The record of the check of the experiment's LLaMA-Factory names (rules/train.smk).
+LLAMAFACTORY_CHECK = "results/checks/llamafactory.json"
+
+
 wildcard_constraints:
     **PLAN.wildcard_constraints(),
 

@@ -1,7 +1,8 @@
 # Models from the Hugging Face Hub or a local folder, into data/models/{model}/ with a
 # manifest of every file's hash; training data from a Hub dataset or a local file, into a
 # LLaMA-Factory dataset folder data/datasets/{dataset}/ with its manifest. Downloads and
-# dataset preparation run on the login node, where the network is, before any training job.
+# dataset preparation run on the login node, where the network is, before any training job, and
+# after LLaMA-Factory's names are checked (rules/train.smk).
 localrules:
     download_model,
     download_dataset,
@@ -9,6 +10,8 @@ localrules:
 
 
 rule download_model:
+    input:
+        ancient(LLAMAFACTORY_CHECK),
     output:
         directory("data/models/{model}"),
     log:
@@ -25,6 +28,8 @@ rule download_model:
 # The data files of a Hub dataset at its pinned revision (a subset's, or those matching
 # `files`), as they are: sampling them again with another seed downloads nothing.
 rule download_dataset:
+    input:
+        ancient(LLAMAFACTORY_CHECK),
     output:
         directory("data/downloads/{dataset}"),
     log:

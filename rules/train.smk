@@ -5,14 +5,33 @@
 # job, and the rerun resumes from them.
 
 
-# Writing a run's YAML takes a moment (checked against the installed LLaMA-Factory: argument
-# names and template, so a typo stops the run before any training): not worth a cluster job.
+# Checking names and writing YAML take a moment: not worth cluster jobs.
 localrules:
+    check_llamafactory_names,
     training_config,
+
+
+# Every argument name and chat template the experiment gives LLaMA-Factory, checked against the
+# installed one before anything else: it reads no model, so a misspelt argument or template stops
+# the run in seconds, not after a download. Downloads and every run's YAML wait for it; `ancient`
+# keeps a new check (after the config changed) from redoing what finished.
+rule check_llamafactory_names:
+    output:
+        LLAMAFACTORY_CHECK,
+    log:
+        "logs/check/llamafactory.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        python=PLAN.python("train"),
+        names=PLAN.llamafactory_names(),
+    shell:
+        "{params.python:q} -m shadowft.training check-names {params.names:q} {output:q} > {log:q} 2>&1"
 
 
 rule training_config:
     input:
+        checked=ancient(LLAMAFACTORY_CHECK),
         model=PLAN.trained_model_dir,
         dataset=PLAN.training_dataset_dir,
     output:
@@ -20,9 +39,9 @@ rule training_config:
     log:
         "logs/train/{pair}/{run}/{role}_config.log",
     conda:
-        "../envs/train.yaml"
+        "../envs/core.yaml"
     params:
-        python=PLAN.python("train"),
+        python=PLAN.python("core"),
         spec=PLAN.training_spec,
     shell:
         "{params.python:q} -m shadowft.training config --spec {params.spec:q} {output:q} > {log:q} 2>&1"

@@ -48,6 +48,26 @@ def test_hub_model_gains_revision_default(demo_config):
         (lambda c: c["models"].update(x={"source": "hub"}), "models.x"),
         (lambda c: c["training"].update(dataset="missing"), "training.dataset"),
         (lambda c: c["datasets"].update(demo_other={"source": "demo"}), "datasets.demo_other"),
+        (
+            lambda c: c["models"].update(x={"source": "local", "path": "/no/such/model"}),
+            "models.x.path: /no/such/model is not a folder",
+        ),
+        (
+            lambda c: c["datasets"].update(x={"source": "local", "file": "/no/such/rows.jsonl"}),
+            "datasets.x.file: /no/such/rows.jsonl is not a file",
+        ),
+        (
+            lambda c: c["training"]["hyperparameters"]["common"].update(trust_remote_code=True),
+            "training.hyperparameters.common.trust_remote_code: set by the model's entry",
+        ),
+        (
+            lambda c: c["training"]["hyperparameters"].update(lora={"output_dir": "elsewhere"}),
+            "training.hyperparameters.lora.output_dir: set by the workflow's paths",
+        ),
+        (
+            lambda c: c["pairs"]["demo"].update(hyperparameters={"common": {"seed": 3}}),
+            "pairs.demo.hyperparameters.common.seed: set by the run's seed",
+        ),
         (lambda c: c.update(seed="zero"), "seed"),
         (lambda c: c.update(seed="1.5"), "seed"),
         (

@@ -113,14 +113,16 @@ def test_an_unknown_family_lists_the_shipped_ones_and_suggests_the_closest():
     assert all(name in message for name in FAMILIES)
 
 
-def test_family_overrides_change_one_family_only():
+def test_family_overrides_change_one_family_only(tmp_path):
+    weights = tmp_path / "Qwen3-4B"
+    weights.mkdir()
     config = paper_config()
     config["families"] = ["qwen3-4b", "llama-3.1-8b"]
     config["family_overrides"] = {
         "qwen3-4b": {
             "hyperparameters": {"lora": {"lora_dropout": 0.1}, "common": {"cutoff_len": 2048}},
             "base": {"revision": "0123abc"},
-            "instruct": {"source": "local", "path": "/shared/Qwen3-4B"},
+            "instruct": {"source": "local", "path": str(weights)},
             "template": "qwen3_nothink",
         }
     }
@@ -134,7 +136,7 @@ def test_family_overrides_change_one_family_only():
     assert config["models"]["qwen3-4b-base"]["revision"] == "0123abc"
     assert config["models"]["qwen3-4b-instruct"] == {
         "source": "local",
-        "path": "/shared/Qwen3-4B",
+        "path": str(weights),
         "trust_remote_code": False,
     }
     assert config["pairs"]["llama-3.1-8b"]["hyperparameters"] == {}
@@ -226,6 +228,7 @@ def test_the_demo_config_is_not_merged_into_a_given_config(paper_plan):
     # Not "demo" anywhere: the checkout's own path may hold the word.
     assert not any(mark in output for mark in ("pair=demo", "results/demo/", "data/demo/", "rule build_demo"))
     assert jobs["shared"] == {
+        "check_llamafactory_names": 1,
         "download_dataset": 1,
         "prepare_dataset": 1,
         "prefetch_benchmarks": 19,

@@ -118,7 +118,7 @@ def test_demo_pair_steps_use_the_demo_datasets():
 def test_demo_overrides_cover_every_step_and_stay_small():
     assert set(pair.STEP_OVERRIDES) == set(pair.STEPS) == {"pretrain", "instruct"}
     for overrides in pair.STEP_OVERRIDES.values():
-        assert lf_args.MANAGED_KEYS.isdisjoint(overrides)
+        assert lf_args.MANAGED_KEYS.keys().isdisjoint(overrides)
         assert overrides["cutoff_len"] <= 128
 
 

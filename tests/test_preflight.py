@@ -146,21 +146,27 @@ RUN = demo_runs()["lora"]
 @pytest.mark.parametrize(
     "edit, named",
     [
-        (lambda c: c["pairs"]["p"].update(template="qwen33"), "has no template 'qwen33' (did you mean 'qwen3'"),
+        (
+            lambda c: c["pairs"]["p"].update(template="qwen33"),
+            "pairs.p.template: LLaMA-Factory 0.9.5 has no template 'qwen33' (did you mean 'qwen3'",
+        ),
         (
             lambda c: c["training"]["hyperparameters"]["common"].update(warmup_ratoi=0.1),
-            "'warmup_ratoi' (did you mean 'warmup_ratio'?)",
+            "training.hyperparameters.common: unknown LLaMA-Factory argument 'warmup_ratoi' (did you mean "
+            "'warmup_ratio'",
         ),
     ],
 )
-def test_llamafactory_names_are_checked_when_the_run_config_is_written(tmp_path, edit, named):
-    """Against the pinned LLaMA-Factory, before any training job: the run's YAML is never written."""
+def test_llamafactory_names_are_checked_before_any_download(tmp_path, edit, named):
+    """Against the pinned LLaMA-Factory, as the run's first job: nothing is downloaded, and the
+    message names the config key that gave the name."""
     config, configfile = local_pair_experiment(tmp_path)
+    config["models"] = {role: {"source": "hub", "repo": f"org/{role}", "revision": "0" * 40} for role in ("b", "i")}
     edit(config)
     configfile.write_text(yaml.safe_dump(config))
-    target = f"results/p/{RUN}/train_base.yaml"
-    result = snakemake(tmp_path, target, "--cores", "1", "--configfile", str(configfile), check=False)
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(configfile), check=False)
     assert result.returncode != 0
-    log = (tmp_path / "logs" / "train" / "p" / RUN / "base_config.log").read_text()
-    assert named in log and "train_base.yaml" in log and "Traceback" not in log
-    assert not (tmp_path / "results" / "p" / RUN / "train_base.yaml").exists()
+    log = (tmp_path / "logs" / "check" / "llamafactory.log").read_text()
+    assert named in log and "Traceback" not in log, log
+    assert not (tmp_path / "data" / "models").exists() and not (tmp_path / "logs" / "download_model").exists()
+    assert "rule download_model" not in result.stdout + result.stderr

@@ -27,7 +27,14 @@ PROFILES = ("--profile", str(ROOT / "profiles" / "slurm"), "--profile", str(ROOT
 # pair itself is the local run's too: making it is training, as the runs are.
 CLUSTER_ALPHAS = [1.0]
 CLUSTER_BENCHMARKS = ["demo_task"]
-LOCAL_RULES = {"demo_training_config", "training_config", "check_pair", "environment_versions", "all"}
+LOCAL_RULES = {
+    "check_llamafactory_names",
+    "demo_training_config",
+    "training_config",
+    "check_pair",
+    "environment_versions",
+    "all",
+}
 GPU_RULES = {"demo_train", "train", "evaluate"}
 RUNS = demo_runs()  # the demo's runs, one per tuning
 # The job the test kills: the baseline's full fine-tune, whose only dependants are its

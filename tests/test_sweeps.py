@@ -96,6 +96,7 @@ def expected_jobs(alphas):
     }
     return {
         **{rule: len(PAIRS) * count for rule, count in per_pair.items()},
+        "check_llamafactory_names": 1,
         "report": 1,
         "environment_versions": 3,
         "all": 1,
@@ -106,10 +107,10 @@ def expected_jobs(alphas):
 def test_a_sweep_plans_every_combination_with_its_own_paths(inputs, tmp_path):
     output = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(sweep_config(inputs, ALPHAS))).stdout
     assert planned_jobs(output) == expected_jobs(len(ALPHAS))
-    assert sum(expected_jobs(len(ALPHAS)).values()) == 175
+    assert sum(expected_jobs(len(ALPHAS)).values()) == 176
     paths = [path for _, outputs in planned_outputs(output) for path in outputs]
     # all writes nothing, report three files, figures two per pair
-    assert len(paths) == len(set(paths)) == 174 + 2 + 2
+    assert len(paths) == len(set(paths)) == 175 + 2 + 2
     for pair in PAIRS:
         for run in RUNS:
             assert f"results/{pair}/{run}/delta" in paths

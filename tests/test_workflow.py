@@ -11,6 +11,7 @@ CHAIN_EDGES = [
     ("build_demo", "demo_training_config"),
     ("demo_training_config", "demo_train"),
     ("demo_train", "training_config"),
+    ("check_llamafactory_names", "training_config"),
     ("training_config", "train"),
     ("train", "merge_adapter"),
     ("train", "extract_delta"),
@@ -53,6 +54,7 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "build_demo": 1,
         "demo_training_config": 2,
         "demo_train": 2,
+        "check_llamafactory_names": 1,
         "training_config": 4,
         "train": 4,
         "merge_adapter": 1,
@@ -90,6 +92,15 @@ def test_lint_is_clean(tmp_path):
         ({"training": {"dataset": "demo_task", "tunings": ["lorra"]}}, "training.tunings[0]"),
         ({"pairs": {"demo": {"base": "demo-base", "template": "qwen"}}}, "pairs.demo"),
         ({"graft": {"alphas": [1.0], "strength": 2}}, "strength"),
+        (
+            {
+                "models": {
+                    "demo-base": {"source": "local", "path": "/no/such/model"},
+                    "demo-instruct": {"source": "demo", "role": "instruct"},
+                }
+            },
+            "models.demo-base.path: /no/such/model is not a folder",
+        ),
     ],
 )
 @pytest.mark.slow
@@ -102,4 +113,5 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, named):
     result = snakemake(tmp_path, "-n", "--configfile", str(path), check=False)
     assert result.returncode != 0
     assert named in result.stdout + result.stderr
+    assert f"invalid configuration ({path})" in result.stdout + result.stderr, "the message names the file"
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()

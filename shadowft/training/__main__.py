@@ -1,6 +1,8 @@
-"""The training room's command line, which the workflow's training rules call in the train environment:
-write a run's checked LLaMA-Factory YAML, train (resuming), merge a LoRA adapter.
+"""The training room's command line, which the workflow's training rules call: check the names an
+experiment gives LLaMA-Factory (train environment), write a run's YAML (any environment), train
+(resuming) and merge a LoRA adapter (train environment).
 
+    python -m shadowft.training check-names NAMES_JSON OUT.json
     python -m shadowft.training config --spec JSON OUT.yaml
     python -m shadowft.training train CONFIG.yaml MODEL_OUT [--gpus G] [--nodes N]
     python -m shadowft.training export --model M --adapter A --template T OUT
@@ -14,8 +16,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from shadowft.io import raise_on_sigterm
-from shadowft.training.arguments import UnknownArgumentError, write_checked_config
+from shadowft.io import atomic_write_json, raise_on_sigterm
+from shadowft.training.arguments import UnknownArgumentError, check_names, write_config
 from shadowft.training.llamafactory import OFFLINE_ENVIRONMENT, export_merged, launch_node, run_training
 from shadowft.workers import run_command
 
@@ -37,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("config", type=Path)
     node.add_argument("--nodes", type=int, required=True)
     node.add_argument("--gpus-per-node", type=int, required=True)
-    written = commands.add_parser("config", help="write one run's checked LLaMA-Factory YAML")
+    names = commands.add_parser("check-names", help="check an experiment's LLaMA-Factory argument names and templates")
+    names.add_argument("names", type=json.loads, help='{"arguments": {name: [where]}, "templates": {name: [where]}}')
+    names.add_argument("out", type=Path, help="the record of what was checked (JSON)")
+    written = commands.add_parser("config", help="write one run's LLaMA-Factory YAML")
     written.add_argument("--spec", type=json.loads, required=True, help="training_arguments' keywords, as JSON")
     written.add_argument("out", type=Path)
     export = commands.add_parser("export", help="merge a LoRA adapter into its model")
@@ -54,10 +59,15 @@ def main(argv: Iterable[str] | None = None) -> None:
     raise_on_sigterm()
     if options.command == "train":
         run_training(options.config, options.model_out, gpus=options.gpus, nodes=options.nodes)
+    elif options.command == "check-names":
+        try:
+            atomic_write_json(options.out, check_names(options.names))
+        except UnknownArgumentError as error:
+            sys.exit(f"error: {error}")
     elif options.command == "config":
         try:
-            write_checked_config(options.spec, options.out)
-        except (UnknownArgumentError, ValueError, TypeError) as error:
+            write_config(options.spec, options.out)
+        except (ValueError, TypeError) as error:
             sys.exit(f"error: {error}")
     elif options.command == "node-launch":
         launch_node(options.config, options.nodes, options.gpus_per_node)
@@ -68,10 +78,10 @@ def main(argv: Iterable[str] | None = None) -> None:
 
 
 def _warm(argv: list[str]) -> bool:
-    """Whether a warm worker may run these arguments: writing a run's YAML, a merge, or training
-    on the CPU (no GPU given)."""
+    """Whether a warm worker may run these arguments: the names' check, a merge, or training on
+    the CPU (no GPU given)."""
     args, _ = _parser().parse_known_args(argv)
-    return args.command in ("config", "export") or (args.command == "train" and args.gpus == 0 and args.nodes == 1)
+    return args.command in ("check-names", "export") or (args.command == "train" and args.gpus == 0 and args.nodes == 1)
 
 
 if __name__ == "__main__":

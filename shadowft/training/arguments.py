@@ -1,7 +1,7 @@
 """A run's LLaMA-Factory arguments as data: built from the defaults, the run and the overrides, checked, stored as YAML.
 
 `training_arguments` builds the argument dict (run mechanics, the paper's hyper-parameters,
-then the user's overrides) in the core environment; `check_arguments` and `check_template`
+then the user's overrides) in the core environment; `check_arguments` and `check_names`
 check it against the installed LLaMA-Factory (train environment only; LLaMA-Factory is
 imported inside them); `write_yaml` stores it as the tracked YAML a training rule consumes.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +61,17 @@ RUN_DEFAULTS: dict[str, Any] = {
 
 # Set by the arguments of `training_arguments`; an override would desynchronise the workflow's paths
 # (or, for the seed, the experiment's one seed, which the demo build shares).
-MANAGED_KEYS = frozenset(
-    {
-        "model_name_or_path",
-        "dataset_dir",
-        "dataset",
-        "template",
-        "finetuning_type",
-        "stage",
-        "output_dir",
-        "seed",
-        "trust_remote_code",
-    }
-)
+MANAGED_KEYS: dict[str, str] = {
+    "model_name_or_path": "set by the pair's model (models, pairs)",
+    "dataset_dir": "set by the run's dataset (datasets, training.dataset)",
+    "dataset": "set by the run's dataset (datasets, training.dataset)",
+    "template": "set by the pair's template (pairs.<pair>.template or its family file)",
+    "finetuning_type": "set by the run's tuning (training.tunings)",
+    "stage": "set by the run's stage (training.stages)",
+    "output_dir": "set by the workflow's paths",
+    "seed": "set by the run's seed (seed, training.seeds)",
+    "trust_remote_code": "set by the model's entry in models or its family file",
+}
 
 
 class UnknownArgumentError(ValueError):
@@ -141,12 +139,11 @@ def _checked_overrides(tuning: str, stage: str, seed: int, overrides: Mapping[st
     for key in overrides:
         if not isinstance(key, str):
             raise TypeError(f"LLaMA-Factory override keys must be strings, got {key!r}")
-    managed = sorted(MANAGED_KEYS.intersection(overrides))
+    managed = sorted(MANAGED_KEYS.keys() & overrides.keys())
     if managed:
         raise ValueError(
-            f"LLaMA-Factory override(s) {', '.join(managed)} are set by the workflow (model, dataset, "
-            "template, tuning, stage, output path; the seed by the run's seed; trust_remote_code by the model's "
-            "entry in `models` or its family file) and cannot be overridden"
+            "LLaMA-Factory override(s) cannot set what the workflow sets: "
+            + "; ".join(f"{key} is {MANAGED_KEYS[key]}" for key in managed)
         )
     return overrides
 
@@ -176,11 +173,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return args
 
 
-def check_arguments(args: Mapping[str, Any], *, source: str = "arguments", kind: str = "train") -> None:
-    """Fail with the offending keys named if LLaMA-Factory would reject `args` as unknown (train env only).
-
-    `kind` is "train" or "export", the two argument sets of `llamafactory-cli`.
-    """
+def _known_arguments(kind: str) -> set[str]:
+    """The argument names of LLaMA-Factory's `kind` ("train" or "export") command (train env only)."""
     from llamafactory import hparams
 
     dataclasses_of = {
@@ -198,24 +192,57 @@ def check_arguments(args: Mapping[str, Any], *, source: str = "arguments", kind:
             hparams.GeneratingArguments,
         ),
     }[kind]
-    known = {field for cls in dataclasses_of for field in cls.__dataclass_fields__}
+    return {field for cls in dataclasses_of for field in cls.__dataclass_fields__}
+
+
+def _closest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def check_arguments(args: Mapping[str, Any], *, source: str = "arguments", kind: str = "train") -> None:
+    """Fail with the offending keys named if LLaMA-Factory would reject `args` as unknown (train env only).
+
+    `kind` is "train" or "export", the two argument sets of `llamafactory-cli`.
+    """
+    known = _known_arguments(kind)
     unknown = sorted(set(args) - known)
     if unknown:
-        described = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise UnknownArgumentError(f"{source}: unknown LLaMA-Factory argument(s): {', '.join(described)}")
+        described = ", ".join(f"{key!r}{_closest(key, known)}" for key in unknown)
+        raise UnknownArgumentError(f"{source}: unknown LLaMA-Factory argument(s): {described}")
 
 
-def check_template(name: str, *, source: str = "template") -> None:
-    """Fail unless LLaMA-Factory knows the chat template `name` (train env only)."""
+def check_names(names: Mapping[str, Mapping[str, Sequence[str]]]) -> dict[str, Any]:
+    """Check every argument name and chat template an experiment's runs use against the installed
+    LLaMA-Factory, before any model or dataset is there (train env only).
+
+    `names` is ``{"arguments": {name: [where, ...]}, "templates": {name: [where, ...]}}``, each
+    name with the config keys it comes from (shadowft.workflow.plan). Raises UnknownArgumentError
+    naming every unknown name where it was set, with the closest known names; returns the record
+    of what was checked.
+    """
     from llamafactory.data.template import TEMPLATES
 
-    if name not in TEMPLATES:
-        close = difflib.get_close_matches(name, TEMPLATES, n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise UnknownArgumentError(f"{source}: LLaMA-Factory {_pinned_version()} has no template {name!r}{hint}")
+    known = _known_arguments("train")
+    problems = [
+        f"{where}: unknown LLaMA-Factory argument {name!r}{_closest(name, known)}"
+        for name, places in sorted(names["arguments"].items())
+        if name not in known
+        for where in places
+    ]
+    problems += [
+        f"{where}: LLaMA-Factory {_pinned_version()} has no template {name!r}{_closest(name, TEMPLATES)}"
+        for name, places in sorted(names["templates"].items())
+        if name not in TEMPLATES
+        for where in places
+    ]
+    if problems:
+        raise UnknownArgumentError("\n".join(problems))
+    return {
+        "llamafactory": _pinned_version(),
+        "arguments": sorted(names["arguments"]),
+        "templates": sorted(names["templates"]),
+    }
 
 
 def _pinned_version() -> str:
@@ -224,12 +251,7 @@ def _pinned_version() -> str:
     return version("llamafactory")
 
 
-def write_checked_config(spec: Mapping[str, Any], out: str | os.PathLike) -> None:
-    """`training_arguments(**spec)` checked against the installed LLaMA-Factory (argument names
-    and template, with the closest known names), then written as YAML: a run's mistakes surface
-    when its config is written, before any training job starts (train env only)."""
-    args = training_arguments(**spec)
-    source = f"{out} (training.hyperparameters and the pair's template and hyperparameters)"
-    check_arguments(args, source=source)
-    check_template(args["template"], source=source)
-    write_yaml(args, out)
+def write_config(spec: Mapping[str, Any], out: str | os.PathLike) -> None:
+    """`training_arguments(**spec)` written as the run's YAML. Its names were checked against the
+    installed LLaMA-Factory by `check_names`, before any download; training checks them again."""
+    write_yaml(training_arguments(**spec), out)

@@ -19,6 +19,7 @@ import yaml
 
 from shadowft.data.datasets import DATASET_INFO
 from shadowft.evaluation.benchmarks import expand_evaluation
+from shadowft.training.arguments import MANAGED_KEYS
 from shadowft.workflow.families import FAMILIES_DIR, FamilyError, expand_families
 from shadowft.workflow.sweep import runs
 
@@ -56,11 +57,25 @@ def validate_config(
     families_dir: Path = FAMILIES_DIR,
     *,
     demo_datasets: Collection[str] | None = None,
+    source: str | None = None,
 ) -> dict:
     """Validate `config` in place (filling the schema's defaults), add the chosen families'
-    models and pairs (shadowft.workflow.families), and check its cross-references.
+    models and pairs (shadowft.workflow.families), and check its cross-references and what the
+    plan can know of the disk: local model folders and data files exist.
     `demo_datasets` are the names a dataset of ``source: demo`` may have: those the demo builds
-    (shadowft.demo.DATASETS, which the Snakefile passes); None leaves them unchecked."""
+    (shadowft.demo.DATASETS, which the Snakefile passes); None leaves them unchecked. `source`
+    names the config's files in the errors."""
+    try:
+        return _validate(config, schema_path, families_dir, demo_datasets)
+    except ConfigError as error:
+        if source is None:
+            raise
+        raise ConfigError(
+            str(error).replace("invalid configuration:", f"invalid configuration ({source}):", 1)
+        ) from None
+
+
+def _validate(config: dict, schema_path: Path, families_dir: Path, demo_datasets: Collection[str] | None) -> dict:
     schema = yaml.safe_load(Path(schema_path).read_text())
     _check_schema(config, schema)
     if config["families"]:
@@ -178,6 +193,7 @@ def _check_references(config: dict, demo_datasets: Collection[str] | None) -> No
     if not config["evaluation"]["benchmarks"]:
         problems.append("evaluation: no benchmarks (name some in benchmarks, or groups)")
     problems += _sweep_problems(config)
+    problems += _local_path_problems(config)
     problems += _dataset_folder_problems(datasets)
     for name, benchmark in config["evaluation"]["benchmarks"].items():
         if benchmark["kind"] == "custom" and benchmark["dataset"] not in datasets:
@@ -225,6 +241,19 @@ def _dataset_folder_problems(datasets: dict) -> list[str]:
 SWEPT_HYPERPARAMETERS = {"learning_rate": "training.learning_rates", "lora_rank": "training.lora_ranks"}
 
 
+def _local_path_problems(config: dict) -> list[str]:
+    """A local model's folder and a local dataset's file must be there when the plan is made
+    (relative paths from the working directory, as Snakemake reads them)."""
+    problems = []
+    for name, spec in config["models"].items():
+        if spec["source"] == "local" and not Path(spec["path"]).is_dir():
+            problems.append(f"models.{name}.path: {spec['path']} is not a folder; give a Hugging Face model folder")
+    for name, spec in config["datasets"].items():
+        if spec["source"] == "local" and "file" in spec and not Path(spec["file"]).is_file():
+            problems.append(f"datasets.{name}.file: {spec['file']} is not a file")
+    return problems
+
+
 def _sweep_problems(config: dict) -> list[str]:
     """The sweep's lists: DPO's data, no swept value set twice, one folder per run."""
     training, problems = config["training"], []
@@ -241,6 +270,8 @@ def _sweep_problems(config: dict) -> list[str]:
             for key, home in SWEPT_HYPERPARAMETERS.items():
                 if key in overrides:
                     problems.append(f"{where}.{group}.{key}: set it in {home} (it names the run's folder)")
+            for key in sorted(MANAGED_KEYS.keys() & overrides.keys()):
+                problems.append(f"{where}.{group}.{key}: {MANAGED_KEYS[key]}, not by a hyper-parameter")
     names = [run.name for run in runs(config)]
     if len(names) != len(set(names)):
         problems.append("training: two runs of the sweep would share a folder")

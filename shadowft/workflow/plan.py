@@ -19,11 +19,13 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import cache, cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from shadowft.evaluation.benchmarks import benchmark_groups, opencompass_benchmarks
 from shadowft.evaluation.models import BACKEND_ENVS
 from shadowft.evaluation.spec import benchmark_spec
+from shadowft.training.arguments import training_arguments
 from shadowft.workflow.sweep import Run, Variant, VariantKind, alpha_label, runs, variants
 
 # A pair's two models: BASE, whose update is grafted, and INSTRUCT, which receives it.
@@ -254,6 +256,33 @@ class Plan:
             "lora_rank": run.lora_rank,
             "trust_remote_code": self.role_trusts_remote_code(wildcards.pair, wildcards.role),
         }
+
+    def llamafactory_names(self) -> str:
+        """Every LLaMA-Factory argument name and chat template the experiment's runs use, each with
+        the config keys it comes from (shadowft's own defaults otherwise), as JSON: what the names'
+        check reads before any download."""
+        arguments: dict[str, set[str]] = {}
+        templates: dict[str, set[str]] = {}
+        training = self.config["training"]["hyperparameters"]
+        for pair, spec in self.config["pairs"].items():
+            templates.setdefault(spec["template"], set()).add(f"pairs.{pair}.template")
+            for run in self.runs.values():
+                sections = [
+                    ("training.hyperparameters", training),
+                    (f"pairs.{pair}.hyperparameters", spec["hyperparameters"]),
+                ]
+                for where, hyperparameters in sections:
+                    for section in ("common", run.stage, run.tuning):
+                        for name in hyperparameters.get(section, {}):
+                            arguments.setdefault(name, set()).add(f"{where}.{section}")
+                job = SimpleNamespace(pair=pair, run=run.name, role="base")
+                for name in training_arguments(**self.training_parameters(job)):
+                    arguments.setdefault(name, {"shadowft's defaults (shadowft.training.arguments)"})
+        names = {
+            "arguments": {name: sorted(places) for name, places in sorted(arguments.items())},
+            "templates": {name: sorted(places) for name, places in sorted(templates.items())},
+        }
+        return json.dumps(names, sort_keys=True)
 
     def training_spec(self, wildcards) -> str:
         """training_parameters as JSON, for the command that writes the run's checked YAML."""
