@@ -129,7 +129,7 @@ def test_custom_run_config(tmp_path, custom, qa_file):
     assert model["generation_kwargs"] == {"do_sample": False, "num_beams": 1}
     assert model["run_cfg"] == {"num_gpus": 0}
     assert model["batch_size"] == 4
-    assert "max_seq_len" not in model, "OpenCompass takes it from the model's config"
+    assert model["max_seq_len"] == 16384, "the paper's window: the model folder states no context length"
     assert model["meta_template"] == EXACT_PROMPT_META_TEMPLATE
 
     (dataset,) = config["datasets"]
