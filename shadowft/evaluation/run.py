@@ -177,7 +177,7 @@ def _run_opencompass(run_dir: Path, env: dict[str, str], log_path: Path, model: 
         returncode = subprocess.run(
             command, check=False, cwd=run_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
         ).returncode
-    log.info("OpenCompass finished in %.1f s with exit code %d", time.monotonic() - started, returncode)
+    log.info("the run finished in %.1f s with exit code %d", time.monotonic() - started, returncode)
     return returncode
 
 
