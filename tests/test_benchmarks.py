@@ -81,6 +81,16 @@ def test_catalog_runs_generation_configs():
         assert benchmark.variable.endswith("_datasets")
 
 
+def test_the_papers_table_in_the_docs_names_each_benchmarks_config_and_kept_datasets():
+    lines = [line for line in (ROOT / "docs" / "paper.md").read_text().splitlines() if line.startswith("| `")]
+    rows = {cells[0].strip("`"): cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+    assert set(rows) == set(CATALOG)
+    for name, benchmark in CATALOG.items():
+        config, score = rows[name][1], rows[name][5]
+        assert config == f"`{benchmark.config.removeprefix('opencompass.configs.datasets.')}`", name
+        assert all(f"`{dataset}`" in score for dataset in benchmark.headline.datasets), name
+
+
 # --- selection in the config -------------------------------------------------------------
 
 

@@ -113,7 +113,8 @@ class RunFit:
     def refusal(self, benchmark: str, window: ContextWindow) -> str:
         """Why the benchmark is not evaluated: the model's limit, each dataset that does not fit, what would."""
         failing = [dataset for dataset in self.datasets if dataset.too_long]
-        room = window.max_seq_len - max(dataset.longest_prompt for dataset in failing)
+        # An entry's max_out_len is every dataset's, so it must leave room for the longest prompt of all.
+        room = window.max_seq_len - max(dataset.longest_prompt for dataset in self.datasets)
         advice = (
             f"lower its max_out_len (evaluation.benchmarks.{benchmark}.max_out_len) to at most {room}, or"
             if room > 0
