@@ -171,7 +171,10 @@ def measure_prompts(config: dict, *, trust_remote_code: bool = False) -> RunFit:
             if key in infer_cfg
         }
         retriever = ICL_RETRIEVERS.build({**infer_cfg["retriever"], "dataset": build_dataset_from_cfg(dataset_cfg)})
-        inferencer = ICL_INFERENCERS.build({**infer_cfg["inferencer"], "model": counter, "max_seq_len": None})
+        # No window (the ICE-dropping loop stays off) and no output folder of its own: it only builds prompts.
+        inferencer = ICL_INFERENCERS.build(
+            {**infer_cfg["inferencer"], "model": counter, "max_seq_len": None, "output_json_filepath": "."}
+        )
         if not isinstance(inferencer, GenInferencer):
             raise ValueError(
                 f"dataset {dataset_cfg['abbr']}: its inferencer {type(inferencer).__name__} is not a generation "
