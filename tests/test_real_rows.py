@@ -251,6 +251,7 @@ def demo_model(tmp_path_factory):
     return root / "init"
 
 
+@pytest.mark.bad_input("benchmark", caught="job")
 @pytest.mark.parametrize(
     ("benchmark", "dataset", "count", "max_out_len"),
     [
