@@ -243,6 +243,23 @@ def test_another_config_of_a_catalog_benchmark_takes_the_plain_rule():
     assert rule.groups == {"reasoning9": ("winogrande",)} and rule.averaged == ("reasoning9",)
 
 
+def test_a_group_selected_in_part_says_so(tmp_path):
+    from shadowft.report import summarize
+
+    config = demo_config()
+    config["evaluation"]["benchmarks"] = {"gsm8k": {"kind": "opencompass"}, "svamp": {"kind": "opencompass"}}
+    rule = scoring(validate_config(config)["evaluation"])
+    scores = {name: subset_scores()[name] for name in ("gsm8k", "svamp")}
+    summarize(write_variant(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md", scoring=rule)
+    markdown = (tmp_path / "s.md").read_text()
+    assert (
+        "math7 avg: unweighted mean of the group's benchmark scores; math7 avg over gsm8k, svamp only (2 of its 7)."
+        in markdown
+    )
+    assert "Average: unweighted mean of math7 avg, the Shadow-FT authors' overall average" in markdown
+    assert "| Instruct | 80.0 | 85.0 | 82.5 | 82.5 |" in markdown
+
+
 def test_custom_benchmarks_alone_average_every_benchmark(tmp_path):
     from shadowft.report import summarize
 
