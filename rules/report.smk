@@ -47,12 +47,12 @@ rule report:
         pairs=PLAN.pairs,
         variants=[variant.name for variant in PLAN.variants],
         benchmarks=PLAN.benchmarks,
-        groups=PLAN.benchmark_groups_json(),
+        scoring=PLAN.scoring_json(),
         remote_code=PLAN.remote_code_roles(),
         versions=recorded_versions,
     shell:
         "{params.python:q} -m shadowft.report summary --pairs {params.pairs:q} --variants {params.variants:q}"
-        " --benchmarks {params.benchmarks:q} --groups {params.groups:q} --remote-code {params.remote_code:q}"
+        " --benchmarks {params.benchmarks:q} --scoring {params.scoring:q} --remote-code {params.remote_code:q}"
         " --similarity {input.similarity:q} --versions {input.versions:q}"
         " --csv {output.csv:q} --md {output.md:q} --html {output.html:q} > {log:q} 2>&1"
 
@@ -82,10 +82,10 @@ rule figures:
         "../envs/core.yaml"
     params:
         python=PLAN.python("core"),
-        groups=PLAN.benchmark_groups_json(),
+        scoring=PLAN.scoring_json(),
     shell:
         "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
-        " --groups {params.groups:q} --similarity {input.similarity:q}"
+        " --scoring {params.scoring:q} --similarity {input.similarity:q}"
         " scores={output.scores:q} similarity={output.similarity:q} > {log:q} 2>&1"
 
 
@@ -107,10 +107,10 @@ rule alpha_figure:
         "../envs/core.yaml"
     params:
         python=PLAN.python("core"),
-        groups=PLAN.benchmark_groups_json(),
+        scoring=PLAN.scoring_json(),
     shell:
         "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
-        " --groups {params.groups:q} alpha={output.alpha:q} > {log:q} 2>&1"
+        " --scoring {params.scoring:q} alpha={output.alpha:q} > {log:q} 2>&1"
 
 
 # Drawn only where a setting ran more than one learning rate (the plan's final outputs ask for it then).
@@ -131,10 +131,10 @@ rule learning_rate_figure:
         "../envs/core.yaml"
     params:
         python=PLAN.python("core"),
-        groups=PLAN.benchmark_groups_json(),
+        scoring=PLAN.scoring_json(),
     shell:
         "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
-        " --groups {params.groups:q} learning_rate={output.learning_rate:q} > {log:q} 2>&1"
+        " --scoring {params.scoring:q} learning_rate={output.learning_rate:q} > {log:q} 2>&1"
 
 
 # Every run's loss curves on BASE and INSTRUCT, from the trainer's state beside each model.

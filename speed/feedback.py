@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # What a job's log says of its own work, in seconds.
 WORK_IN_LOG = {
-    "evaluate": re.compile(r"OpenCompass finished in ([0-9.]+) s"),
+    "evaluate": re.compile(r"(?:OpenCompass|the run) finished in ([0-9.]+) s"),
 }
 
 

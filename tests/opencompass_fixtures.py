@@ -19,8 +19,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def constant_answer_model(directory: Path, answer: str, *, max_seq_len: int = 512) -> Path:
-    """Write a tiny Qwen2 chat model (with its word-level tokenizer) that always answers `answer`."""
+def constant_answer_model(directory: Path, answer: str, *, max_seq_len: int = 16384) -> Path:
+    """Write a tiny Qwen2 chat model (with its word-level tokenizer) that always answers `answer`; its
+    `max_seq_len` positions (default the paper's window) hold a few-shot prompt whole."""
     import torch
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers

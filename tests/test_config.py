@@ -230,7 +230,7 @@ def test_the_schema_allows_the_benchmark_keys_and_defaults_the_code_reads():
     assert set(branches) == set(spec.KINDS)
     for kind, branch in branches.items():
         assert tuple(branch["propertyNames"]["enum"]) == spec.CONFIG_KEYS[kind]
-        assert branch["properties"]["max_out_len"]["default"] == spec.DEFAULT_MAX_OUT_LEN[kind]
+        assert branch["properties"].get("max_out_len", {}).get("default") == spec.DEFAULT_MAX_OUT_LEN[kind]
     custom = branches["custom"]["properties"]
     assert custom["metric"]["enum"] == list(spec.CUSTOM_METRICS)
     assert custom["metric"]["default"] == spec.DEFAULT_METRIC

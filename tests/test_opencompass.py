@@ -114,6 +114,33 @@ def test_missing_eval_file_is_rejected(tmp_path):
         )
 
 
+# --- the context check -------------------------------------------------------------------
+
+
+def test_a_refusal_names_the_limit_the_datasets_and_the_largest_length_that_fits(tmp_path):
+    from shadowft.evaluation.context import ContextWindow, DatasetFit, RunFit
+
+    window = ContextWindow(16384, 4096, "max_position_embeddings in m/config.json")
+    fit = RunFit(
+        window.max_seq_len,
+        (DatasetFit("gsm8k", 1319, 900, 512, 0), DatasetFit("math", 5000, 1200, 4096, 7)),
+    )
+    fit.write(tmp_path / "fit.json")
+    assert RunFit.read(tmp_path / "fit.json") == fit and not fit.fits
+    assert fit.refusal("mix", window) == (
+        "benchmark mix: its prompts and answers do not fit the model's context, max_seq_len 4096: the paper's "
+        "16384 capped by the model's 4096 positions (max_position_embeddings in m/config.json); refused before "
+        "OpenCompass starts (a backend would cut the prompt or the answer):\n"
+        "  dataset math: 5000 prompts, the longest 1200 tokens + max_out_len 4096 = 5296 of max_seq_len 4096: "
+        "7 of them do not fit\n"
+        "lower its max_out_len (evaluation.benchmarks.mix.max_out_len) to at most 2896, or evaluate a model with a "
+        "longer context"
+    )
+    assert fit.lines()[0] == (
+        "dataset gsm8k: 1319 prompts, the longest 900 tokens + max_out_len 512 = 1412 of max_seq_len 4096: all fit"
+    )
+
+
 # --- the run configuration ---------------------------------------------------------------
 
 
@@ -129,7 +156,7 @@ def test_custom_run_config(tmp_path, custom, qa_file):
     assert model["generation_kwargs"] == {"do_sample": False, "num_beams": 1}
     assert model["run_cfg"] == {"num_gpus": 0}
     assert model["batch_size"] == 4
-    assert "max_seq_len" not in model, "OpenCompass takes it from the model's config"
+    assert model["max_seq_len"] == 16384, "the paper's window: the model folder states no context length"
     assert model["meta_template"] == EXACT_PROMPT_META_TEMPLATE
 
     (dataset,) = config["datasets"]

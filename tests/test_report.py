@@ -18,13 +18,15 @@ import pytest
 import yaml
 from conftest import ROOT, VENVS, snakemake
 
+from shadowft.evaluation.benchmarks import Scoring
 from shadowft.report import ScoreRecord, figures, pair_tables, read_summary, summarize
 from shadowft.report.records import SUMMARY_COLUMNS
 from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
 from shadowft.workflow.sweep import Run, Variant, VariantKind
 
 BENCHMARKS = ["gsm8k", "math", "mmlu"]
-GROUPS = {"Math": ["gsm8k", "math"]}
+# A group of two benchmarks, averaged in its column; no group makes the Average, so it is the mean of all three.
+SCORING = Scoring(groups={"Math": ("gsm8k", "math")})
 UNTUNED = {"base": {"gsm8k": 20.0, "math": 10.0, "mmlu": 40.0}, "instruct": {"gsm8k": 40.0, "math": 30.0, "mmlu": 60.0}}
 # (tuning, learning rate, LoRA rank) of each run; every run twice, seeds 0 and 1; grafts at two alphas.
 SETTINGS = [("lora", 1e-4, 8), ("lora", 2e-4, 8), ("full", 1e-5, None)]
@@ -135,7 +137,7 @@ def sweep(tmp_path):
         out / "summary.csv",
         out / "summary.md",
         out_html=out / "summary.html",
-        benchmark_groups=GROUPS,
+        scoring=SCORING,
         similarity={"qwen": similarity},
     )
     return {"records": records, "frame": frame, "out": out, "similarity": similarity}
@@ -238,7 +240,9 @@ def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
     assert "Table 3: qwen, SFT, Full, lr 1e-05." in markdown
     assert "mean ± standard deviation over seeds 0, 1 (n=2)" in markdown
     assert "from Instruct + Full (Instruct tuned directly, the paper's baseline)" in markdown
-    assert "Math avg: unweighted mean over the group's benchmarks." in markdown
+    assert "Each benchmark's score: accuracy (gsm8k, math, mmlu)." in markdown
+    assert "Math avg: unweighted mean of the group's benchmark scores." in markdown
+    assert "Average: unweighted mean of every benchmark's score." in markdown
     assert "sigma = 2.89%" in markdown
     assert "†" not in markdown  # no model ran its own code
     assert "Learning rates: LoRA 0.0001, 0.0002; Full 1e-05 (the learning-rate figure" in markdown
@@ -257,7 +261,7 @@ def test_html_tables_hold_the_markdown_cells(sweep):
 
 
 def test_pair_tables_compute_means_and_spread(sweep):
-    tables = pair_tables(sweep["frame"], "qwen", GROUPS)
+    tables = pair_tables(sweep["frame"], "qwen", SCORING)
     graft = tables[1].row("shadow", 1.0)
     values = [tuned_score("lora", 2e-4, "shadow", 1.0, seed, "mmlu") for seed in SEEDS]
 
@@ -279,7 +283,7 @@ def test_one_seed_shows_no_spread_and_says_so(tmp_path):
     assert "Learning rates: Full 1e-05; one per setting, so there is no learning-rate figure." in markdown
 
 
-def test_datasets_are_averaged_and_metrics_kept_apart(tmp_path):
+def test_without_a_rule_a_benchmark_is_its_first_metric_averaged_over_its_datasets(tmp_path):
     bbh = [("bbh", "bbh-dates", "accuracy", 40.0, 10), ("bbh", "bbh-logic", "accuracy", 50.0, 10)]
     code = [("humaneval", "humaneval", "pass@1", 30.0, 164), ("humaneval", "humaneval", "pass@10", 60.0, 164)]
     records = [
@@ -294,10 +298,11 @@ def test_datasets_are_averaged_and_metrics_kept_apart(tmp_path):
 
     frame = summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
-    (table,) = pair_tables(frame, "p", {})
-    assert table.columns == ["bbh", "humaneval (pass@1)", "humaneval (pass@10)", "Average"]
-    # The Average counts each benchmark once, by its first metric: (45 + 30) / 2.
-    assert [table.row("instruct").cells[c].mean for c in table.columns] == [45.0, 30.0, 60.0, 37.5]
+    (table,) = pair_tables(frame, "p")
+    assert table.columns == ["bbh", "humaneval", "Average"]
+    # bbh: (40 + 50) / 2; humaneval: pass@1, its first metric; the Average: (45 + 30) / 2.
+    assert [table.row("instruct").cells[c].mean for c in table.columns] == [45.0, 30.0, 37.5]
+    assert table.rules.benchmarks == {"bbh": "accuracy, mean over its 2 datasets", "humaneval": "pass@1"}
 
 
 def test_missing_scores_show_a_dash_and_no_average(tmp_path):
@@ -385,7 +390,7 @@ def test_duplicates_and_colliding_runs_are_refused(tmp_path):
 def test_benchmark_groups_must_name_scored_benchmarks(tmp_path):
     records = sweep_records(tmp_path)[:6]
     with pytest.raises(ValueError, match="group 'Code': pair 'qwen' has no scores for humaneval"):
-        summarize(records, tmp_path / "s.csv", tmp_path / "s.md", benchmark_groups={"Code": ["humaneval"]})
+        summarize(records, tmp_path / "s.csv", tmp_path / "s.md", scoring=Scoring(groups={"Code": ("humaneval",)}))
 
 
 def write_trainer_state(path, losses, every=10):
@@ -425,7 +430,7 @@ def test_every_figure_is_drawn_and_decodes(sweep, tmp_path):
     outputs = {name: tmp_path / "plots" / f"{name}.png" for name in names}
 
     drawn = figures.draw_figures(
-        sweep["out"] / "summary.csv", "qwen", outputs, benchmark_groups=GROUPS, similarity_csv=sweep["similarity"]
+        sweep["out"] / "summary.csv", "qwen", outputs, scoring=SCORING, similarity_csv=sweep["similarity"]
     )
 
     assert drawn == list(outputs.values())
@@ -438,7 +443,7 @@ def test_every_figure_is_drawn_and_decodes(sweep, tmp_path):
 def test_learning_rate_figure_is_refused_for_one_rate(tmp_path):
     records = [r for r in sweep_records(tmp_path) if r["learning_rate"] != 2e-4]
     frame = summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
-    tables = pair_tables(frame, "qwen", {})
+    tables = pair_tables(frame, "qwen")
 
     with pytest.raises(ValueError, match="one learning rate per setting: no learning-rate curve"):
         figures.plot_learning_rate(tables, tmp_path / "lr.png")

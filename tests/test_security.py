@@ -23,7 +23,7 @@ def test_training_arguments_carry_the_models_setting_and_no_override_changes_it(
     common = dict(model_dir="m", dataset_dir="d", dataset="x", template="qwen", tuning="lora", output_dir="o")
     assert training_arguments(**common)["trust_remote_code"] is False
     assert training_arguments(**common, trust_remote_code=True)["trust_remote_code"] is True
-    with pytest.raises(ValueError, match="trust_remote_code by the model's entry"):
+    with pytest.raises(ValueError, match="trust_remote_code is set by the model's entry"):
         training_arguments(**common, overrides={"trust_remote_code": True})
 
 

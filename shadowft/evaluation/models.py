@@ -2,16 +2,18 @@
 
 ``hf`` (transformers; CPU or GPU), ``vllm`` or ``lmdeploy`` (TurboMind; GPU only, each in
 its own environment, envs/vllm.yaml and envs/lmdeploy.yaml). The job's GPUs set tensor
-parallelism and the batch size. Standard library only: the core environment picks a job's
+parallelism and the batch size. Every backend decodes greedily with the paper's lengths: answers
+of up to 4096 tokens where a dataset sets none, in a window of max_seq_len 16384 capped by the
+model (shadowft.evaluation.context). Standard library only: the core environment picks a job's
 environment from `BACKEND_ENVS` without OpenCompass.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shadowft.evaluation.context import context_window
 from shadowft.evaluation.spec import PAPER_MAX_OUT_LEN
 
 # OpenCompass names its output files after the model's abbreviation; one model per run.
@@ -56,7 +58,7 @@ class ModelOptions:
     backend: str = "hf"
     num_gpus: int = 0  # 0 runs on CPU
     batch_size: int | None = None  # default: from the backend and the GPUs (batch_size_for)
-    max_seq_len: int | None = None  # default: OpenCompass takes it from the model's config
+    max_seq_len: int | None = None  # default: the paper's 16384; capped by the model either way
     dtype: str = "auto"
     trust_remote_code: bool = False
 
@@ -64,11 +66,14 @@ class ModelOptions:
 def model_config(model_dir: Path, options: ModelOptions | None = None, *, meta_template: dict | None = None) -> dict:
     """The OpenCompass model entry: a chat model on ``options.backend``, greedy decoding.
 
-    vLLM and LMDeploy split the model over the job's GPUs (`tensor_parallel_for`: all of
-    them when a power of two) and need at least one.
+    max_seq_len is `context_window`'s (the paper's 16384, or ``options.max_seq_len``, capped by
+    the model's config.json), the one value each backend takes as its window. vLLM and LMDeploy
+    split the model over the job's GPUs (`tensor_parallel_for`: all of them when a power of two)
+    and need at least one.
     """
     options = options or ModelOptions()
-    backend, num_gpus, max_seq_len, dtype = options.backend, options.num_gpus, options.max_seq_len, options.dtype
+    backend, num_gpus, dtype = options.backend, options.num_gpus, options.dtype
+    max_seq_len = context_window(Path(model_dir), options.max_seq_len).max_seq_len
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
@@ -79,8 +84,6 @@ def model_config(model_dir: Path, options: ModelOptions | None = None, *, meta_t
     if backend != "hf" and num_gpus < 1:
         raise ValueError(f"backend {backend} runs on GPUs only (got num_gpus={num_gpus}); use backend hf on CPU")
     if backend == "hf":
-        if max_seq_len is None:
-            max_seq_len = nested_context_length(Path(model_dir))
         engine = _transformers_keys(dtype, options.trust_remote_code)
     elif backend == "vllm":
         engine = _vllm_keys(num_gpus, max_seq_len, dtype, options.trust_remote_code)
@@ -91,32 +94,15 @@ def model_config(model_dir: Path, options: ModelOptions | None = None, *, meta_t
         "abbr": MODEL_ABBR,
         "path": str(Path(model_dir).resolve()),
         **engine,
+        # What a dataset without a max_out_len of its own gets (shadowft writes every dataset's).
         "max_out_len": PAPER_MAX_OUT_LEN,
+        "max_seq_len": max_seq_len,
         "batch_size": batch_size,
         "run_cfg": {"num_gpus": num_gpus},
     }
-    if max_seq_len is not None:
-        model["max_seq_len"] = max_seq_len
     if meta_template is not None:
         model["meta_template"] = meta_template
     return model
-
-
-def nested_context_length(model_dir: Path) -> int | None:
-    """A multimodal model's context length, which OpenCompass cannot find itself.
-
-    OpenCompass looks for max_position_embeddings at the top of config.json only; a
-    multimodal wrapper (Gemma-3's Gemma3ForConditionalGeneration) keeps it in text_config,
-    and OpenCompass then stops. None when the top level has it (OpenCompass reads it) or
-    nothing does.
-    """
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        return None
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if "max_position_embeddings" in config:
-        return None
-    return config.get("text_config", {}).get("max_position_embeddings")
 
 
 def _transformers_keys(dtype: str, trust_remote_code: bool) -> dict:
@@ -131,26 +117,23 @@ def _transformers_keys(dtype: str, trust_remote_code: bool) -> dict:
     }
 
 
-def _vllm_keys(num_gpus: int, max_seq_len: int | None, dtype: str, trust_remote_code: bool) -> dict:
+def _vllm_keys(num_gpus: int, max_seq_len: int, dtype: str, trust_remote_code: bool) -> dict:
     """VLLMwithChatTemplate's own keys of the model entry."""
     # vLLM's LLM(...) arguments; OpenCompass defaults trust_remote_code to True.
     model_kwargs = {
         "tensor_parallel_size": tensor_parallel_for(num_gpus),
         "trust_remote_code": trust_remote_code,
         "dtype": dtype,
+        "max_model_len": max_seq_len,
     }
-    if max_seq_len is not None:
-        model_kwargs["max_model_len"] = max_seq_len
     # Greedy: temperature 0 (the wrapper drops do_sample).
     return {"model_kwargs": model_kwargs, "generation_kwargs": {"temperature": 0}}
 
 
-def _turbomind_keys(num_gpus: int, batch_size: int, max_seq_len: int | None, dtype: str) -> dict:
+def _turbomind_keys(num_gpus: int, batch_size: int, max_seq_len: int, dtype: str) -> dict:
     """TurboMindModelwithChatTemplate's own keys of the model entry."""
-    # TurboMind's engine: tp GPUs, as many sequences at once as the batch.
-    engine_config = {"tp": tensor_parallel_for(num_gpus), "max_batch_size": batch_size}
-    if max_seq_len is not None:
-        engine_config["session_len"] = max_seq_len
+    # TurboMind's engine: tp GPUs, as many sequences at once as the batch, the run's window.
+    engine_config = {"tp": tensor_parallel_for(num_gpus), "max_batch_size": batch_size, "session_len": max_seq_len}
     if dtype == "float32":
         raise ValueError("backend lmdeploy: TurboMind computes in float16 or bfloat16, not float32")
     if dtype != "auto":
@@ -158,7 +141,8 @@ def _turbomind_keys(num_gpus: int, batch_size: int, max_seq_len: int | None, dty
     return {
         "backend": "turbomind",
         "engine_config": engine_config,
-        # Greedy: top_k 1 (the paper's decoding; the wrapper also sets do_sample False);
-        # the wrapper replaces max_new_tokens by each dataset's max_out_len.
-        "gen_config": {"top_k": 1, "temperature": 1e-6, "top_p": 0.9, "max_new_tokens": PAPER_MAX_OUT_LEN},
+        # The authors' gen_config: greedy (top_k 1; the wrapper also sets do_sample False, and
+        # LMDeploy accepts temperature 0). The wrapper replaces max_new_tokens by each dataset's
+        # max_out_len.
+        "gen_config": {"top_k": 1, "temperature": 0, "top_p": 0.9, "max_new_tokens": PAPER_MAX_OUT_LEN},
     }

@@ -1,9 +1,10 @@
 """One OpenCompass run, offline, in a fresh folder of its own: `evaluate` scores one model on one benchmark.
 
 OpenCompass runs in this process (the eval environment, with the repository on PYTHONPATH), as
-its own command line would, and its scores and predictions are copied to fixed paths once every
-dataset has been scored (shadowft.evaluation.results). A warm worker (shadowft.workers) runs
-this process already past OpenCompass's imports.
+its own command line would, behind a check that every prompt and its answer fit the model's window
+(shadowft.evaluation.launch, shadowft.evaluation.context). Its scores and predictions are copied to
+fixed paths once every dataset has been scored (shadowft.evaluation.results). A warm worker
+(shadowft.workers) runs this process already past OpenCompass's imports.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from shadowft.evaluation.chat_templates import with_template_defaults
+from shadowft.evaluation.context import CONTEXT_FILE, ContextLengthError, RunFit, context_window
+from shadowft.evaluation.launch import REFUSED
 from shadowft.evaluation.models import ModelOptions
 from shadowft.evaluation.results import PREDICTIONS_FILE, EvaluationError, collect_results, write_scores
 from shadowft.evaluation.run_config import run_config
@@ -69,8 +72,10 @@ def evaluate(
     EvaluationError naming the dataset and the log to read. ``options.data_cache`` becomes
     COMPASS_DATA_CACHE, where standard benchmarks' data is read; a standard benchmark whose
     data is not there fails before OpenCompass starts (MissingDataError, naming the dataset
-    and the prefetch rule), as does one whose evaluator's package is not installed.
-    ``options.chat_template_kwargs`` (Qwen3: enable_thinking False) are set first in the model's
+    and the prefetch rule), as does one whose evaluator's package is not installed. So does a
+    benchmark with a prompt that, with its answer, would not fit the model's max_seq_len
+    (ContextLengthError, naming the model's limit and what the datasets need): OpenCompass never
+    starts. ``options.chat_template_kwargs`` (Qwen3: enable_thinking False) are set first in the model's
     chat templates, in a view of the folder inside the run folder (shadowft.evaluation.chat_templates): no
     OpenCompass wrapper but vLLM's could pass them.
     """
@@ -81,6 +86,8 @@ def evaluate(
     if not model_dir.is_dir():
         raise ValueError(f"model: {model_dir} is not a directory")
     data_cache = _data_cache(spec, options.data_cache)
+    window = context_window(model_dir, options.model.max_seq_len)
+    log.info("context: %s", window.describe())
     config = run_config(model_dir, spec, options.model)
     env = _environment(spec, config, data_cache, options.model.num_gpus)
     run_dir = _new_run_dir(work_dir)
@@ -90,7 +97,12 @@ def evaluate(
     atomic_write_json(run_dir / RUN_CONFIG_FILE, config)
     log_path = run_dir / RUN_LOG_FILE
     log.info("OpenCompass (%s): %s on %s, log %s", options.model.backend, model_dir, spec.name, log_path)
-    returncode = _run_opencompass(run_dir, env, log_path, options.model.num_gpus)
+    returncode = _run_opencompass(run_dir, env, log_path, options.model)
+    if returncode == REFUSED:
+        raise ContextLengthError(RunFit.read(run_dir / CONTEXT_FILE).refusal(spec.name, window))
+    if (run_dir / CONTEXT_FILE).is_file():
+        for line in RunFit.read(run_dir / CONTEXT_FILE).lines():
+            log.info("context: %s", line)
     abbrs = [dataset["abbr"] for dataset in config["datasets"]]
     if returncode != 0:
         datasets = f"dataset {abbrs[0]}" if len(abbrs) == 1 else f"{len(abbrs)} datasets"
@@ -116,7 +128,7 @@ def _data_cache(spec: BenchmarkSpec, given: Path | None) -> str | Path | None:
 
 
 def _environment(spec: BenchmarkSpec, config: dict, data_cache: str | Path | None, num_gpus: int) -> dict[str, str]:
-    """OpenCompass's environment: offline, its data cache, and no GPU on a CPU run.
+    """OpenCompass's environment: offline, this package importable, its data cache, and no GPU on a CPU run.
 
     A standard benchmark's data and evaluator packages are checked here, before OpenCompass starts.
     """
@@ -134,10 +146,12 @@ def _environment(spec: BenchmarkSpec, config: dict, data_cache: str | Path | Non
     return env
 
 
-def _run_opencompass(run_dir: Path, env: dict[str, str], log_path: Path, num_gpus: int) -> int:
-    """Run OpenCompass on the run folder's configuration in this process, its output to
-    `log_path`; return its exit status (0 when every task ran)."""
+def _run_opencompass(run_dir: Path, env: dict[str, str], log_path: Path, model: ModelOptions) -> int:
+    """Run OpenCompass (behind the context check) on the run folder's configuration in this process,
+    its output to `log_path`; return its exit status (launch.REFUSED: a prompt did not fit,
+    OpenCompass never started)."""
     argv = [
+        *(["--trust-remote-code"] if model.trust_remote_code else []),
         str(run_dir / RUN_CONFIG_FILE),
         "--work-dir",
         str(run_dir.parent),
@@ -150,22 +164,23 @@ def _run_opencompass(run_dir: Path, env: dict[str, str], log_path: Path, num_gpu
         "--debug",
     ]
     # Which devices the job was given (SLURM sets CUDA_VISIBLE_DEVICES for a GPU job).
-    log.info("devices: %d GPU(s), CUDA_VISIBLE_DEVICES=%s", num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+    log.info(
+        "devices: %d GPU(s), CUDA_VISIBLE_DEVICES=%s", model.num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+    )
     started = time.monotonic()
     # OpenCompass writes scratch files (tmp/, .cache/) into its working directory.
-    with _as_process(["opencompass", *argv], cwd=run_dir, env=env, output=log_path):
+    with _as_process(["shadowft.evaluation.launch", *argv], cwd=run_dir, env=env, output=log_path):
         # After the environment: huggingface_hub and transformers read the offline switches at import.
-        from opencompass.cli.main import main as opencompass_main
+        from shadowft.evaluation.launch import main as launch
 
         try:
-            opencompass_main()
-            status = 0
+            status = launch(argv)
         except SystemExit as stop:
             status = stop.code if isinstance(stop.code, int) else 1
         except Exception:  # OpenCompass's own failure: its traceback goes to its log, as it would
             traceback.print_exc()
             status = 1
-    log.info("OpenCompass finished in %.1f s with exit status %d", time.monotonic() - started, status)
+    log.info("the run finished in %.1f s with exit status %d", time.monotonic() - started, status)
     return status
 
 

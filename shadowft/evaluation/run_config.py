@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shadowft.evaluation.graders import SEEDED_EVALUATORS
 from shadowft.evaluation.models import ModelOptions, model_config
-from shadowft.evaluation.spec import CUSTOM_METRICS, BenchmarkSpec, check_qa_file
+from shadowft.evaluation.spec import CUSTOM_METRICS, PAPER_MAX_OUT_LEN, BenchmarkSpec, check_qa_file
 
 # OpenCompass's default chat meta-template ends every user turn with "\n" (it merges an
 # empty SYSTEM turn into the HUMAN one). A custom benchmark must ask exactly its prompt,
@@ -59,8 +60,12 @@ def custom_datasets(spec: BenchmarkSpec) -> list[dict]:
 def opencompass_datasets(spec: BenchmarkSpec) -> list[dict]:
     """The dataset entries of a standard OpenCompass config (e.g. gsm8k_gen), as plain data.
 
-    Needs OpenCompass (the eval environment). mmengine writes the config's classes and
-    functions as their import paths, as OpenCompass does when it saves a run's config.
+    Every dataset's max_out_len is written out: ``spec.max_out_len`` when given, else the
+    config's own, else the paper's 4096 (what OpenCompass would take from the model entry, as in
+    the authors' runs). An evaluator that grades by chance is replaced by its seeded factory
+    (shadowft.evaluation.graders). Needs OpenCompass (the eval environment). mmengine writes the
+    config's classes and functions as their import paths, as OpenCompass does when it saves a
+    run's config.
     """
     from mmengine.config import Config
 
@@ -77,7 +82,15 @@ def opencompass_datasets(spec: BenchmarkSpec) -> list[dict]:
     except TypeError as error:
         raise ValueError(f"benchmark.config: {spec.config} holds a value that is not plain data ({error})") from None
     for dataset in plain:
-        dataset["infer_cfg"]["inferencer"]["max_out_len"] = spec.max_out_len
+        inferencer = dataset["infer_cfg"]["inferencer"]
+        if spec.max_out_len is None:
+            inferencer.setdefault("max_out_len", PAPER_MAX_OUT_LEN)
+        else:
+            inferencer["max_out_len"] = spec.max_out_len
+        evaluator = dataset["eval_cfg"]["evaluator"]
+        module, _, name = str(evaluator["type"]).rpartition(".")
+        if module.startswith("opencompass.") and name in SEEDED_EVALUATORS:
+            evaluator["type"] = SEEDED_EVALUATORS[name]
     return plain
 
 

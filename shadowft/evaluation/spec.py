@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("custom", "opencompass")
-# The paper's generation length for every standard benchmark (their own configs set shorter ones,
-# e.g. GSM8K 512, which the paper overrides).
+# The authors' model entry's max_out_len: OpenCompass gives it to every dataset whose config sets
+# none of its own (a config's own wins: GSM8K, BBH, SVAMP and HumanEval keep 512, MATH 1024).
 PAPER_MAX_OUT_LEN = 4096
 # The most tokens generated per answer where the entry does not say: short answers for a
-# question/answer set of one's own; the paper's for standard benchmarks.
-DEFAULT_MAX_OUT_LEN = {"custom": 64, "opencompass": PAPER_MAX_OUT_LEN}
+# question/answer set of one's own; for a standard benchmark None, the authors' rule above.
+DEFAULT_MAX_OUT_LEN = {"custom": 64, "opencompass": None}
 DEFAULT_METRIC = "exact_match"
 DEFAULT_PROMPT = "{question}"
 
@@ -55,12 +55,13 @@ class BenchmarkSpec:
     exact_match). ``opencompass``: a standard OpenCompass dataset config, named as a module
     (``opencompass.configs.datasets.gsm8k.gsm8k_gen``, the catalog's form) or by its file name
     (``gsm8k_gen``), and the list of dataset entries inside it (``variable``; default every
-    ``*_datasets``), scored by its own evaluator.
+    ``*_datasets``), scored by its own evaluator; ``max_out_len`` None leaves each dataset its
+    config's own length, else the paper's 4096 (`PAPER_MAX_OUT_LEN`), as the authors' runs did.
     """
 
     name: str
     kind: str
-    max_out_len: int
+    max_out_len: int | None
     path: str | None = None
     metric: str | None = None
     prompt: str | None = None
@@ -72,8 +73,9 @@ class BenchmarkSpec:
             raise ValueError(f"benchmark.kind: {self.kind!r} is not one of {', '.join(KINDS)}")
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(f"benchmark.name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names files)")
-        if isinstance(self.max_out_len, bool) or not isinstance(self.max_out_len, int) or self.max_out_len < 1:
-            raise ValueError(f"benchmark.max_out_len: {self.max_out_len!r} must be a positive integer")
+        if self.max_out_len is not None or self.kind == "custom":
+            if isinstance(self.max_out_len, bool) or not isinstance(self.max_out_len, int) or self.max_out_len < 1:
+                raise ValueError(f"benchmark.max_out_len: {self.max_out_len!r} must be a positive integer")
         if self.kind == "custom":
             if self.metric not in CUSTOM_METRICS:
                 raise ValueError(f"benchmark.metric: {self.metric!r} is not one of {', '.join(CUSTOM_METRICS)}")
@@ -117,6 +119,11 @@ class BenchmarkSpec:
     def as_dict(self) -> dict[str, Any]:
         """The JSON form, without the keys that do not apply to its kind."""
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @property
+    def answer_budget(self) -> int:
+        """The most tokens one answer may take, for sizing a job (no catalog config sets more than 4096)."""
+        return self.max_out_len or PAPER_MAX_OUT_LEN
 
     @property
     def score_key(self) -> str | None:

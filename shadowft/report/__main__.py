@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--pairs", nargs="+", required=True)
     summary.add_argument("--variants", nargs="+", required=True, help="every variant scored (shadowft.workflow.sweep)")
     summary.add_argument("--benchmarks", nargs="+", required=True)
-    summary.add_argument("--groups", type=json.loads, default={}, help="{group: [benchmark, ...]} as JSON")
+    summary.add_argument(
+        "--scoring", type=json.loads, default={}, help="how scores become the tables' numbers (Scoring, as JSON)"
+    )
     summary.add_argument(
         "--remote-code", nargs="*", default=[], metavar="PAIR:ROLE", help="models that ran their own code"
     )
@@ -40,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     figures = commands.add_parser("figures", help="figures of one pair, from summary.csv")
     figures.add_argument("summary", type=Path)
     figures.add_argument("pair")
-    figures.add_argument("--groups", type=json.loads, default={}, help="{group: [benchmark, ...]} as JSON")
+    figures.add_argument(
+        "--scoring", type=json.loads, default={}, help="how scores become the tables' numbers (Scoring, as JSON)"
+    )
     figures.add_argument("--similarity", type=Path, help="the pair's similarity.csv (for the similarity figure)")
     figures.add_argument("outputs", nargs="+", metavar="NAME=PNG", help="the figures to draw and where")
     training = commands.add_parser("training-figure", help="every run's training loss on BASE and INSTRUCT")
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raise_on_sigterm()
     if args.command == "summary":
+        from shadowft.evaluation.benchmarks import Scoring
         from shadowft.report.records import score_records
         from shadowft.report.summary import summarize
         from shadowft.versions import EnvironmentVersions
@@ -79,15 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             args.csv,
             args.md,
             out_html=args.html,
-            benchmark_groups=args.groups,
+            scoring=Scoring.from_dict(args.scoring),
             similarity={path.parent.name: path for path in args.similarity},
             versions=[EnvironmentVersions.read(path) for path in args.versions],
         )
     elif args.command == "figures":
+        from shadowft.evaluation.benchmarks import Scoring
         from shadowft.report.figures import draw_figures
 
         outputs = {name: Path(path) for name, path in _pairs_of(parser, args.outputs, "NAME=PNG").items()}
-        draw_figures(args.summary, args.pair, outputs, benchmark_groups=args.groups, similarity_csv=args.similarity)
+        scoring = Scoring.from_dict(args.scoring)
+        draw_figures(args.summary, args.pair, outputs, scoring=scoring, similarity_csv=args.similarity)
     elif args.command == "training-figure":
         from shadowft.report.figures import plot_training_loss
 

@@ -10,7 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shadowft.report.tables import AVERAGE, BASELINE, REFERENCE, Cell, PairSection, Row, ScoreTable
+from shadowft.evaluation.benchmarks import AUTHORS_SUMMARIZER, GROUPS
+from shadowft.report.tables import AVERAGE, BASELINE, REFERENCE, Cell, Columns, PairSection, Row, ScoreTable
 
 TITLE = "Shadow-FT results"
 REMOTE_CODE_MARK = "†"
@@ -80,10 +81,8 @@ def table_caption(number: int, table: ScoreTable) -> str:
     else:
         compared = "no Instruct scores to compare with"
     parts = [f"{title}. Score per benchmark (higher is better); {compared}."]
-    groups = [c for c in table.columns if c not in table.benchmark_columns and c != AVERAGE]
-    if groups:
-        parts.append(f"{', '.join(groups)}: unweighted mean over the group's benchmarks.")
-    parts.append(f"{AVERAGE}: unweighted mean over the benchmarks (a benchmark of several metrics counts its first).")
+    if table.rules is not None:
+        parts.extend(_rule_sentences(table.rules))
     seeds = table.seeds
     if len(seeds) > 1:
         parts.append(
@@ -93,6 +92,40 @@ def table_caption(number: int, table: ScoreTable) -> str:
     elif seeds:
         parts.append(f"One seed ({seeds[0]}).")
     return " ".join(parts)
+
+
+def _rule_sentences(rules: Columns) -> list[str]:
+    """What each number of a table is: the benchmarks' scores, the groups' means, the Average."""
+    by_rule: dict[str, list[str]] = {}
+    for benchmark, rule in rules.benchmarks.items():
+        by_rule.setdefault(rule, []).append(benchmark)
+    sentences = [
+        "Each benchmark's score: " + "; ".join(f"{rule} ({', '.join(names)})" for rule, names in by_rule.items()) + "."
+    ]
+    if rules.groups:
+        partial = [
+            f"{column} over {', '.join(members)} only ({len(members)} of its {len(GROUPS[group])})"
+            for column, members in rules.groups.items()
+            if (group := column.removesuffix(" avg")) in GROUPS and len(members) < len(GROUPS[group])
+        ]
+        sentences.append(
+            f"{', '.join(rules.groups)}: unweighted mean of the group's benchmark scores"
+            + (f"; {'; '.join(partial)}" if partial else "")
+            + "."
+        )
+    if rules.by_groups:
+        # What the Average leaves out: the groups not averaged, and the benchmarks of no group.
+        outside = [group for group in rules.groups if group not in rules.averaged]
+        outside += [b for b in rules.benchmarks if not any(b in members for members in rules.groups.values())]
+        sentences.append(
+            f"{AVERAGE}: unweighted mean of {', '.join(rules.averaged)}, the Shadow-FT authors' overall average "
+            f"(their OpenCompass summarizer {AUTHORS_SUMMARIZER})"
+            + (f"; {', '.join(outside)} not in it" if outside else "")
+            + "."
+        )
+    else:
+        sentences.append(f"{AVERAGE}: unweighted mean of every benchmark's score.")
+    return sentences
 
 
 def table_cells(table: ScoreTable, digits: int = 1) -> list[list[str]]:

@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from shadowft.engine.sigma import tensor_type
+from shadowft.evaluation.benchmarks import Scoring
 from shadowft.report.records import read_summary
 from shadowft.report.tables import BASELINE, REFERENCE, ScoreTable, learning_rate_swept, pair_tables, read_similarity
 from shadowft.workflow.sweep import Run
@@ -302,14 +303,14 @@ def draw_figures(
     pair: str,
     outputs: Mapping[str, Path],
     *,
-    benchmark_groups: Mapping[str, Sequence[str]] | None = None,
+    scoring: Scoring | None = None,
     similarity_csv: Path | None = None,
 ) -> list[Path]:
     """Draw the named figures (keys of FIGURES, or "similarity") of one pair from summary.csv."""
     unknown = sorted(set(outputs) - {*FIGURES, "similarity"})
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join([*FIGURES, 'similarity'])}")
-    tables = pair_tables(read_summary(Path(summary_csv)), pair, benchmark_groups or {})
+    tables = pair_tables(read_summary(Path(summary_csv)), pair, scoring)
     drawn = []
     for name, out in outputs.items():
         if name == "similarity":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shadowft.evaluation.benchmarks import Scoring
 from shadowft.io import atomic_write_text
 from shadowft.report.document import report_document
 from shadowft.report.records import ScoreRecord, tidy_scores
@@ -21,22 +22,23 @@ def summarize(
     out_md: Path,
     *,
     out_html: Path | None = None,
-    benchmark_groups: Mapping[str, Sequence[str]] | None = None,
+    scoring: Scoring | None = None,
     similarity: Mapping[str, Path] | None = None,
     versions: Sequence[EnvironmentVersions] = (),
     digits: int = 1,
 ) -> pd.DataFrame:
     """Write the tidy ``out_csv`` and the paper-style tables to ``out_md`` (and ``out_html``).
 
-    ``benchmark_groups`` maps a group name to its benchmarks: each group gets a column with
-    their unweighted mean. ``similarity`` maps a pair to its similarity CSV
+    ``scoring`` (shadowft.evaluation.benchmarks.scoring of the config) says how a benchmark's
+    datasets make its score, which groups get a column of their mean, and what the Average
+    averages; default: each benchmark's first metric, no groups. ``similarity`` maps a pair to its similarity CSV
     (shadowft.engine.sigma), whose overall sigma is quoted with the pair's tables. ``versions``,
     the environments that ran (shadowft.versions), are stated under the title. Returns the
     tidy frame written to ``out_csv``.
     """
     summary = tidy_scores(records)
     sigmas = {pair: overall_sigma(Path(path)) for pair, path in (similarity or {}).items()}
-    sections = report_sections(summary, dict(benchmark_groups or {}), sigmas)
+    sections = report_sections(summary, scoring or Scoring(), sigmas)
     blocks = report_document(sections, versions_sentence(versions) if versions else None, digits=digits)
     atomic_write_text(Path(out_csv), summary.to_csv(index=False))
     atomic_write_text(Path(out_md), render_markdown(blocks))

@@ -3,6 +3,12 @@ stage, tuning, learning rate, LoRA rank) one ``ScoreTable``, variants as rows, b
 averages and the average as columns. Runs that differ only by seed are one row, each cell the
 mean and standard deviation over the seeds (``Cell``).
 
+The numbers follow one rule, the evaluation's `Scoring` (shadowft.evaluation.benchmarks): a
+benchmark's score is its `Headline` over its datasets' scores (for the paper's benchmarks, as the
+Shadow-FT authors' summarizer takes it), a group's the unweighted mean of its benchmarks', and
+the Average the unweighted mean of the averaged groups' means (the authors' overall average),
+or of every benchmark's score where no group is averaged.
+
 ``shadowft.report.figures`` draws the same tables; ``shadowft.report.document`` writes them as text.
 """
 
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shadowft.evaluation.benchmarks import Headline, Scoring
 from shadowft.report.records import KINDS, UNTUNED, missing_to_none, setting_values
 from shadowft.workflow.sweep import Variant
 
@@ -78,6 +85,21 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Columns:
+    """A table's columns and what each number is: the benchmarks (each with its rule in words), the
+    group averages (each with its benchmarks), and what the Average averages."""
+
+    benchmarks: dict[str, str]  # benchmark -> how its score is taken from its datasets
+    groups: dict[str, list[str]]  # "{group} avg" -> its benchmarks
+    averaged: list[str]  # the columns the Average is the unweighted mean of
+    by_groups: bool  # whether those are group averages (the authors' rule) rather than every benchmark
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.benchmarks, *self.groups, AVERAGE]
+
+
+@dataclass(frozen=True)
 class ScoreTable:
     """The paper's table for one pair and sweep setting (None: a pair with untuned variants only)."""
 
@@ -86,6 +108,7 @@ class ScoreTable:
     columns: list[str]  # benchmarks, then group averages, then the average
     benchmark_columns: list[str]
     rows: list[Row] = field(default_factory=list)
+    rules: Columns | None = None  # what each column's number is, for the caption
 
     def row(self, kind: str, alpha: float | None = None) -> Row | None:
         return next((row for row in self.rows if row.kind == kind and row.alpha == alpha), None)
@@ -144,14 +167,18 @@ def variant_name_label(variant: str) -> str:
     return variant_label(parsed.kind.value, setting, parsed.alpha)
 
 
-def pair_tables(summary: pd.DataFrame, pair: str, benchmark_groups: Mapping[str, Sequence[str]]) -> list[ScoreTable]:
-    """The pair's tables: one per sweep setting, Base and Instruct in each; seeds averaged per row."""
+def pair_tables(summary: pd.DataFrame, pair: str, scoring: Scoring | None = None) -> list[ScoreTable]:
+    """The pair's tables: one per sweep setting, Base and Instruct in each; seeds averaged per row.
+
+    `scoring` (default: every benchmark by its first metric, no groups) makes the numbers.
+    """
+    scoring = scoring or Scoring()
     rows = summary[summary["pair"] == pair]
     if rows.empty:
         raise ValueError(f"no scores for pair {pair!r}")
-    benchmark_columns, group_columns = _columns(rows, pair, benchmark_groups)
-    columns = [*benchmark_columns, *group_columns]
-    variants = _variant_scores(rows, benchmark_columns, group_columns)
+    rules = _columns(rows, pair, scoring)
+    benchmark_columns, columns = list(rules.benchmarks), rules.names
+    variants = _variant_scores(rows, rules, scoring)
     settings = list(dict.fromkeys(v.setting for v in variants if v.kind not in UNTUNED))
     tables = []
     for setting in settings or [None]:
@@ -170,7 +197,7 @@ def pair_tables(summary: pd.DataFrame, pair: str, benchmark_groups: Mapping[str,
                     any(v.trust_remote_code for v in same),
                 )
             )
-        tables.append(ScoreTable(pair, setting, columns, benchmark_columns, table_rows))
+        tables.append(ScoreTable(pair, setting, columns, benchmark_columns, table_rows, rules))
     return tables
 
 
@@ -188,13 +215,11 @@ def _sweeps_learning_rate(settings: Iterable[Setting]) -> bool:
     return any(len(values) > 1 for values in rates.values())
 
 
-def report_sections(
-    summary: pd.DataFrame, benchmark_groups: Mapping[str, Sequence[str]], sigmas: Mapping[str, float]
-) -> list[PairSection]:
+def report_sections(summary: pd.DataFrame, scoring: Scoring, sigmas: Mapping[str, float]) -> list[PairSection]:
     """Per pair, in order of first appearance: its tables, its sigma and the learning rates it ran."""
     sections = []
     for pair in dict.fromkeys(summary["pair"]):
-        tables = pair_tables(summary, pair, benchmark_groups)
+        tables = pair_tables(summary, pair, scoring)
         rates: dict[str, list[float]] = {}
         for table in tables:
             if table.setting is not None and table.setting.learning_rate is not None:
@@ -229,47 +254,51 @@ def _setting_of(row) -> Setting | None:
     return None if values is None else Setting(*values)
 
 
-def _columns(
-    rows: pd.DataFrame, pair: str, benchmark_groups: Mapping[str, Sequence[str]]
-) -> tuple[list[str], dict[str, list[str]]]:
-    """The benchmark columns (benchmark, or "benchmark (metric)" when it has several), and per
-    average column ("{group} avg", then the Average over every benchmark) the columns it averages:
-    one per benchmark, its first metric (IFEval's strict prompt accuracy, as the paper reports it),
-    so a benchmark of several metrics weighs no more than one of a single metric."""
+def _columns(rows: pd.DataFrame, pair: str, scoring: Scoring) -> Columns:
+    """The pair's columns: a benchmark each (grouped benchmarks first, in group order), a "{group} avg"
+    per group, and the Average over the averaged groups (or over every benchmark)."""
     benchmarks = list(dict.fromkeys(rows["benchmark"]))
-    grouped = [b for members in benchmark_groups.values() for b in members if b in benchmarks]
-    benchmarks = list(dict.fromkeys([*grouped, *benchmarks]))  # grouped benchmarks first, in group order
-    columns: dict[str, list[str]] = {}
-    for benchmark in benchmarks:
-        metrics = list(dict.fromkeys(rows.loc[rows["benchmark"] == benchmark, "metric"]))
-        columns[benchmark] = [benchmark] if len(metrics) == 1 else [f"{benchmark} ({metric})" for metric in metrics]
-    group_columns = {}
-    for group, members in benchmark_groups.items():
+    grouped = [b for members in scoring.groups.values() for b in members if b in benchmarks]
+    benchmarks = list(dict.fromkeys([*grouped, *benchmarks]))
+    groups = {}
+    for group, members in scoring.groups.items():
         absent = [b for b in members if b not in benchmarks]
         if absent:
             raise ValueError(f"benchmark group {group!r}: pair {pair!r} has no scores for {', '.join(absent)}")
-        group_columns[f"{group} avg"] = [columns[b][0] for b in members]
-    group_columns[AVERAGE] = [names[0] for names in columns.values()]
-    return [column for names in columns.values() for column in names], group_columns
+        groups[f"{group} avg"] = list(members)
+    averaged = [f"{group} avg" for group in scoring.averaged]
+    rules = {
+        benchmark: _rule_in_words(scoring.headline(benchmark), rows[rows["benchmark"] == benchmark])
+        for benchmark in benchmarks
+    }
+    return Columns(rules, groups, averaged or benchmarks, bool(averaged))
 
 
-def _variant_scores(
-    rows: pd.DataFrame, benchmark_columns: list[str], group_columns: Mapping[str, list[str]]
-) -> list[_VariantScores]:
+def _rule_in_words(headline: Headline, rows: pd.DataFrame) -> str:
+    """How a benchmark's score is taken from its datasets, in a few words ("accuracy, mean over its 57 datasets")."""
+    datasets = list(dict.fromkeys(rows["dataset"]))
+    kept = list(headline.datasets) or datasets
+    metric = headline.metric or " or ".join(dict.fromkeys(rows.drop_duplicates("dataset")["metric"]))
+    if len(kept) > 1:
+        return f"{metric}, mean over {'its ' if kept == datasets else ''}{len(kept)} datasets"
+    if len(datasets) > 1:
+        return f"{metric} of {kept[0]} (1 of its {len(datasets)} datasets)"
+    return metric
+
+
+def _variant_scores(rows: pd.DataFrame, rules: Columns, scoring: Scoring) -> list[_VariantScores]:
     """One entry per variant of the pair: kind, setting, seed, alpha and a score per column."""
-    metrics = rows.groupby("benchmark")["metric"].nunique()
-    multi_metric = set(metrics[metrics > 1].index)
     variants = []
     for _, scores in rows.groupby("variant", sort=False):
         first = next(scores.itertuples())
-        column = scores["benchmark"].where(
-            ~scores["benchmark"].isin(multi_metric), scores["benchmark"] + " (" + scores["metric"] + ")"
-        )
-        # A benchmark of several datasets scores their unweighted mean.
-        values = scores.assign(column=column).groupby("column")["score"].mean().to_dict()
-        per_column = {c: float(values.get(c, math.nan)) for c in benchmark_columns}
-        for average_column, members in group_columns.items():
-            per_column[average_column] = statistics.fmean(per_column[c] for c in members)
+        per_column = {}
+        for benchmark in rules.benchmarks:
+            mine = scores[scores["benchmark"] == benchmark]
+            values = {(row.dataset, row.metric): float(row.score) for row in mine.itertuples()}
+            per_column[benchmark] = scoring.headline(benchmark).score(benchmark, values) if values else math.nan
+        for column, members in rules.groups.items():
+            per_column[column] = statistics.fmean(per_column[b] for b in members)
+        per_column[AVERAGE] = statistics.fmean(per_column[c] for c in rules.averaged)
         variants.append(
             _VariantScores(
                 kind=first.kind,

@@ -17,12 +17,12 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from shadowft.evaluation.benchmarks import benchmark_groups, opencompass_benchmarks
+from shadowft.evaluation.benchmarks import opencompass_benchmarks, scoring
 from shadowft.evaluation.models import BACKEND_ENVS
 from shadowft.evaluation.spec import benchmark_spec
 from shadowft.training.arguments import training_arguments
@@ -386,13 +386,9 @@ class Plan:
 
     # The report -------------------------------------------------------------------------------
 
-    @cached_property
-    def benchmark_groups(self) -> dict[str, list[str]]:
-        """{group: [benchmark, ...]} of the evaluated standard benchmarks, for the group averages."""
-        return benchmark_groups(self.config["evaluation"])
-
-    def benchmark_groups_json(self) -> str:
-        return json.dumps(self.benchmark_groups, sort_keys=True)
+    def scoring_json(self) -> str:
+        """How the report makes its numbers from the scores (shadowft.evaluation.benchmarks.Scoring), as JSON."""
+        return json.dumps(scoring(self.config["evaluation"]).as_dict(), sort_keys=True)
 
     def score_files(self) -> list[str]:
         return [

@@ -145,11 +145,11 @@ class Sizer:
         return dataset_tokens(Path(input.dataset)) * (epochs or float(PAPER_DEFAULTS["num_train_epochs"]))
 
     def evaluation_tokens(self, wildcards, input) -> float:
-        """Generated tokens: questions times the benchmark's max_out_len."""
+        """Generated tokens: questions times the most tokens an answer may take."""
         questions_file = Path(input.data) / "eval.jsonl"
         spec = benchmark_spec(wildcards.benchmark, self.plan.benchmark(wildcards.benchmark), questions_file)
         questions = UNKNOWN_QUESTIONS
         if questions_file.is_file():
             with open(questions_file, encoding="utf-8") as lines:
                 questions = sum(1 for _ in lines)
-        return questions * spec.max_out_len
+        return questions * spec.answer_budget
