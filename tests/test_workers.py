@@ -79,7 +79,7 @@ def room(tmp_path, monkeypatch):
 
 def worker_pids(folder: Path) -> list[int]:
     found = []
-    for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines():
+    for line in subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines():
         if "shadowft.workers" in line and str(folder) in line:
             found.append(int(line.split()[0]))
     return found
