@@ -357,6 +357,7 @@ def test_training_on_shadow_2k_plans_the_download_and_the_preparation_first(tmp_
         "sample": {"count": 2000, "seed": 0},
     }
     config["datasets"]["tasks"] = {"source": "local", "file": "tasks.jsonl", "format": "alpaca"}
+    write_jsonl(tmp_path / "tasks.jsonl", alpaca_rows(2))  # a declared local file must be there when the plan is made
     config["training"]["dataset"] = "shadow_2k"
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(tmp_path / "experiment.yaml"))
@@ -418,4 +419,4 @@ def test_a_dataset_folder_on_disk_is_used_as_it_is(tmp_path):
     result = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(tmp_path / "experiment.yaml"))
     jobs = planned_jobs(result.stdout)
     assert "prepare_dataset" not in jobs and "download_dataset" not in jobs and jobs["train"] == 4
-    assert f"input: data/demo/base/model, {folder}" in result.stdout
+    assert f"data/demo/base/model, {folder}" in result.stdout  # training_config's inputs
