@@ -266,10 +266,10 @@ def _run_similarity(args: argparse.Namespace) -> str:
 
 
 def _run_overlap(args: argparse.Namespace) -> str:
-    from shadowft.engine.overlap import Updates, overlap
+    from shadowft.engine.overlap import Updates, measure_overlap
 
     updates = Updates(args.tuned, args.adapter, args.instruct_tuned, args.instruct_adapter)
-    summary = overlap(args.base, args.instruct, args.out, updates, _options(DeltaOptions, args, OVERLAP_FIELDS))
+    summary = measure_overlap(args.base, args.instruct, args.out, updates, _options(DeltaOptions, args, OVERLAP_FIELDS))
     overall = summary["overall"]
     said = [f"sigma = {overall['sigma']:.6f}", f"||I||/||W|| = {overall['rel_i']:.4f}"]
     if updates.has_b:

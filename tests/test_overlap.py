@@ -28,7 +28,7 @@ from shadowft.cli import main
 from shadowft.engine.layout import DeltaError
 from shadowft.engine.numerics import CHUNK_ELEMENTS
 from shadowft.engine.options import DeltaOptions
-from shadowft.engine.overlap import COLUMNS, MEASURES, SUMS, Updates, overlap
+from shadowft.engine.overlap import COLUMNS, MEASURES, SUMS, Updates, measure_overlap
 from shadowft.engine.sigma import layer_index
 
 RANK, LORA_ALPHA = 4, 8
@@ -180,7 +180,7 @@ def test_full_updates_against_torch(pair, tmp_path, chunk):
     models, _, folders = pair
     updates = Updates(tuned=folders["tuned"], instruct_tuned=folders["instruct_tuned"])
     options = DeltaOptions(chunk_elements=chunk, progress=False)
-    summary = overlap(folders["base"], folders["instruct"], tmp_path / "overlap.csv", updates, options)
+    summary = measure_overlap(folders["base"], folders["instruct"], tmp_path / "overlap.csv", updates, options)
     check_against_torch(tmp_path / "overlap.csv", models, None, FLOAT_NAMES)
     assert summary["tensors"] == len(FLOAT_NAMES) and set(summary["layers"]) == {0, 1}
     assert 0.2 < summary["overall"]["cos_ib"] < 0.9 and summary["not_compared"] == {}
@@ -191,7 +191,7 @@ def test_lora_updates_against_torch_untargeted_tensors_are_zero(pair, tmp_path, 
     models, factors, folders = pair
     updates = Updates(adapter=folders["adapter"], instruct_adapter=folders["instruct_adapter"])
     options = DeltaOptions(chunk_elements=chunk, progress=False)
-    overlap(folders["base"], folders["instruct"], tmp_path / "overlap.csv", updates, options)
+    measure_overlap(folders["base"], folders["instruct"], tmp_path / "overlap.csv", updates, options)
     check_against_torch(tmp_path / "overlap.csv", models, factors, FLOAT_NAMES)
     rows = read_rows(tmp_path / "overlap.csv")
     untargeted = rows["tensor", "model.norm.weight"]
@@ -201,7 +201,9 @@ def test_lora_updates_against_torch_untargeted_tensors_are_zero(pair, tmp_path, 
 def test_a_full_and_a_lora_update_side_by_side(pair, tmp_path):
     models, factors, folders = pair
     updates = Updates(tuned=folders["tuned"], instruct_adapter=folders["instruct_adapter"])
-    overlap(folders["base"], folders["instruct"], tmp_path / "o.csv", updates, DeltaOptions(chunk_elements=CHUNK))
+    measure_overlap(
+        folders["base"], folders["instruct"], tmp_path / "o.csv", updates, DeltaOptions(chunk_elements=CHUNK)
+    )
     rows = read_rows(tmp_path / "o.csv")
     name = "model.layers.0.self_attn.q_proj.weight"
     b = models["tuned"][name].double() - models["base"][name].double()
@@ -214,7 +216,7 @@ def test_the_selection_and_the_edge_cases(pair, tmp_path):
     INSTRUCT left alone has no cosine, an int tensor is no tensor of the overlap."""
     models, _, folders = pair
     options = DeltaOptions(preset="official", chunk_elements=CHUNK, progress=False)
-    summary = overlap(folders["base"], folders["instruct"], tmp_path / "o.csv", Updates(), options)
+    summary = measure_overlap(folders["base"], folders["instruct"], tmp_path / "o.csv", Updates(), options)
     rows = read_rows(tmp_path / "o.csv")
     assert sorted(name for level, name in rows if level == "tensor") == sorted(PROJECTIONS)
     assert summary["tensors"] == len(PROJECTIONS)
@@ -224,7 +226,7 @@ def test_the_selection_and_the_edge_cases(pair, tmp_path):
         assert all(row[key] != "" for key in ("sigma", "rel_i")), row["name"]
     unchanged = rows["tensor", UNCHANGED]
     assert float(unchanged["sq_i"]) == 0.0 and float(unchanged["rel_i"]) == 0.0 and float(unchanged["sigma"]) == 0.0
-    overlap(folders["base"], folders["instruct"], tmp_path / "b.csv", Updates(tuned=folders["tuned"]), options)
+    measure_overlap(folders["base"], folders["instruct"], tmp_path / "b.csv", Updates(tuned=folders["tuned"]), options)
     with_b = read_rows(tmp_path / "b.csv")
     assert with_b["tensor", UNCHANGED]["cos_ib"] == "" and with_b["tensor", UNCHANGED]["ratio_bi"] == ""
     assert with_b["overall", "overall"]["cos_ib"] != ""  # the other tensors define it
@@ -240,7 +242,7 @@ def test_inputs_are_checked(pair, tmp_path):
     wrong = dict(models["instruct"])
     wrong[UNCHANGED] = wrong[UNCHANGED][:-1]
     with pytest.raises(DeltaError, match=f"^I, INSTRUCT's update of BASE .*: shape mismatch for '{UNCHANGED}'"):
-        overlap(folders["base"], write_model(tmp_path / "wrong", with_int_tensor(wrong)), tmp_path / "o.csv")
+        measure_overlap(folders["base"], write_model(tmp_path / "wrong", with_int_tensor(wrong)), tmp_path / "o.csv")
     assert not (tmp_path / "o.csv").exists()
 
 

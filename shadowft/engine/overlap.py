@@ -112,7 +112,7 @@ class _Tensor:
         return self.base.cols
 
 
-def overlap(
+def measure_overlap(
     base: Path,
     instruct: Path,
     out_csv: Path,
