@@ -72,3 +72,30 @@ rule similarity:
     shell:
         "{params.python:q} -m shadowft similarity {input.base:q} {input.instruct:q}"
         " --threads {threads} --no-progress --out {output:q} > {log:q} 2>&1"
+
+
+# How a run's updates overlap: the graft's (tuned BASE - BASE) against what instruction tuning
+# changed (INSTRUCT - BASE) and against the same tuning on INSTRUCT; the tensors the graft touches.
+rule overlap:
+    input:
+        unpack(PLAN.overlap_inputs),
+    output:
+        "results/{pair}/{run}/overlap.csv",
+    log:
+        "logs/delta/{pair}/{run}/overlap.log",
+    benchmark:
+        "benchmarks/delta/{pair}/{run}/overlap.tsv"
+    conda:
+        "../envs/core.yaml"
+    threads: SIZES.engine_threads
+    resources:
+        **SIZES.job(Workload.ENGINE, model="base"),
+    params:
+        python=PLAN.python("core"),
+        updates=PLAN.overlap_updates,
+        preset=config["graft"]["preset"],
+        vocab_mismatch=config["graft"]["vocab_mismatch"],
+    shell:
+        "{params.python:q} -m shadowft overlap {input.base:q} {input.instruct:q} {params.updates}"
+        " --preset {params.preset} --vocab-mismatch {params.vocab_mismatch}"
+        " --threads {threads} --no-progress --out {output:q} > {log:q} 2>&1"

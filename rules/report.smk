@@ -31,6 +31,7 @@ rule report:
     input:
         scores=PLAN.score_files(),
         similarity=PLAN.similarity_files(),
+        overlap=PLAN.overlap_files(),
         versions=PLAN.versions_files(),
     output:
         csv=report("results/summary.csv", caption="../report/summary_csv.rst", category="Tables"),
@@ -53,7 +54,7 @@ rule report:
     shell:
         "{params.python:q} -m shadowft.report summary --pairs {params.pairs:q} --variants {params.variants:q}"
         " --benchmarks {params.benchmarks:q} --scoring {params.scoring:q} --remote-code {params.remote_code:q}"
-        " --similarity {input.similarity:q} --versions {input.versions:q}"
+        " --similarity {input.similarity:q} --overlap {input.overlap:q} --versions {input.versions:q}"
         " --csv {output.csv:q} --md {output.md:q} --html {output.html:q} > {log:q} 2>&1"
 
 
@@ -87,6 +88,29 @@ rule figures:
         "{params.python:q} -m shadowft.report figures {input.summary:q} {wildcards.pair:q}"
         " --scoring {params.scoring:q} --similarity {input.similarity:q}"
         " scores={output.scores:q} similarity={output.similarity:q} > {log:q} 2>&1"
+
+
+# Drawn where the runs tune BASE (the plan's final outputs ask for it then): each run's overlap per layer.
+rule overlap_figure:
+    input:
+        PLAN.pair_overlap_files,
+    output:
+        overlap=report(
+            "results/plots/{pair}/overlap.png",
+            caption="../report/overlap.rst",
+            category="Figures",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "figure": "overlap of the updates"},
+        ),
+    log:
+        "logs/figures/{pair}_overlap.log",
+    conda:
+        "../envs/core.yaml"
+    params:
+        python=PLAN.python("core"),
+    shell:
+        "{params.python:q} -m shadowft.report overlap-figure {wildcards.pair:q} {output.overlap:q}"
+        " --overlap {input:q} > {log:q} 2>&1"
 
 
 # Drawn where the experiment grafts (the plan's final outputs ask for it then).

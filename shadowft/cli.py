@@ -4,6 +4,7 @@ as the workflow will check it. The workflow's own rules call the same commands.
 shadowft extract-delta --base BASE (--tuned TUNED | --adapter ADAPTER) --out DELTA
 shadowft graft --instruct INSTRUCT (--delta DELTA | --base BASE (--tuned T | --adapter A)) --out OUT
 shadowft similarity MODEL_A MODEL_B --out sigma.csv
+shadowft overlap BASE INSTRUCT [--tuned T | --adapter A] [--instruct-tuned T | --instruct-adapter A] --out overlap.csv
 shadowft delta-to-lora --delta DELTA (--rank R | --energy E) --out ADAPTER
 shadowft check-pair BASE INSTRUCT --out preflight.json
 shadowft check-config CONFIG.yaml
@@ -65,9 +66,14 @@ def _add_option_flags(parser: argparse.ArgumentParser, options: type, only: Sequ
         parser.add_argument(flag, dest=option.name, help=meta["help"] + default, **keywords)
 
 
-def _options(options: type, args: argparse.Namespace, **settings: Any):
-    """The options record `options` from the flags `_add_option_flags` made, and `settings`."""
-    flagged = {option.name for option in dataclasses.fields(options) if "help" in option.metadata}
+def _options(options: type, args: argparse.Namespace, only: Sequence[str] | None = None, **settings: Any):
+    """The options record `options` from the flags `_add_option_flags` made (those named in
+    `only`, when given; the rest keep their defaults), and `settings`."""
+    flagged = {
+        option.name
+        for option in dataclasses.fields(options)
+        if "help" in option.metadata and (only is None or option.name in only)
+    }
     return options(**{name: getattr(args, name) for name in flagged}, **settings)
 
 
@@ -121,6 +127,32 @@ def _add_similarity(commands: argparse._SubParsersAction) -> None:
     similarity.set_defaults(run=_run_similarity)
 
 
+# The flags of the overlap command: which tensors (the graft's selection), the pair's vocabulary policy, the runtime.
+OVERLAP_FIELDS = ("preset", "include", "exclude", "vocab_mismatch", *RUNTIME_FIELDS)
+
+
+def _add_overlap(commands: argparse._SubParsersAction) -> None:
+    """The overlap subcommand."""
+    overlap = commands.add_parser(
+        "overlap",
+        help="how the updates of a pair overlap: cos(INSTRUCT - BASE, tuned BASE - BASE), their norms, sigma",
+        description="Per tensor, per layer and overall, written as CSV: sigma and ||I|| / ||W_BASE|| "
+        "(I = INSTRUCT - BASE; no training needed), and with a tuned BASE (B = its update) cos(I, B) and "
+        "||B|| / ||I||, and with INSTRUCT tuned the same way (F) cos(B, F) and ||F|| / ||B||.",
+    )
+    overlap.add_argument("base", type=Path, metavar="BASE")
+    overlap.add_argument("instruct", type=Path, metavar="INSTRUCT")
+    tuned = overlap.add_mutually_exclusive_group()
+    tuned.add_argument("--tuned", type=Path, help="BASE fully fine-tuned")
+    tuned.add_argument("--adapter", type=Path, help="a PEFT LoRA adapter trained on BASE")
+    instruct_tuned = overlap.add_mutually_exclusive_group()
+    instruct_tuned.add_argument("--instruct-tuned", type=Path, help="INSTRUCT fully fine-tuned the same way")
+    instruct_tuned.add_argument("--instruct-adapter", type=Path, help="a LoRA adapter trained on INSTRUCT the same way")
+    overlap.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    _add_option_flags(overlap, DeltaOptions, OVERLAP_FIELDS)
+    overlap.set_defaults(run=_run_overlap)
+
+
 def _add_lowrank(commands: argparse._SubParsersAction) -> None:
     """The delta-to-lora subcommand."""
     lowrank = commands.add_parser(
@@ -152,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract(commands)
     _add_graft(commands)
     _add_similarity(commands)
+    _add_overlap(commands)
     _add_lowrank(commands)
     _add_check_pair(commands)
     _add_check_config(commands)
@@ -230,6 +263,20 @@ def _run_similarity(args: argparse.Namespace) -> str:
         args.first, args.second, args.out, allow_pickle=args.allow_pickle, threads=args.threads, progress=args.progress
     )
     return f"sigma = {summary['overall_sigma']:.6f} over {summary['tensors']} tensors; wrote {args.out}"
+
+
+def _run_overlap(args: argparse.Namespace) -> str:
+    from shadowft.engine.overlap import Updates, measure_overlap
+
+    updates = Updates(args.tuned, args.adapter, args.instruct_tuned, args.instruct_adapter)
+    summary = measure_overlap(args.base, args.instruct, args.out, updates, _options(DeltaOptions, args, OVERLAP_FIELDS))
+    overall = summary["overall"]
+    said = [f"sigma = {overall['sigma']:.6f}", f"||I||/||W|| = {overall['rel_i']:.4f}"]
+    if updates.has_b:
+        said += [f"cos(I, B) = {overall['cos_ib']:.4f}", f"||B||/||I|| = {overall['ratio_bi']:.4f}"]
+    if updates.has_f:
+        said += [f"cos(B, F) = {overall['cos_bf']:.4f}"]
+    return f"{', '.join(said)} over {summary['tensors']} tensors; wrote {args.out}"
 
 
 def _run_lowrank(args: argparse.Namespace) -> str:

@@ -57,8 +57,11 @@ def test_every_output_is_there(demo_run):
     for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
         assert f"| {label}" in table
     assert "sigma = " in table
+    assert [line.split(":")[0] for line in table.splitlines() if line.startswith("Updates' overlap")] == [
+        f"Updates' overlap, {run}" for run in RUNS.values()
+    ]
     assert f"One seed, {CONFIG['seed']}." in table
-    for name in ("scores", "alpha", "similarity", "training"):
+    for name in ("scores", "alpha", "similarity", "training", "overlap"):
         decoded(demo_run / "results" / "plots" / "demo" / f"{name}.png")
     # One learning rate per tuning: the report says so and draws no learning-rate figure.
     assert "one per setting, so there is no learning-rate figure" in table
@@ -71,7 +74,7 @@ def test_html_report_of_the_demo(demo_run):
     """`snakemake --report` on the finished demo: every table and figure embedded, with its caption."""
     snakemake(demo_run, "--report", "results/report.html")
     outputs = [path for path, rule in workflow_files(demo_run) if rule in REPORT_RULES]
-    assert len(outputs) == 7  # three tables and four figures
+    assert len(outputs) == 8  # three tables and five figures
     assert_report_holds(demo_run, outputs)
 
 
@@ -275,3 +278,46 @@ def test_lora_shadow_matches_peft_merge_and_unload(demo_run):
         else:
             ulp = (expected.float().abs() * torch.finfo(expected.dtype).eps).clamp_min(torch.finfo(expected.dtype).tiny)
             assert ((actual.float() - expected.float()).abs() <= ulp).all(), name
+
+
+def update(workdir, run, role, reference, name):
+    """Run `run`'s update of checkpoint tensor `name` by tuning `role` (float64), from PEFT's files or
+    the tuned model and torch alone; zeros where a LoRA adapter leaves the tensor alone."""
+    folder = workdir / PAIR / run / f"train_{role}" / "model"
+    if (folder / "adapter_config.json").is_file():
+        factors = lora_factors(folder, name)
+        if factors is None:
+            return torch.zeros_like(reference[name], dtype=torch.float64)
+        scale, b, a = factors
+        return scale * (b.double() @ a.double())
+    return state_dict(folder)[name].double() - reference[name].double()
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_the_demos_overlap_against_torch(demo_run, tuning):
+    """results/demo/{run}/overlap.csv, overall: the grafted tensors' updates pooled, from the models and torch alone."""
+    run = RUNS[tuning]
+    base = state_dict(demo_run / "data" / "demo" / "base" / "model")
+    instruct = state_dict(demo_run / "data" / "demo" / "instruct" / "model")
+    sums = dict.fromkeys(("w", "i", "b", "f", "ib", "bf"), 0.0)
+    grafted = [name for name in base if name.startswith("model.layers.") and name.split(".")[-2] in PROJECTIONS]
+    for name in grafted:
+        w = base[name].double()
+        i = instruct[name].double() - w
+        b = update(demo_run, run, "base", base, name)
+        f = update(demo_run, run, "instruct", instruct, name)
+        for key, (x, y) in {"w": (w, w), "i": (i, i), "b": (b, b), "f": (f, f), "ib": (i, b), "bf": (b, f)}.items():
+            sums[key] += float((x * y).sum())
+    table = pd.read_csv(demo_run / PAIR / run / "overlap.csv")
+    overall = table[table["level"] == "overall"].iloc[0]
+    assert overall["numel"] == sum(base[name].numel() for name in grafted)
+    expected = {
+        "rel_i": (sums["i"] / sums["w"]) ** 0.5,
+        "cos_ib": sums["ib"] / (sums["i"] * sums["b"]) ** 0.5,
+        "ratio_bi": (sums["b"] / sums["i"]) ** 0.5,
+        "cos_bf": sums["bf"] / (sums["b"] * sums["f"]) ** 0.5,
+        "ratio_fb": (sums["f"] / sums["b"]) ** 0.5,
+    }
+    # Both in float64; the sums are added in other orders.
+    assert {key: overall[key] for key in expected} == pytest.approx(expected, rel=1e-9)
+    assert set(table[table["level"] == "layer"]["layer"]) == {0, 1}

@@ -250,11 +250,13 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
         "extract_delta": 2,
         "graft": 2,
         "similarity": 1,
+        "overlap": 2,
         "check_pair": 1,
         "evaluate": 6 * 19,
         "figures": 1,
         "alpha_figure": 1,
         "training_figure": 1,
+        "overlap_figure": 1,
     }
     for block in output.split("\n\n"):
         if block.lstrip().startswith(("rule train:", "rule evaluate:")) and f"pair={name}," in block:

@@ -125,6 +125,29 @@ def test_the_learning_rate_figure_is_planned_only_where_a_setting_sweeps_it():
     assert "results/plots/demo/learning_rate.png" not in untuned.final_outputs()
 
 
+def test_each_run_that_tunes_base_measures_its_overlap(plan):
+    lora, full = plan.runs
+    assert plan.overlap_files() == [f"results/demo/{lora}/overlap.csv", f"results/demo/{full}/overlap.csv"]
+    assert "results/plots/demo/overlap.png" in plan.final_outputs()
+    job = Wildcards(pair="demo", run=lora)
+    assert plan.overlap_inputs(job) == {
+        "base": "data/demo/base/model",
+        "instruct": "data/demo/instruct/model",
+        "tuned": f"results/demo/{lora}/train_base/model",
+        "instruct_tuned": f"results/demo/{lora}/train_instruct/model",
+    }
+    assert plan.overlap_updates(job) == (
+        f"--adapter results/demo/{lora}/train_base/model --instruct-adapter results/demo/{lora}/train_instruct/model"
+    )
+    assert plan.overlap_updates(Wildcards(pair="demo", run=full)).startswith("--tuned results/")
+    grafts_only = Plan(demo_config(evaluation={"variants": ["instruct", "shadow"]}))
+    assert "instruct_tuned" not in grafts_only.overlap_inputs(job) and "--instruct" not in grafts_only.overlap_updates(
+        job
+    )
+    untuned = Plan(demo_config(evaluation={"variants": ["base", "instruct", "instruct_ft"]}))
+    assert untuned.overlap_files() == [] and "results/plots/demo/overlap.png" not in untuned.final_outputs()
+
+
 def test_remote_code_is_allowed_only_where_a_model_entry_says_so():
     config = demo_config()
     config["models"]["demo-base"]["trust_remote_code"] = True

@@ -18,8 +18,11 @@ import pytest
 import yaml
 from conftest import ROOT, VENVS, snakemake
 
+from shadowft.engine.overlap import COLUMNS as OVERLAP_COLUMNS
+from shadowft.engine.overlap import MEASURES
 from shadowft.evaluation.benchmarks import Scoring
 from shadowft.report import ScoreRecord, figures, pair_tables, read_summary, summarize
+from shadowft.report.overlap import RunOverlap, plot_overlap
 from shadowft.report.records import SUMMARY_COLUMNS
 from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
 from shadowft.workflow.sweep import Run, Variant, VariantKind
@@ -90,6 +93,24 @@ def sweep_records(root, pair="qwen"):
                         }
                     )
     return records
+
+
+def write_overlap(path, layers=2, *, instruct_tuned=True):
+    """An overlap CSV (shadowft.engine.overlap) of one run: its measures per layer, and overall; the sums left empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def row(level, name, layer, cos_ib):
+        measures = {"sigma": 0.1, "rel_i": 0.3, "cos_ib": cos_ib, "ratio_bi": 0.8, "cos_if": 0.05}
+        measures.update(cos_bf=0.04 if instruct_tuned else "", ratio_fb=0.7 if instruct_tuned else "")
+        cells = {"level": level, "name": name, "layer": layer, "numel": 16, **measures}
+        return ",".join(str(cells.get(column, "")) for column in OVERLAP_COLUMNS)
+
+    rows = [",".join(OVERLAP_COLUMNS)]
+    rows += [row("tensor", f"model.layers.{layer}.mlp.up_proj.weight", layer, 0.2) for layer in range(layers)]
+    rows += [row("layer", f"layers.{layer}", layer, 0.2 + 0.01 * layer) for layer in range(layers)]
+    rows.append(row("overall", "overall", "", 0.234))
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def write_similarity(path, layers=3):
@@ -462,6 +483,44 @@ def test_similarity_figure_reads_the_similarity_columns(tmp_path):
         figures.plot_similarity(bare, tmp_path / "x.png", "p")
 
 
+def test_each_runs_overlap_is_one_sentence_and_a_line_per_layer(tmp_path):
+    full = RunOverlap.read(write_overlap(tmp_path / "results" / "p" / "sft-full-lr1e-5-s0" / "overlap.csv", layers=4))
+    lora = RunOverlap.read(
+        write_overlap(tmp_path / "results" / "p" / "sft-lora-lr1e-4-r8-s0" / "overlap.csv", instruct_tuned=False)
+    )
+    assert (full.pair, full.run) == ("p", "sft-full-lr1e-5-s0") and set(full.overall) == set(MEASURES)
+    assert full.sentence().startswith(
+        "Updates' overlap, sft-full-lr1e-5-s0: cos(Δ_I, Δ_B) = 0.23 over the layers, ‖Δ_B‖/‖Δ_I‖ = 0.80; "
+        "the same tuning on INSTRUCT, cos(Δ_B, Δ_F) = 0.04; ‖Δ_I‖/‖W_B‖ = 0.30"
+    )
+    assert "cos(Δ_B, Δ_F)" not in lora.sentence()  # INSTRUCT was not tuned
+    decoded(plot_overlap([full, lora], tmp_path / "overlap.png", "p"))
+    (tmp_path / "bare.csv").write_text("level,name\noverall,overall\n")
+    with pytest.raises(ValueError, match=r"bare.csv lacks column\(s\) layer, sigma"):
+        RunOverlap.read(tmp_path / "bare.csv")
+
+
+def test_the_report_says_each_runs_overlap_under_its_pair(tmp_path):
+    records = [
+        {
+            "pair": "p",
+            "variant": "instruct",
+            "benchmark": "b",
+            "scores": write_scores(tmp_path / "i.csv", [("b", "b", "accuracy", 50.0, 10)]),
+        }
+    ]
+    overlap = [
+        write_overlap(tmp_path / "results" / "p" / run / "overlap.csv")
+        for run in ("sft-full-lr1e-5-s0", "sft-lora-lr1e-4-r8-s0")
+    ]
+    summarize(records, tmp_path / "s.csv", tmp_path / "s.md", overlap=overlap)
+    lines = [line for line in (tmp_path / "s.md").read_text().splitlines() if line.startswith("Updates' overlap")]
+    assert [line.split(":")[0] for line in lines] == [
+        "Updates' overlap, sft-full-lr1e-5-s0",
+        "Updates' overlap, sft-lora-lr1e-4-r8-s0",
+    ]
+
+
 def test_unknown_figure_is_refused(sweep, tmp_path):
     with pytest.raises(ValueError, match="unknown figure.s. heatmap"):
         figures.draw_figures(sweep["out"] / "summary.csv", "qwen", {"heatmap": tmp_path / "h.png"})
@@ -469,7 +528,7 @@ def test_unknown_figure_is_refused(sweep, tmp_path):
 
 # --- Snakemake's HTML report -------------------------------------------------------------------
 
-REPORT_RULES = ("report", "figures", "alpha_figure", "learning_rate_figure", "training_figure", "all")
+REPORT_RULES = ("report", "figures", "alpha_figure", "learning_rate_figure", "training_figure", "overlap_figure", "all")
 CAPTIONS = (
     "Every score in tidy form",
     "The tables of summary.html as Markdown",
@@ -477,6 +536,7 @@ CAPTIONS = (
     "the score of every variant (bars)",
     "score against its strength alpha",
     "sigma per layer, one line per tensor type",
+    "how each run's updates overlap, per layer",
 )
 
 
@@ -522,6 +582,8 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
     for path, rule in files:
         if rule == "similarity":
             write_similarity(tmp_path / path, layers=2)
+        if rule == "overlap":
+            write_overlap(tmp_path / path)
         if rule == "train":
             write_trainer_state(tmp_path / path / figures.TRAINER_STATE, [2.0, 1.2, 0.7])
     allowed = ("--allowed-rules", *REPORT_RULES, "environment_versions")
@@ -538,6 +600,7 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
         "alpha.png",
         "similarity.png",
         "training.png",
+        "overlap.png",
     }
     for png in (path for path in outputs if path.endswith(".png")):
         decoded(tmp_path / png)

@@ -137,6 +137,7 @@ def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
             "extract_delta": Workload.ENGINE,
             "graft": Workload.ENGINE,
             "similarity": Workload.ENGINE,
+            "overlap": Workload.ENGINE,
         }.get(rule)
         if workload is None:
             continue
@@ -151,7 +152,7 @@ def test_every_sized_job_matches_the_sizing_rule_for_the_profiles_node(plan):
 def test_cpu_jobs_ask_for_no_gpu_and_evaluation_for_one(plan):
     jobs, _, _, _ = plan
     for (rule, wildcards), values in jobs.items():
-        if rule in ("extract_delta", "graft", "similarity"):
+        if rule in ("extract_delta", "graft", "similarity", "overlap"):
             assert "gpu" not in values and values["mem_mb"] == "2048", (rule, values)
         if rule == "merge_adapter":
             assert "gpu" not in values, values

@@ -93,6 +93,8 @@ def expected_jobs(alphas):
         "alpha_figure": 1,
         "learning_rate_figure": 1,  # three learning rates per tuning
         "training_figure": 1,
+        "overlap": runs,
+        "overlap_figure": 1,
     }
     return {
         **{rule: len(PAIRS) * count for rule, count in per_pair.items()},
@@ -107,13 +109,14 @@ def expected_jobs(alphas):
 def test_a_sweep_plans_every_combination_with_its_own_paths(inputs, tmp_path):
     output = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(sweep_config(inputs, ALPHAS))).stdout
     assert planned_jobs(output) == expected_jobs(len(ALPHAS))
-    assert sum(expected_jobs(len(ALPHAS)).values()) == 176
+    assert sum(expected_jobs(len(ALPHAS)).values()) == 190
     paths = [path for _, outputs in planned_outputs(output) for path in outputs]
     # all writes nothing, report three files, figures two per pair
-    assert len(paths) == len(set(paths)) == 175 + 2 + 2
+    assert len(paths) == len(set(paths)) == 189 + 2 + 2
     for pair in PAIRS:
         for run in RUNS:
             assert f"results/{pair}/{run}/delta" in paths
+            assert f"results/{pair}/{run}/overlap.csv" in paths
             assert f"results/{pair}/eval/{run}/instruct_ft/held_out/scores.csv" in paths
             for role in ("base", "instruct"):
                 assert f"results/{pair}/{run}/train_{role}/model" in paths

@@ -35,6 +35,11 @@ CHAIN_EDGES = [
     ("alpha_figure", "all"),
     ("train", "training_figure"),
     ("training_figure", "all"),
+    ("train", "overlap"),
+    ("demo_train", "overlap"),
+    ("overlap", "report"),
+    ("overlap", "overlap_figure"),
+    ("overlap_figure", "all"),
 ]
 
 
@@ -68,6 +73,8 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "training_figure": 1,
         "similarity": 1,
         "check_pair": 1,
+        "overlap": 2,
+        "overlap_figure": 1,
     }
 
 

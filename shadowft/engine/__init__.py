@@ -9,7 +9,7 @@ Bottom to top: what files and tensor names mean (`layout`, `dtypes`, `tensors`),
 (`reader`, `pickled`) and writing (`writer`), the arithmetic (`numerics`, `kernels`), threads
 (`parallel`) and input hashes (`provenance`); then what a delta is (`policy`, `parts`, `adapters`,
 `deltaformat`, `options`), the one streaming skeleton (`streaming`), and the operations:
-`extraction`, `grafting`, `sigma`, `lowrank`, `preflight`. docs/architecture.md walks one graft.
+`extraction`, `grafting`, `sigma`, `overlap`, `lowrank`, `preflight`. docs/architecture.md walks one graft.
 """
 
 from shadowft.exports import public_names
@@ -26,6 +26,7 @@ __all__, __getattr__, __dir__ = public_names(
         "extraction": ["Delta", "ExtractOptions", "extract_delta"],
         "grafting": ["GraftOptions", "graft"],
         "sigma": ["similarity"],
+        "overlap": ["Updates", "measure_overlap"],
         "lowrank": ["delta_to_lora"],
         "preflight": ["PreflightError", "check_pair", "write_pair_check"],
     },

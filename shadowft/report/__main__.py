@@ -4,6 +4,7 @@ its training curves, and the seed table of README's demo section.
     python -m shadowft.report summary --pairs P.. --variants V.. --benchmarks B.. --csv OUT --md OUT --html OUT
     python -m shadowft.report figures SUMMARY_CSV PAIR [--similarity CSV] NAME=PNG ...
     python -m shadowft.report training-figure PAIR PNG --states TRAINER_STATE_JSON ...
+    python -m shadowft.report overlap-figure PAIR PNG --overlap OVERLAP_CSV ...
     python -m shadowft.report seeds SEED=RUN_DIR ...
 """
 
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "--remote-code", nargs="*", default=[], metavar="PAIR:ROLE", help="models that ran their own code"
     )
     summary.add_argument("--similarity", nargs="*", default=[], type=Path, help="each pair's similarity.csv")
+    summary.add_argument(
+        "--overlap", nargs="*", default=[], type=Path, help="each run's results/{pair}/{run}/overlap.csv"
+    )
     summary.add_argument("--versions", nargs="*", default=[], type=Path, help="results/versions/{env}.json")
     summary.add_argument("--results", type=Path, default=Path("."), help="the folder holding results/")
     for table in ("csv", "md", "html"):
@@ -53,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--states", nargs="+", required=True, metavar="RUN/ROLE=JSON", help="each tuned model's trainer_state.json"
     )
+    overlap = commands.add_parser("overlap-figure", help="how each run's updates overlap, per layer")
+    overlap.add_argument("pair")
+    overlap.add_argument("out", type=Path)
+    overlap.add_argument("--overlap", nargs="+", required=True, type=Path, help="each run's overlap.csv")
     seeds = commands.add_parser("seeds", help="how far the scores of runs with different seeds lie apart")
     seeds.add_argument("runs", nargs="+", metavar="SEED=RUN_DIR", help="a seed and the working directory of its run")
     return parser
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             out_html=args.html,
             scoring=Scoring.from_dict(args.scoring),
             similarity={path.parent.name: path for path in args.similarity},
+            overlap=args.overlap,
             versions=[EnvironmentVersions.read(path) for path in args.versions],
         )
     elif args.command == "figures":
@@ -103,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             run, _, role = model.partition("/")
             runs.setdefault(run, {})[role] = Path(state)
         plot_training_loss(runs, args.out, args.pair)
+    elif args.command == "overlap-figure":
+        from shadowft.report.overlap import RunOverlap, plot_overlap
+
+        plot_overlap([RunOverlap.read(path) for path in args.overlap], args.out, args.pair)
     else:
         from shadowft.report.seeds import render_seed_spread, seed_spread
 

@@ -182,6 +182,7 @@ def _pair_notes(section: PairSection) -> list[str]:
             notes.append(f"Learning rates: {rates} (the learning-rate figure plots the scores against them).")
         else:
             notes.append(f"Learning rates: {rates}; one per setting, so there is no learning-rate figure.")
+    notes.extend(section.overlaps)
     return notes
 
 

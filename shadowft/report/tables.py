@@ -124,12 +124,14 @@ class ScoreTable:
 
 @dataclass(frozen=True)
 class PairSection:
-    """What the report says about one pair: its tables, sigma, and the learning rates it ran."""
+    """What the report says about one pair: its tables, sigma, the learning rates it ran, and a
+    sentence per run on how its updates overlap (shadowft.report.overlap)."""
 
     pair: str
     tables: list[ScoreTable]
     sigma: float | None
     learning_rates: dict[str, list[float]]  # per tuning label
+    overlaps: tuple[str, ...] = ()
 
     @property
     def learning_rate_swept(self) -> bool:
@@ -215,8 +217,14 @@ def _sweeps_learning_rate(settings: Iterable[Setting]) -> bool:
     return any(len(values) > 1 for values in rates.values())
 
 
-def report_sections(summary: pd.DataFrame, scoring: Scoring, sigmas: Mapping[str, float]) -> list[PairSection]:
-    """Per pair, in order of first appearance: its tables, its sigma and the learning rates it ran."""
+def report_sections(
+    summary: pd.DataFrame,
+    scoring: Scoring,
+    sigmas: Mapping[str, float],
+    overlaps: Mapping[str, Sequence[str]] | None = None,
+) -> list[PairSection]:
+    """Per pair, in order of first appearance: its tables, its sigma, the learning rates it ran and
+    its `overlaps` sentences."""
     sections = []
     for pair in dict.fromkeys(summary["pair"]):
         tables = pair_tables(summary, pair, scoring)
@@ -225,7 +233,7 @@ def report_sections(summary: pd.DataFrame, scoring: Scoring, sigmas: Mapping[str
             if table.setting is not None and table.setting.learning_rate is not None:
                 rates.setdefault(table.setting.tuning_label, []).append(table.setting.learning_rate)
         rates = {label: sorted(set(values)) for label, values in rates.items()}
-        sections.append(PairSection(pair, tables, sigmas.get(pair), rates))
+        sections.append(PairSection(pair, tables, sigmas.get(pair), rates, tuple((overlaps or {}).get(pair, ()))))
     return sections
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -301,6 +302,37 @@ class Plan:
         """How the extraction names the tuned base: an adapter (LoRA) or a whole model (full)."""
         return "--adapter" if self.run_of(wildcards).tuning == "lora" else "--tuned"
 
+    # The overlap of a run's updates (rules/delta.smk) ----------------------------------------
+
+    def tunes_base(self) -> bool:
+        """Whether the runs tune BASE: for a graft, or to score the tuned base itself."""
+        wanted = {VariantKind(name) for name in self.config["evaluation"]["variants"]}
+        return bool(wanted & {VariantKind.SHADOW, VariantKind.BASE_FT})
+
+    def tunes_instruct(self) -> bool:
+        """Whether the runs tune INSTRUCT (the paper's baseline)."""
+        return VariantKind.INSTRUCT_FT.value in self.config["evaluation"]["variants"]
+
+    def overlap_inputs(self, wildcards) -> dict[str, str]:
+        """What the overlap of a run reads: the pair, the tuned BASE and, where the runs tune it, the tuned INSTRUCT."""
+        inputs = {
+            "base": self.base_model_dir(wildcards),
+            "instruct": self.instruct_model_dir(wildcards),
+            "tuned": self.tuned_model(wildcards),
+        }
+        if self.tunes_instruct():
+            inputs["instruct_tuned"] = f"results/{wildcards.pair}/{wildcards.run}/train_instruct/model"
+        return inputs
+
+    def overlap_updates(self, wildcards) -> str:
+        """The overlap command's flags naming the tuned models: adapters (LoRA) or whole models (full)."""
+        inputs = self.overlap_inputs(wildcards)
+        kind = "adapter" if self.run_of(wildcards).tuning == "lora" else "tuned"
+        flags = [f"--{kind}", shlex.quote(inputs["tuned"])]
+        if "instruct_tuned" in inputs:
+            flags += [f"--instruct-{kind}", shlex.quote(inputs["instruct_tuned"])]
+        return " ".join(flags)
+
     # The demo pair's steps (rules/demo.smk) ----------------------------------------------------
 
     @staticmethod
@@ -401,6 +433,15 @@ class Plan:
     def similarity_files(self) -> list[str]:
         return [f"results/{pair}/similarity.csv" for pair in self.pairs]
 
+    def overlap_files(self, pair: str | None = None) -> list[str]:
+        """The overlap of every run's updates (of one pair, when given), where the runs tune BASE."""
+        if not self.tunes_base():
+            return []
+        return [f"results/{name}/{run}/overlap.csv" for name in self.pairs if pair in (None, name) for run in self.runs]
+
+    def pair_overlap_files(self, wildcards) -> list[str]:
+        return self.overlap_files(wildcards.pair)
+
     def versions_files(self) -> list[str]:
         return [f"results/versions/{environment}.json" for environment in self.report_environments()]
 
@@ -427,6 +468,8 @@ class Plan:
     def pair_figures(self, pair: str) -> list[str]:
         """The report's figures of one pair (the learning-rate figure only where a setting ran several)."""
         figures = [f"results/plots/{pair}/{name}.png" for name in FIGURES]
+        if self.overlap_files(pair):
+            figures.append(f"results/plots/{pair}/overlap.png")
         if VariantKind.SHADOW.value in self.config["evaluation"]["variants"]:
             figures.append(f"results/plots/{pair}/alpha.png")
         tuned = any(VariantKind(kind).per_run for kind in self.config["evaluation"]["variants"])
