@@ -264,7 +264,10 @@ def test_custom_benchmarks_alone_average_every_benchmark(tmp_path):
     from shadowft.report import summarize
 
     rule = scoring(validate_config(demo_config())["evaluation"])
-    assert rule == Scoring()
+    names = ("demo_task", "demo_chat")
+    assert rule.headlines == {name: Headline("exact_match", proportion=True) for name in names}
+    assert rule.partial_credit == dict.fromkeys(names, "token_accuracy")
+    assert rule.roles == {"demo_task": "task", "demo_chat": "retention"}
     scores = {"demo_task": [("demo_task", "exact_match", 20.0)], "demo_chat": [("demo_chat", "exact_match", 50.0)]}
     summarize(write_variant(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md", scoring=rule)
     markdown = (tmp_path / "s.md").read_text()

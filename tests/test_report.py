@@ -599,9 +599,13 @@ def test_versions_record_this_environment_and_read_back(tmp_path):
     assert EnvironmentVersions.read(tmp_path / "core.json") == record
     python, versions = installed_versions("core")
     assert (record.python, record.tools) == (python, versions) and versions["snakemake"] is not None
-    (tmp_path / "bad.json").write_text(json.dumps({"environment": "x", "python": "3", "shadowft": "c", "tools": {}}))
+    written = json.loads((tmp_path / "core.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**written, "tools": {}}))
     with pytest.raises(ValueError, match="bad.json: tools are"):
         EnvironmentVersions.read(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({key: value for key, value in written.items() if key != "hardware"}))
+    with pytest.raises(ValueError, match="old.json: not an environment's versions record"):
+        EnvironmentVersions.read(tmp_path / "old.json")
     with pytest.raises(FileNotFoundError):  # Snakemake leaves a parameter undetermined on this error
         EnvironmentVersions.read(tmp_path / "absent.json")
 

@@ -1,5 +1,6 @@
-"""How sure the report is: its intervals against an independent computation (scipy, here only) and
-the paired test on known answers."""
+"""How sure the report is: its intervals against an independent computation (scipy, here only), the
+paired test on known answers, the per-question grades the evaluation records, and the machine each
+evaluation records."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from shadowft.evaluation.results import CORRECT, EvaluationError, grade_answers, verdicts
+from shadowft.evaluation.spec import BenchmarkSpec, token_accuracy
 from shadowft.report.stats import (
     bootstrap_p,
     count_of,
@@ -18,6 +21,7 @@ from shadowft.report.stats import (
     resampled_means,
     wilson,
 )
+from shadowft.versions import Hardware, hardware_sentence
 
 
 @pytest.fixture
@@ -108,3 +112,57 @@ def test_mcnemar_on_thousands_of_discordant_questions_does_not_overflow(stats):
 def test_bootstrap_p_value_is_the_share_beyond_zero():
     assert bootstrap_p(np.array([1.0, 2.0, 3.0, -1.0])) == 0.5
     assert bootstrap_p(np.full(2000, 3.0)) == 1 / 2000, "never 0"
+
+
+# --- The evaluation's grades, read back by the report ---------------------------------------------
+
+
+def custom_spec(benchmark="task", **extra):
+    return BenchmarkSpec.from_mapping({"name": benchmark, "kind": "custom", "path": "q.jsonl", **extra})
+
+
+def predictions_of(answers, golds, benchmark="task"):
+    pairs = enumerate(zip(answers, golds, strict=True))
+    return {benchmark: {str(i): {"prediction": answer, "gold": gold} for i, (answer, gold) in pairs}}
+
+
+def test_grades_reproduce_the_score_and_partial_credit_joins_it():
+    predictions = predictions_of([" d b g c", "d b", "x"], ["d b g c", "d b g c", "a"])
+    rows = [{"benchmark": "task", "dataset": "task", "metric": "exact_match", "score": 100 / 3, "num_examples": 3}]
+
+    graded = grade_answers(custom_spec(partial_credit="token_accuracy"), rows, predictions)
+
+    assert [entry[CORRECT] for entry in predictions["task"].values()] == [True, False, False]
+    assert [entry["token_accuracy"] for entry in predictions["task"].values()] == [1.0, 0.5, 0.0]
+    assert graded[1] == {**rows[0], "metric": "token_accuracy", "score": pytest.approx(50.0)}
+    assert token_accuracy("e f x", "c f d g") == 0.25 and token_accuracy("", "") == 1.0
+    with pytest.raises(EvaluationError, match="graded answer by answer scores 33.3.*OpenCompass 50.0"):
+        grade_answers(custom_spec(), [{**rows[0], "score": 50.0}], predictions)
+
+
+def test_an_evaluators_details_give_each_questions_verdict():
+    # OpenCompass's BaseEvaluator lists each sampling's verdict per question; format_details keys them by index.
+    assert verdicts([{"correct": [True]}, {"is_correct": [False]}, {"cascade_correct": True}], 3) == [True, False, True]
+    assert verdicts({"type": "GEN", "0": {"correct": False}, "1": {"correct": True}}, 2) == [False, True]
+    assert verdicts({"type": "GEN", "0": {"predictions": "x"}}, 1) is None, "no verdict: none made up"
+    assert verdicts([{"correct": [True, False]}], 1) is None, "several samplings are no single verdict"
+    assert verdicts([{"correct": True}], 2) is None
+
+
+# --- Where the evaluations ran ------------------------------------------------------------------
+
+
+def test_the_machine_is_recorded_and_read_back(tmp_path):
+    here = Hardware.here()
+    here.write(tmp_path / "hardware.json")
+
+    assert Hardware.read(tmp_path / "hardware.json") == here
+    assert here.logical_cpus and here.usable_cpus and 0 < here.usable_cpus <= here.logical_cpus
+    assert "AVX2" in here.described and "AVX-512" in here.described and "OMP_NUM_THREADS" in here.described
+    other = Hardware("Other CPU", "x86_64", True, False, 8, 8, "4", "0,1", ["NVIDIA H100", "NVIDIA H100"])
+    assert "2 x NVIDIA H100 (CUDA_VISIBLE_DEVICES=0,1)" in other.described and "OMP_NUM_THREADS 4" in other.described
+    sentence = hardware_sentence([here, here, other], "The evaluations ran on")
+    assert sentence.startswith("The evaluations ran on 2 kinds of machine:") and "(2 of 3)" in sentence
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json: not a hardware record"):
+        Hardware.read(tmp_path / "bad.json")
