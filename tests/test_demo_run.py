@@ -21,7 +21,7 @@ RUNS = demo_runs()  # the demo's runs, one per tuning
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 ALPHAS = [f"{alpha:g}" for alpha in CONFIG["graft"]["alphas"]]
 VARIANTS = ["base", "instruct"] + [
-    f"{run}/{name}" for run in RUNS.values() for name in ["instruct_ft"] + [f"shadow_a{a}" for a in ALPHAS]
+    f"{run}/{name}" for run in RUNS.values() for name in ["instruct_ft", "base_ft"] + [f"shadow_a{a}" for a in ALPHAS]
 ]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BENCHMARKS = sorted(CONFIG["evaluation"]["benchmarks"])
@@ -54,11 +54,20 @@ def test_every_output_is_there(demo_run):
     # Both halves of the paper's claim for every variant: the task's gain, the chat skills kept.
     assert summary.groupby("variant")["benchmark"].apply(sorted).to_dict() == dict.fromkeys(VARIANTS, BENCHMARKS)
     table = (demo_run / "results" / "summary.md").read_text()
-    for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
+    labels = ("Base", "Instruct", "Base + LoRA", "Instruct + LoRA", "Shadow-LoRA", "Base + Full", "Instruct + Full")
+    for label in (*labels, "Shadow-Full"):
         assert f"| {label}" in table
     assert "sigma = " in table
     assert f"One seed, {CONFIG['seed']}." in table
-    for name in ("scores", "alpha", "similarity", "training"):
+    # The verdict before the tables, both halves of the claim for each tuning, decided by the intervals.
+    verdict = table.split("## Glossary")[0]
+    assert "## Verdict" in verdict and verdict.count(": tuning INSTRUCT directly costs its skills: ") == 2
+    assert verdict.count(": the graft keeps them and gains the task: ") == 2
+    for benchmark in BENCHMARKS:
+        sample = (demo_run / "results" / "samples" / "demo" / f"{benchmark}.md").read_text()
+        assert sample.count("## Question ") == 10 and sample.count("| Base + LoRA |") == 10
+        assert f"(../../demo/eval/instruct/{benchmark}/predictions.json)" in sample
+    for name in ("scores", "alpha", "claim", "similarity", "training"):
         decoded(demo_run / "results" / "plots" / "demo" / f"{name}.png")
     # One learning rate per tuning: the report says so and draws no learning-rate figure.
     assert "one per setting, so there is no learning-rate figure" in table
@@ -71,8 +80,11 @@ def test_html_report_of_the_demo(demo_run):
     """`snakemake --report` on the finished demo: every table and figure embedded, with its caption."""
     snakemake(demo_run, "--report", "results/report.html")
     outputs = [path for path, rule in workflow_files(demo_run) if rule in REPORT_RULES]
-    assert len(outputs) == 7  # three tables and four figures
+    # four tables and the verdict, a sample of answers per benchmark (Markdown and HTML), five figures
+    assert len(outputs) == 5 + 2 * len(BENCHMARKS) + 5
     assert_report_holds(demo_run, outputs)
+    text = (demo_run / "results" / "report.html").read_text()
+    assert "Base + LoRA" in text and "claim.png" in text and "demo_task.html" in text
 
 
 def test_rerun_has_nothing_to_do(demo_run):
@@ -91,8 +103,10 @@ def test_adding_an_alpha_plans_only_its_grafts_their_evaluations_and_the_report(
         "graft": 2,
         "evaluate": 2 * len(BENCHMARKS),
         "report": 1,
+        "samples": len(BENCHMARKS),
         "figures": 1,
         "alpha_figure": 1,
+        "claim_figure": 1,
         "all": 1,
     }
     for run in RUNS.values():

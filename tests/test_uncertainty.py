@@ -1,16 +1,22 @@
 """How sure the report is: its intervals against an independent computation (scipy, here only), the
-paired test on known answers, the per-question grades the evaluation records, and the machine each
-evaluation records."""
+paired test on known answers, the per-question grades the evaluation records and the report reads
+back, the verdict they decide, the sample answers, and the machine each evaluation records."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import re
 
 import numpy as np
 import pytest
 
+from shadowft.evaluation.benchmarks import Headline, Scoring
 from shadowft.evaluation.results import CORRECT, EvaluationError, grade_answers, verdicts
 from shadowft.evaluation.spec import BenchmarkSpec, token_accuracy
+from shadowft.report import summarize
+from shadowft.report.samples import chosen, write_samples
 from shadowft.report.stats import (
     bootstrap_p,
     count_of,
@@ -147,6 +153,144 @@ def test_an_evaluators_details_give_each_questions_verdict():
     assert verdicts({"type": "GEN", "0": {"predictions": "x"}}, 1) is None, "no verdict: none made up"
     assert verdicts([{"correct": [True, False]}], 1) is None, "several samplings are no single verdict"
     assert verdicts([{"correct": True}], 2) is None
+
+
+def write_run(root, variant, answers, golds, credit=True, benchmark="task"):
+    """An evaluation of one variant on a custom benchmark as the workflow writes it: scores.csv, and
+    predictions.json with each answer graded."""
+    folder = root / variant / benchmark
+    folder.mkdir(parents=True)
+    predictions = predictions_of(answers, golds, benchmark)
+    share = 100 * sum(a == g for a, g in zip(answers, golds, strict=True)) / len(golds)
+    rows = [{"benchmark": benchmark, "dataset": benchmark, "metric": "exact_match", "score": share}]
+    rows = [{**row, "num_examples": len(golds)} for row in rows]
+    spec = custom_spec(benchmark, partial_credit="token_accuracy" if credit else None)
+    rows = grade_answers(spec, rows, predictions)
+    lines = ["benchmark,dataset,metric,score,num_examples"]
+    lines += [f"{benchmark},{benchmark},{row['metric']},{row['score']!r},{row['num_examples']}" for row in rows]
+    (folder / "scores.csv").write_text("\n".join(lines) + "\n")
+    (folder / "predictions.json").write_text(json.dumps(predictions))
+    return folder / "scores.csv"
+
+
+RUN = "sft-full-lr1e-3-s0"
+GOLDS = ["b c"] * 40
+
+
+def record(path, variant, benchmark="task"):
+    """The workflow's record of one evaluation of the fixture's pair p (one full run, seed 0)."""
+    run = {"stage": "sft", "tuning": "full", "learning_rate": 1e-3, "lora_rank": None, "seed": 0}
+    dimensions = run if "/" in variant else dict.fromkeys(run)
+    alpha = 1.0 if variant.endswith("shadow_a1") else None
+    return {"pair": "p", "variant": variant, "benchmark": benchmark, "scores": path, **dimensions, "alpha": alpha}
+
+
+def test_paired_differences_on_the_same_questions(tmp_path):
+    """Instruct right on 30 of 40, Instruct + Full on 12, the graft on 20: the graft and the baseline
+    disagree on 10 questions the graft got right and 2 it got wrong, so McNemar's p is 158/4096."""
+    right = {
+        "instruct": range(30),
+        f"{RUN}/instruct_ft": range(10, 22),
+        f"{RUN}/shadow_a1": [*range(0, 10), *range(12, 22)],
+    }
+    records = []
+    for variant, correct in right.items():
+        answers = ["b c" if i in correct else "b x" for i in range(40)]
+        records.append(record(write_run(tmp_path / "runs", variant, answers, GOLDS), variant))
+    scoring = Scoring(
+        headlines={"task": Headline("exact_match", proportion=True)}, partial_credit={"task": "token_accuracy"}
+    )
+
+    summarize(records, tmp_path / "s.csv", tmp_path / "s.md", out_paired=tmp_path / "paired.csv", scoring=scoring)
+
+    paired = {(row["variant"], row["against"], row["column"]): row for row in _csv(tmp_path / "paired.csv")}
+    graft = paired[f"{RUN}/shadow_a1", f"{RUN}/instruct_ft", "task"]
+    assert float(graft["difference"]) == pytest.approx(20.0) and graft["test"] == "McNemar exact"
+    assert float(graft["p_value"]) == pytest.approx(158 / 4096) and graft["n"] == "40"
+    assert float(graft["ci_low"]) > 0, "10 against 2 discordant answers: the interval leaves 0 out"
+    credit = paired[f"{RUN}/shadow_a1", f"{RUN}/instruct_ft", "task (token_accuracy)"]
+    assert credit["test"] == "paired bootstrap" and float(credit["difference"]) == pytest.approx(10.0)
+    summary = {(row["variant"], row["metric"]): row for row in _csv(tmp_path / "s.csv")}
+    low, high = wilson(30, 40)
+    assert summary["instruct", "exact_match"]["interval"] == "Wilson"
+    assert (
+        float(summary["instruct", "exact_match"]["ci_low"]),
+        float(summary["instruct", "exact_match"]["ci_high"]),
+    ) == pytest.approx((100 * low, 100 * high))
+    assert summary["instruct", "token_accuracy"]["interval"] == "bootstrap"
+
+
+def test_without_grades_a_share_of_questions_still_has_wilsons_interval(tmp_path):
+    path = write_run(tmp_path, "instruct", ["b c"] * 3 + ["x"] * 37, GOLDS, credit=False)
+    (path.parent / "predictions.json").unlink()
+    scoring = Scoring(headlines={"task": Headline("exact_match", proportion=True)})
+
+    frame = summarize([record(path, "instruct")], tmp_path / "s.csv", tmp_path / "s.md", scoring=scoring)
+
+    low, high = wilson(3, 40)
+    assert frame[["ci_low", "ci_high"]].iloc[0].tolist() == pytest.approx([100 * low, 100 * high])
+    assert f"7.5 [{100 * low:.1f}, {100 * high:.1f}]" in (tmp_path / "s.md").read_text()
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_verdict_is_decided_by_the_intervals(tmp_path):
+    """Tuning Instruct loses the skills (retention), the graft keeps them but does not gain the task."""
+    rows = {
+        # variant: (questions right of 40 on retention, on the task)
+        "instruct": (38, 0),
+        f"{RUN}/instruct_ft": (2, 40),
+        f"{RUN}/shadow_a1": (37, 0),
+    }
+    records = []
+    for variant, (kept, learned) in rows.items():
+        for benchmark, right in (("skills", kept), ("task", learned)):
+            answers = ["b c" if i < right else "x" for i in range(40)]
+            path = write_run(tmp_path, variant, answers, GOLDS, credit=False, benchmark=benchmark)
+            records.append(record(path, variant, benchmark))
+    scoring = Scoring(
+        headlines={name: Headline("exact_match", proportion=True) for name in ("skills", "task")},
+        roles={"skills": "retention", "task": "task"},
+    )
+
+    summarize(records, tmp_path / "s.csv", tmp_path / "s.md", out_rst=tmp_path / "v.rst", scoring=scoring)
+
+    markdown = (tmp_path / "s.md").read_text()
+    verdict = markdown.split("## Glossary")[0]
+    assert (
+        "tuning INSTRUCT directly costs its skills: REPRODUCED (Instruct + Full − Instruct on skills (retention): −90.0"
+        in verdict
+    )
+    assert "the graft keeps them and gains the task: NOT REPRODUCED (" in verdict
+    assert "on task (task): +0.0 [+0.0, +0.0], p = 1.000, against the claim" in verdict
+    assert "No Average: the benchmarks measure different roles" in markdown
+    assert "| Average" not in markdown
+    rst = (tmp_path / "v.rst").read_text()
+    assert rst.startswith("Verdict\n-------\n") and "REPRODUCED" in rst and "Glossary\n--------" in rst
+
+
+# --- The answers behind the scores --------------------------------------------------------------
+
+
+def test_samples_show_the_same_questions_for_every_variant(tmp_path):
+    paths = {}
+    for variant, answer in (("instruct", "b c"), (f"{RUN}/shadow_a1", "b x")):
+        paths[variant] = write_run(tmp_path / "eval", variant, [answer] * 40, GOLDS).with_name("predictions.json")
+    out = tmp_path / "samples"
+
+    write_samples("p", "task", paths, out / "task.md", out / "task.html")
+
+    markdown = (out / "task.md").read_text()
+    picked = chosen("task", 40)
+    assert picked == chosen("task", 40) and len(picked) == 10 and picked == sorted(picked)
+    assert [int(n) - 1 for n in re.findall(r"## Question (\d+) of 40", markdown)] == picked
+    assert markdown.count("| Instruct | b c | yes | 100% |") == 10
+    assert markdown.count("| Shadow-Full (α=1) | b x | no | 50% |") == 10
+    assert "[Instruct](../eval/instruct/task/predictions.json)" in markdown
+    assert '<a href="../eval/instruct/task/predictions.json">Instruct</a>' in (out / "task.html").read_text()
 
 
 # --- Where the evaluations ran ------------------------------------------------------------------
