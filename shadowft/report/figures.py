@@ -436,7 +436,6 @@ def plot_similarity(similarity_csv: Path, out_png: Path, pair: str) -> Path:
         by_layer.axhline(value, **style)
         by_type.axvline(value, **style)
     by_layer.set_ylim(bottom=0)
-    by_type.set_xlim(left=0)
     if not in_layers.empty:
         layers = sorted(in_layers["layer"].astype(int).unique())
         by_layer.set_xticks(layers[:: max(1, math.ceil(len(layers) / 16))])
@@ -450,6 +449,8 @@ def plot_similarity(similarity_csv: Path, out_png: Path, pair: str) -> Path:
     values += list(100 * others["sigma"])
     bar_colours = [colours(index % 20) for index in range(len(types))] + ["0.55"] * len(others)
     by_type.barh(range(len(names)), values, color=bar_colours)
+    # After the bars: a limit set before them would stop the axis growing to hold them.
+    by_type.set_xlim(left=0, right=1.05 * max([*values, *(value for value, _ in levels)]))
     by_type.set_yticks(range(len(names)), names, fontsize="small")
     by_type.invert_yaxis()
     by_type.set_xlabel("σ (%)")
