@@ -9,13 +9,17 @@ import json
 import math
 import re
 
+import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
 from shadowft.evaluation.benchmarks import Headline, Scoring
 from shadowft.evaluation.results import CORRECT, EvaluationError, grade_answers, verdicts
 from shadowft.evaluation.spec import BenchmarkSpec, token_accuracy
-from shadowft.report import summarize
+from shadowft.report import pair_tables, summarize
+from shadowft.report.figures import plot_claim
+from shadowft.report.palette import KIND_COLOURS, ROLE_COLOURS, shadow_colour, variant_colour
 from shadowft.report.samples import chosen, write_samples
 from shadowft.report.stats import (
     bootstrap_p,
@@ -270,6 +274,50 @@ def test_the_verdict_is_decided_by_the_intervals(tmp_path):
     assert "| Average" not in markdown
     rst = (tmp_path / "v.rst").read_text()
     assert rst.startswith("Verdict\n-------\n") and "REPRODUCED" in rst and "Glossary\n--------" in rst
+
+
+def test_the_claim_figure_needs_both_roles_and_draws_the_grafts_path(tmp_path):
+    """Instruct, Instruct + Full and the graft at alpha 0.5 and 1 on a task and a retention benchmark."""
+    rows = {
+        "instruct": (38, 0),
+        f"{RUN}/instruct_ft": (2, 40),
+        f"{RUN}/shadow_a0.5": (30, 10),
+        f"{RUN}/shadow_a1": (37, 20),
+    }
+    records = []
+    for variant, (kept, learned) in rows.items():
+        for benchmark, right in (("skills", kept), ("task", learned)):
+            answers = ["b c" if i < right else "x" for i in range(40)]
+            path = write_run(tmp_path, variant, answers, GOLDS, benchmark=benchmark)
+            alpha = float(variant.rsplit("_a", 1)[1]) if "shadow" in variant else None
+            records.append({**record(path, variant, benchmark), "alpha": alpha})
+    roles = {"skills": "retention", "task": "task"}
+    scoring = Scoring(
+        headlines={name: Headline("exact_match", proportion=True) for name in roles},
+        partial_credit=dict.fromkeys(roles, "token_accuracy"),
+        roles=roles,
+    )
+    frame = summarize(records, tmp_path / "s.csv", tmp_path / "s.md", scoring=scoring)
+    tables = pair_tables(frame, "p", scoring)
+
+    # Two panels: the scores, and the partial credit both benchmarks declare.
+    pixels = matplotlib.image.imread(plot_claim(tables, tmp_path / "claim.png", scoring))
+    assert pixels.shape[1] > pixels.shape[0] > 400
+    vermilion = np.array(to_rgb(KIND_COLOURS["shadow"]))
+    assert (np.abs(pixels[..., :3] - vermilion).max(axis=-1) < 0.02).sum() > 50, "the paper's graft is drawn"
+    with pytest.raises(ValueError, match="needs a benchmark of role task and one of role retention"):
+        plot_claim(tables, tmp_path / "none.png", Scoring(headlines=scoring.headlines))
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_one_colour_per_variant_and_the_papers_graft_strongest():
+    kinds = ("base", "instruct", "instruct_ft", "base_ft", "shadow")
+    assert len({variant_colour(kind, 1.0, [0.5, 1.0]) for kind in kinds}) == len(kinds)
+    assert ROLE_COLOURS == {"base": KIND_COLOURS["base_ft"], "instruct": KIND_COLOURS["instruct_ft"]}
+    alphas = [0.25, 0.5, 1.0, 1.5]
+    shades = [sum(shadow_colour(alpha, alphas)) for alpha in alphas]
+    assert shadow_colour(1.0, alphas) == to_rgb(KIND_COLOURS["shadow"])
+    assert shades[0] > shades[1] > shades[2] > shades[3], "paler below alpha 1, darker above"
 
 
 # --- The answers behind the scores --------------------------------------------------------------

@@ -316,8 +316,9 @@ def plot_claim(tables: Sequence[ScoreTable], out_png: Path, scoring: Scoring) ->
         ax.grid(alpha=0.3)
     figure.legend(handles=_claim_legend(settings), loc="outside lower center", ncols=3, frameon=False)
     figure.suptitle(
-        f"{pair}: the task against the skills kept. The claim: the graft (vermilion, from Instruct at α = 0)\n"
-        "ends up and right of Instruct tuned directly (blue)" + _bars_note(tables).replace("\n", "; ")
+        f"{pair}: the task against the skills kept. The claim: the graft (vermilion, from Instruct at α = 0) rises\n"
+        "above Instruct (the task learned) and stays right of Instruct tuned directly (blue: the skills kept)"
+        + _bars_note(tables)
     )
     return save_png(figure, out_png)
 
@@ -341,9 +342,12 @@ def _point(ax, row: Row, x_column: str, y_column: str, colour, marker: str, size
 
 
 def _claim_legend(settings: Sequence[ScoreTable]) -> list[Line2D]:
+    """The claim figure's key: the points drawn (Base only where it was scored), each setting's path."""
+    labels = {"base": "Base", REFERENCE: "Instruct (α = 0)"}
     handles = [
-        Line2D([], [], color=KIND_COLOURS["base"], marker="o", linestyle="", mec="black", label="Base"),
-        Line2D([], [], color=KIND_COLOURS[REFERENCE], marker="o", linestyle="", mec="black", label="Instruct (α = 0)"),
+        Line2D([], [], color=KIND_COLOURS[kind], marker="o", linestyle="", mec="black", label=label)
+        for kind, label in labels.items()
+        if settings[0].row(kind) is not None
     ]
     for index, table in enumerate(settings):
         marker, line = _SETTING_STYLES[index % len(_SETTING_STYLES)]
