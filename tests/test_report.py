@@ -287,7 +287,14 @@ def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
     assert "†" not in markdown  # no model ran its own code
     assert "Learning rates: LoRA 0.0001, 0.0002; Full 1e-05 (the learning-rate figure" in markdown
     # No benchmark declares a role: the verdict weighs the Average, and says so.
-    assert "the Average (no benchmark declares a role)" in markdown.split("## Glossary")[0]
+    verdict = markdown.split("## Glossary")[0]
+    assert "the Average (no benchmark declares a role)" in verdict
+    # Seed by seed, and no p-value where there are no per-question grades to pair.
+    assert re.search(
+        r"Instruct \+ Full − Instruct on the Average \(no benchmark declares a role\): "
+        r"seed 0: −\d+\.\d; seed 1: −\d+\.\d, unclear\)",
+        verdict,
+    )
 
 
 def test_html_tables_hold_the_markdown_cells(sweep):

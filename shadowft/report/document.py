@@ -372,14 +372,13 @@ def _difference_cells(comparison: Comparison, digits: int) -> list[str]:
 
 def _comparison_text(comparison: Comparison, digits: int) -> str:
     """A comparison in words for the verdict: the difference, its interval and p, seed by seed."""
-    if len(comparison.differences) == 1:
-        difference = comparison.differences[0].difference
+    def said(difference: Difference) -> str:
         p = _p_text(difference)
         return _difference_text(difference, digits) + (f", {p}" if p != "–" else "")
-    return "; ".join(
-        f"seed {run.seed}: {_difference_text(run.difference, digits)}, {_p_text(run.difference)}"
-        for run in comparison.differences
-    )
+
+    if len(comparison.differences) == 1:
+        return said(comparison.differences[0].difference)
+    return "; ".join(f"seed {run.seed}: {said(run.difference)}" for run in comparison.differences)
 
 
 def _difference_text(difference: Difference, digits: int) -> str:
