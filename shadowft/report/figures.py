@@ -160,7 +160,9 @@ def plot_scores(tables: Sequence[ScoreTable], out_png: Path) -> Path:
             colour = _colour(row, alphas)
             ax.bar(offsets, means, width, color=colour, edgecolor="black", linewidth=0.4, label=row.label)
             errors = np.array([_error(cell) for cell in cells]).T
-            ax.errorbar(offsets, means, yerr=errors, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+            # Black on a white halo: seen on the black and grey bars too.
+            for ecolor, linewidth in (("white", 2.4), ("black", 0.9)):
+                ax.errorbar(offsets, means, yerr=errors, fmt="none", ecolor=ecolor, capsize=2, linewidth=linewidth)
             _seed_dots(ax, offsets, cells, colour)
             # A bar of height 0 has no area: a dot at 0 in its colour shows it is there.
             zero = np.isclose(means, 0.0)
