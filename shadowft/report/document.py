@@ -372,6 +372,7 @@ def _difference_cells(comparison: Comparison, digits: int) -> list[str]:
 
 def _comparison_text(comparison: Comparison, digits: int) -> str:
     """A comparison in words for the verdict: the difference, its interval and p, seed by seed."""
+
     def said(difference: Difference) -> str:
         p = _p_text(difference)
         return _difference_text(difference, digits) + (f", {p}" if p != "–" else "")
