@@ -358,3 +358,20 @@ def test_the_machine_is_recorded_and_read_back(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json: not a hardware record"):
         Hardware.read(tmp_path / "bad.json")
+
+
+def test_the_cpu_model_and_its_vector_extensions_are_read_from_cpuinfo(tmp_path, monkeypatch):
+    import shadowft.versions as versions
+
+    cpuinfo = tmp_path / "cpuinfo"
+    first = "processor\t: 0\nmodel name\t: Example Xeon\nflags\t\t: fpu sse2 avx2 avx512f\n"
+    cpuinfo.write_text(first + "\nprocessor\t: 1\nmodel name\t: Another\nflags\t\t: fpu\n")
+    monkeypatch.setattr(versions, "_CPUINFO", cpuinfo)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    here = Hardware.here()
+    assert (here.cpu, here.avx2, here.avx512, here.omp_num_threads) == ("Example Xeon", True, True, "3")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Older\nflags\t\t: fpu sse2 avx2\n")
+    assert (Hardware.here().avx2, Hardware.here().avx512) == (True, False)
+    monkeypatch.setattr(versions, "_CPUINFO", tmp_path / "absent")  # not Linux: not known, not "no"
+    assert (Hardware.here().avx2, Hardware.here().avx512) == (None, None)
+    assert "AVX2 unknown, AVX-512 unknown" in Hardware.here().described
