@@ -52,7 +52,11 @@ def test_every_output_is_there(demo_run):
     summary = pd.read_csv(demo_run / "results" / "summary.csv")
     assert sorted(summary["variant"].unique()) == sorted(VARIANTS)
     # Both halves of the paper's claim for every variant: the task's gain, the chat skills kept.
-    assert summary.groupby("variant")["benchmark"].apply(sorted).to_dict() == dict.fromkeys(VARIANTS, BENCHMARKS)
+    benchmarks = summary.groupby("variant")["benchmark"].apply(lambda names: sorted(set(names))).to_dict()
+    assert benchmarks == dict.fromkeys(VARIANTS, BENCHMARKS)
+    # Each benchmark's exact match and its partial credit, each with its n and interval.
+    assert set(summary["metric"]) == {"exact_match", "token_accuracy"}
+    assert summary["interval"].isin(["Wilson", "bootstrap"]).all() and summary["ci_low"].le(summary["score"]).all()
     table = (demo_run / "results" / "summary.md").read_text()
     labels = ("Base", "Instruct", "Base + LoRA", "Instruct + LoRA", "Shadow-LoRA", "Base + Full", "Instruct + Full")
     for label in (*labels, "Shadow-Full"):
@@ -189,18 +193,23 @@ def test_shadow_model_answers_as_scored_and_stops_at_im_end(demo_run, tuning, be
     max_out_len = CONFIG["evaluation"]["benchmarks"][benchmark]["max_out_len"]
     tokenizer, answers = greedy_answers(folder, [r["question"] for r in held_out], max_out_len)
     im_end = tokenizer.convert_tokens_to_ids(demo.IM_END)
-    correct = 0
+    correct, tokens_right = 0, 0.0
     for i, (record, ids) in enumerate(zip(held_out, answers, strict=True)):
         text = tokenizer.decode(ids).split(demo.IM_END)[0]
         assert text.strip() == predictions[str(i)]["prediction"].strip(), record["question"]
+        assert predictions[str(i)]["correct"] is (text.strip() == record["answer"]), record["question"]
+        golds = record["answer"].split()
+        tokens_right += sum(a == b for a, b in zip(golds, text.split(), strict=False)) / len(golds)
         if text.strip() == record["answer"]:
             correct += 1
             # A right answer ends with <|im_end|>, and generation stops there (exact match strips
             # whitespace around the answer, which a graft sometimes puts there).
             assert ids[-1] == im_end and im_end not in ids[:-1], record["question"]
             assert tokenizer.decode(ids[:-1]).strip() == record["answer"], record["question"]
-    score = pd.read_csv(scored / "scores.csv")["score"].item()
-    assert score == pytest.approx(100 * correct / len(held_out))
+    scores = pd.read_csv(scored / "scores.csv").set_index("metric")["score"]
+    assert scores["exact_match"] == pytest.approx(100 * correct / len(held_out))
+    # The partial credit beside it: the share of the answer's letters in their place.
+    assert scores["token_accuracy"] == pytest.approx(100 * tokens_right / len(held_out))
 
 
 def lora_factors(adapter_dir, name):
