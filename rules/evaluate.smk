@@ -28,7 +28,12 @@ rule evaluate:
         model=PLAN.variant_model_dir,
         data=PLAN.benchmark_data,
     output:
-        "results/{pair}/eval/{variant}/{benchmark}/scores.csv",
+        scores="results/{pair}/eval/{variant}/{benchmark}/scores.csv",
+        # What the model answered, each answer with its grade where the evaluator gives one: the
+        # report's intervals, paired tests and sample answers read it.
+        predictions="results/{pair}/eval/{variant}/{benchmark}/predictions.json",
+        # The machine the evaluation ran on (unsaturated scores move between CPUs).
+        hardware="results/{pair}/eval/{variant}/{benchmark}/hardware.json",
     log:
         "logs/evaluate/{pair}/{variant}/{benchmark}.log",
     benchmark:
@@ -51,4 +56,5 @@ rule evaluate:
         " --benchmark-json {params.benchmark:q} --work-dir {params.work_dir:q}"
         " --backend {params.backend:q} --data-cache {params.data_cache:q}"
         " --chat-template-kwargs {params.chat_template_kwargs:q} {params.trust_remote_code}"
-        " --num-gpus {resources.gpu} --scores {output:q} > {log:q} 2>&1"
+        " --num-gpus {resources.gpu} --scores {output.scores:q} --predictions {output.predictions:q}"
+        " --hardware {output.hardware:q} > {log:q} 2>&1"

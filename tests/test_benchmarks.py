@@ -260,13 +260,28 @@ def test_a_group_selected_in_part_says_so(tmp_path):
     assert "| Instruct | 80.0 | 85.0 | 82.5 | 82.5 |" in markdown
 
 
-def test_custom_benchmarks_alone_average_every_benchmark(tmp_path):
+def test_custom_benchmarks_of_two_roles_have_no_average(tmp_path):
+    """The demo's benchmarks: shares of questions, partial credit beside them, and a role each, so no
+    Average mixes the task with the skills kept; without roles they average every benchmark."""
     from shadowft.report import summarize
 
-    rule = scoring(validate_config(demo_config())["evaluation"])
-    assert rule == Scoring()
+    config = validate_config(demo_config())
+    rule = scoring(config["evaluation"])
+    names = ("demo_task", "demo_chat")
+    assert rule.headlines == {name: Headline("exact_match", proportion=True) for name in names}
+    assert rule.partial_credit == dict.fromkeys(names, "token_accuracy")
+    assert rule.roles == {"demo_task": "task", "demo_chat": "retention"} and not rule.has_average
     scores = {"demo_task": [("demo_task", "exact_match", 20.0)], "demo_chat": [("demo_chat", "exact_match", 50.0)]}
-    summarize(write_variant(tmp_path, scores), tmp_path / "s.csv", tmp_path / "s.md", scoring=rule)
+    summarize(write_variant(tmp_path / "roles", scores), tmp_path / "s.csv", tmp_path / "s.md", scoring=rule)
+    markdown = (tmp_path / "s.md").read_text()
+    assert "No Average: the benchmarks measure different roles" in markdown
+    assert "| Instruct | 20.0 | 50.0 |" in markdown
+
+    for name in names:
+        del config["evaluation"]["benchmarks"][name]["role"]
+    rule = scoring(config["evaluation"])
+    assert rule.roles == {} and rule.has_average
+    summarize(write_variant(tmp_path / "none", scores), tmp_path / "s.csv", tmp_path / "s.md", scoring=rule)
     markdown = (tmp_path / "s.md").read_text()
     assert "Average: unweighted mean of every benchmark's score." in markdown
     assert "| Instruct | 20.0 | 50.0 | 35.0 |" in markdown

@@ -100,9 +100,11 @@ def test_variants_follow_tunings_and_alphas(demo_config):
         "base",
         "instruct",
         "sft-lora-lr3e-3-r8-s0/instruct_ft",
+        "sft-lora-lr3e-3-r8-s0/base_ft",
         "sft-lora-lr3e-3-r8-s0/shadow_a1",
         "sft-lora-lr3e-3-r8-s0/shadow_a0.5",
         "sft-full-lr1e-3-s0/instruct_ft",
+        "sft-full-lr1e-3-s0/base_ft",
         "sft-full-lr1e-3-s0/shadow_a1",
         "sft-full-lr1e-3-s0/shadow_a0.5",
     ]

@@ -21,7 +21,7 @@ RUNS = demo_runs()  # the demo's runs, one per tuning
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 ALPHAS = [f"{alpha:g}" for alpha in CONFIG["graft"]["alphas"]]
 VARIANTS = ["base", "instruct"] + [
-    f"{run}/{name}" for run in RUNS.values() for name in ["instruct_ft"] + [f"shadow_a{a}" for a in ALPHAS]
+    f"{run}/{name}" for run in RUNS.values() for name in ["instruct_ft", "base_ft"] + [f"shadow_a{a}" for a in ALPHAS]
 ]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BENCHMARKS = sorted(CONFIG["evaluation"]["benchmarks"])
@@ -52,16 +52,29 @@ def test_every_output_is_there(demo_run):
     summary = pd.read_csv(demo_run / "results" / "summary.csv")
     assert sorted(summary["variant"].unique()) == sorted(VARIANTS)
     # Both halves of the paper's claim for every variant: the task's gain, the chat skills kept.
-    assert summary.groupby("variant")["benchmark"].apply(sorted).to_dict() == dict.fromkeys(VARIANTS, BENCHMARKS)
+    benchmarks = summary.groupby("variant")["benchmark"].apply(lambda names: sorted(set(names))).to_dict()
+    assert benchmarks == dict.fromkeys(VARIANTS, BENCHMARKS)
+    # Each benchmark's exact match and its partial credit, each with its n and interval.
+    assert set(summary["metric"]) == {"exact_match", "token_accuracy"}
+    assert summary["interval"].isin(["Wilson", "bootstrap"]).all() and summary["ci_low"].le(summary["score"]).all()
     table = (demo_run / "results" / "summary.md").read_text()
-    for label in ("Base", "Instruct", "Instruct + LoRA", "Shadow-LoRA", "Instruct + Full", "Shadow-Full"):
+    labels = ("Base", "Instruct", "Base + LoRA", "Instruct + LoRA", "Shadow-LoRA", "Base + Full", "Instruct + Full")
+    for label in (*labels, "Shadow-Full"):
         assert f"| {label}" in table
     assert "sigma = " in table
     assert [line.split(":")[0] for line in table.splitlines() if line.startswith("Updates' overlap")] == [
         f"Updates' overlap, {run}" for run in RUNS.values()
     ]
     assert f"One seed, {CONFIG['seed']}." in table
-    for name in ("scores", "alpha", "similarity", "training", "overlap"):
+    # The verdict before the tables, both halves of the claim for each tuning, decided by the intervals.
+    verdict = table.split("## Glossary")[0]
+    assert "## Verdict" in verdict and verdict.count(": tuning INSTRUCT directly costs its skills: ") == 2
+    assert verdict.count(": the graft keeps them and gains the task: ") == 2
+    for benchmark in BENCHMARKS:
+        sample = (demo_run / "results" / "samples" / "demo" / f"{benchmark}.md").read_text()
+        assert sample.count("## Question ") == 10 and sample.count("| Base + LoRA |") == 10
+        assert f"(../../demo/eval/instruct/{benchmark}/predictions.json)" in sample
+    for name in ("scores", "alpha", "claim", "similarity", "training", "overlap"):
         decoded(demo_run / "results" / "plots" / "demo" / f"{name}.png")
     # One learning rate per tuning: the report says so and draws no learning-rate figure.
     assert "one per setting, so there is no learning-rate figure" in table
@@ -74,8 +87,11 @@ def test_html_report_of_the_demo(demo_run):
     """`snakemake --report` on the finished demo: every table and figure embedded, with its caption."""
     snakemake(demo_run, "--report", "results/report.html")
     outputs = [path for path, rule in workflow_files(demo_run) if rule in REPORT_RULES]
-    assert len(outputs) == 8  # three tables and five figures
+    # four tables and the verdict, a sample of answers per benchmark (Markdown and HTML), six figures
+    assert len(outputs) == 5 + 2 * len(BENCHMARKS) + 6
     assert_report_holds(demo_run, outputs)
+    text = (demo_run / "results" / "report.html").read_text()
+    assert "Base + LoRA" in text and "claim.png" in text and "demo_task.html" in text
 
 
 def test_rerun_has_nothing_to_do(demo_run):
@@ -94,8 +110,10 @@ def test_adding_an_alpha_plans_only_its_grafts_their_evaluations_and_the_report(
         "graft": 2,
         "evaluate": 2 * len(BENCHMARKS),
         "report": 1,
+        "samples": len(BENCHMARKS),
         "figures": 1,
         "alpha_figure": 1,
+        "claim_figure": 1,
         "all": 1,
     }
     for run in RUNS.values():
@@ -178,18 +196,23 @@ def test_shadow_model_answers_as_scored_and_stops_at_im_end(demo_run, tuning, be
     max_out_len = CONFIG["evaluation"]["benchmarks"][benchmark]["max_out_len"]
     tokenizer, answers = greedy_answers(folder, [r["question"] for r in held_out], max_out_len)
     im_end = tokenizer.convert_tokens_to_ids(demo.IM_END)
-    correct = 0
+    correct, tokens_right = 0, 0.0
     for i, (record, ids) in enumerate(zip(held_out, answers, strict=True)):
         text = tokenizer.decode(ids).split(demo.IM_END)[0]
         assert text.strip() == predictions[str(i)]["prediction"].strip(), record["question"]
+        assert predictions[str(i)]["correct"] is (text.strip() == record["answer"]), record["question"]
+        golds = record["answer"].split()
+        tokens_right += sum(a == b for a, b in zip(golds, text.split(), strict=False)) / len(golds)
         if text.strip() == record["answer"]:
             correct += 1
             # A right answer ends with <|im_end|>, and generation stops there (exact match strips
             # whitespace around the answer, which a graft sometimes puts there).
             assert ids[-1] == im_end and im_end not in ids[:-1], record["question"]
             assert tokenizer.decode(ids[:-1]).strip() == record["answer"], record["question"]
-    score = pd.read_csv(scored / "scores.csv")["score"].item()
-    assert score == pytest.approx(100 * correct / len(held_out))
+    scores = pd.read_csv(scored / "scores.csv").set_index("metric")["score"]
+    assert scores["exact_match"] == pytest.approx(100 * correct / len(held_out))
+    # The partial credit beside it: the share of the answer's letters in their place.
+    assert scores["token_accuracy"] == pytest.approx(100 * tokens_right / len(held_out))
 
 
 def lora_factors(adapter_dir, name):

@@ -246,13 +246,14 @@ def test_the_paper_experiment_plans_for_every_family_sized_before_the_download(p
         "download_model": 2,
         "training_config": 4,
         "train": 4,
-        "merge_adapter": 1,
+        "merge_adapter": 2,  # the LoRA run's adapters on BASE and on INSTRUCT, each scored merged
         "extract_delta": 2,
         "graft": 2,
         "similarity": 1,
         "overlap": 2,
         "check_pair": 1,
-        "evaluate": 6 * 19,
+        "evaluate": 8 * 19,  # base, instruct, then per run instruct_ft, base_ft and the graft
+        "samples": 19,
         "figures": 1,
         "alpha_figure": 1,
         "training_figure": 1,

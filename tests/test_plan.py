@@ -96,8 +96,14 @@ def test_a_runs_training_parameters_are_the_configs_layers_over_the_papers(plan)
 def test_a_custom_benchmark_reaches_the_evaluation_typed(plan):
     spec = BenchmarkSpec.from_mapping(json.loads(plan.benchmark_json(Wildcards(benchmark="demo_task"))))
     assert spec == BenchmarkSpec(
-        "demo_task", "custom", 24, "data/demo/demo_task/eval.jsonl", "exact_match", "{question}"
-    )
+        "demo_task",
+        "custom",
+        24,
+        "data/demo/demo_task/eval.jsonl",
+        "exact_match",
+        "{question}",
+        partial_credit="token_accuracy",
+    ), "the report's keys (description, role) stay out of the evaluation's spec"
 
 
 def test_scores_paths_are_parsed_back_wherever_the_results_lie(plan):

@@ -1,10 +1,12 @@
 """The report on stored fixture results: typed records, the tidy CSV, the paper's tables
-(Markdown and HTML, checked number by number against values computed here), every figure
-(decoded and looked at), and Snakemake's HTML report holding every table and figure."""
+(Markdown and HTML, checked number by number against values computed here, with their intervals
+and differences), every figure (decoded and looked at), and Snakemake's HTML report holding every
+table and figure, with the verdict on its landing page."""
 
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 import re
@@ -20,16 +22,21 @@ from conftest import ROOT, VENVS, snakemake
 
 from shadowft.engine.overlap import COLUMNS as OVERLAP_COLUMNS
 from shadowft.engine.overlap import MEASURES
-from shadowft.evaluation.benchmarks import Scoring
+from shadowft.evaluation.benchmarks import Headline, Scoring
 from shadowft.report import ScoreRecord, figures, pair_tables, read_summary, summarize
 from shadowft.report.overlap import RunOverlap, plot_overlap
 from shadowft.report.records import SUMMARY_COLUMNS
-from shadowft.versions import TOOLS, EnvironmentVersions, checkout_commit
+from shadowft.report.stats import wilson
+from shadowft.versions import TOOLS, EnvironmentVersions, Hardware, checkout_commit
 from shadowft.workflow.sweep import Run, Variant, VariantKind
 
 BENCHMARKS = ["gsm8k", "math", "mmlu"]
-# A group of two benchmarks, averaged in its column; no group makes the Average, so it is the mean of all three.
-SCORING = Scoring(groups={"Math": ("gsm8k", "math")})
+# Each benchmark a share of questions answered right; a group of two benchmarks, averaged in its
+# column; no group makes the Average, so it is the mean of all three.
+SCORING = Scoring(
+    headlines={benchmark: Headline("accuracy", proportion=True) for benchmark in BENCHMARKS},
+    groups={"Math": ("gsm8k", "math")},
+)
 UNTUNED = {"base": {"gsm8k": 20.0, "math": 10.0, "mmlu": 40.0}, "instruct": {"gsm8k": 40.0, "math": 30.0, "mmlu": 60.0}}
 # (tuning, learning rate, LoRA rank) of each run; every run twice, seeds 0 and 1; grafts at two alphas.
 SETTINGS = [("lora", 1e-4, 8), ("lora", 2e-4, 8), ("full", 1e-5, None)]
@@ -126,14 +133,29 @@ def write_similarity(path, layers=3):
     return path
 
 
-def sections(markdown):
-    """Markdown tables by their ### heading: rows of cells, the header first (the --: line dropped)."""
+def sections(markdown, which=0):
+    """The paper's tables (`which` 0) or the tables of differences (1) by their ### heading: rows of
+    cells, the header first (the alignment line dropped)."""
     tables = {}
     for part in markdown.split("\n### ")[1:]:
         title, body = part.split("\n", 1)
-        lines = [line for line in body.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
-        tables[title] = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines if "--:" not in line]
+        found = re.findall(r"((?:^\|.*\|$\n?)+)", body.split("\n## ", 1)[0], re.MULTILINE)
+        if len(found) > which:
+            lines = found[which].strip().splitlines()
+            tables[title] = [
+                [cell.strip() for cell in line.strip("|").split(" | ")] for line in lines if "--:" not in line
+            ]
     return tables
+
+
+def signed(value):
+    """A difference as the report writes it: a sign always, a minus sign rather than a hyphen."""
+    return f"{round(value, 1) + 0.0:+.1f}".replace("-", "−")
+
+
+def wilson_text(score, n=100):
+    low, high = wilson(round(score * n / 100), n)
+    return f"{score:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def per_seed(tuning, learning_rate, kind, alpha):
@@ -226,10 +248,11 @@ def test_summary_csv_is_tidy_with_a_column_per_sweep_dimension(sweep):
 
 def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
     markdown = (sweep["out"] / "summary.md").read_text()
-    tables = sections(markdown)
+    tables, differences = sections(markdown), sections(markdown, 1)
 
     assert list(tables) == ["SFT, LoRA, rank 8, lr 0.0001", "SFT, LoRA, rank 8, lr 0.0002", "SFT, Full, lr 1e-05"]
-    for (tuning, learning_rate, _), rows in zip(SETTINGS, tables.values(), strict=True):
+    assert list(differences) == list(tables)
+    for (tuning, learning_rate, _), rows, changes in zip(SETTINGS, tables.values(), differences.values(), strict=True):
         label = {"lora": "LoRA", "full": "Full"}[tuning]
         assert rows[0] == ["Variant", *BENCHMARKS, "Math avg", "Average"]
         assert [row[0] for row in rows[1:]] == [
@@ -240,33 +263,59 @@ def test_one_table_per_pair_and_setting_with_seeds_averaged(sweep):
             f"Shadow-{label} (α=1)",
         ]
         instruct = UNTUNED["instruct"]
-        assert rows[2][1:] == ["40.0", "30.0", "60.0", "35.0", "43.3"]  # the reference: no differences
-        assert rows[1][1:] == ["20.0 (-20.0)", "10.0 (-20.0)", "40.0 (-20.0)", "15.0 (-20.0)", "23.3 (-20.0)"]
+        # One run: each benchmark a share of its 100 questions (Wilson's interval); the group and the
+        # Average from their benchmarks' resamples, an interval around their value.
+        assert rows[2][1:4] == [wilson_text(instruct[b]) for b in BENCHMARKS]
+        for cell, value in zip(rows[2][4:], (35.0, 130 / 3), strict=True):
+            low, high = map(float, re.fullmatch(rf"{value:.1f} \[(\d+\.\d), (\d+\.\d)\]", cell).groups())
+            assert low < value < high
+        assert rows[1][1:4] == [wilson_text(UNTUNED["base"][b]) for b in BENCHMARKS]
 
-        reference = {
-            column: statistics.fmean(values)
-            for column, values in per_seed(tuning, learning_rate, "instruct_ft", 0.0).items()
-        }
+        reference = per_seed(tuning, learning_rate, "instruct_ft", 0.0)
         instruct_columns = {**instruct, "Math avg": 35.0, "Average": 130 / 3}
         for row, (kind, alpha) in zip(rows[3:], [("instruct_ft", 0.0), ("shadow", 0.5), ("shadow", 1.0)], strict=True):
             for cell, (column, values) in zip(
                 row[1:], per_seed(tuning, learning_rate, kind, alpha).items(), strict=True
             ):
                 mean, sd = mean_sd(values)
-                expected = f"{mean:.1f} ± {sd:.1f} ({mean - instruct_columns[column]:+.1f}"
-                expected += ")" if kind == "instruct_ft" else f", {mean - reference[column]:+.1f})"
-                assert cell == expected, (row[0], column)
+                assert cell == f"{mean:.1f} ± {sd:.1f} ({min(values):.1f}–{max(values):.1f})", (row[0], column)
+                # Its differences, seed by seed: from Instruct, and for a graft from the same seed's baseline.
+                found = next(line for line in changes if line[:2] == [column, row[0]])
+                change = [value - instruct_columns[column] for value in values]
+                expected = [f"{signed(statistics.fmean(change))} ({signed(min(change))} to {signed(max(change))})"]
+                expected.append("–, –")  # no per-question grades to pair
+                if kind == "shadow":
+                    change = [a - b for a, b in zip(values, reference[column], strict=True)]
+                    expected += [f"{signed(statistics.fmean(change))} ({signed(min(change))} to {signed(max(change))})"]
+                    expected.append("–, –")
+                else:
+                    expected += ["", ""]
+                assert found[2:] == expected, (row[0], column)
+        assert changes[0] == ["Column", "Variant", "Δ vs Instruct", "p", f"Δ vs Instruct + {label}", "p"]
     # One cell by hand: LoRA at 1e-4, alpha 1, gsm8k: seeds 42 and 44; Instruct 40; Instruct + LoRA 36 and 38.
-    assert tables["SFT, LoRA, rank 8, lr 0.0001"][5][1] == "43.0 ± 1.4 (+3.0, +6.0)"
+    assert tables["SFT, LoRA, rank 8, lr 0.0001"][5][1] == "43.0 ± 1.4 (42.0–44.0)"
+    assert ["gsm8k", "Shadow-LoRA (α=1)", "+3.0 (+2.0 to +4.0)", "–, –", "+6.0 (+6.0 to +6.0)", "–, –"] in differences[
+        "SFT, LoRA, rank 8, lr 0.0001"
+    ]
     assert "Table 3: qwen, SFT, Full, lr 1e-05." in markdown
     assert "mean ± standard deviation over seeds 0, 1 (n=2)" in markdown
-    assert "from Instruct + Full (Instruct tuned directly, the paper's baseline)" in markdown
+    assert "each variant minus Instruct and, for the graft and the tuned base, minus Instruct + Full" in markdown
+    assert "Questions (n): gsm8k 100, math 100, mmlu 100." in markdown
     assert "Each benchmark's score: accuracy (gsm8k, math, mmlu)." in markdown
     assert "Math avg: unweighted mean of the group's benchmark scores." in markdown
     assert "Average: unweighted mean of every benchmark's score." in markdown
     assert "sigma = 2.89%" in markdown
     assert "†" not in markdown  # no model ran its own code
     assert "Learning rates: LoRA 0.0001, 0.0002; Full 1e-05 (the learning-rate figure" in markdown
+    # No benchmark declares a role: the verdict weighs the Average, and says so.
+    verdict = markdown.split("## Glossary")[0]
+    assert "the Average (no benchmark declares a role)" in verdict
+    # Seed by seed, and no p-value where there are no per-question grades to pair.
+    assert re.search(
+        r"Instruct \+ Full − Instruct on the Average \(no benchmark declares a role\): "
+        r"seed 0: −\d+\.\d; seed 1: −\d+\.\d, unclear\)",
+        verdict,
+    )
 
 
 def test_html_tables_hold_the_markdown_cells(sweep):
@@ -274,11 +323,15 @@ def test_html_tables_hold_the_markdown_cells(sweep):
     markdown = (sweep["out"] / "summary.md").read_text()
 
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
-    assert page.count("<table>") == 3
-    for rows in sections(markdown).values():
-        for row in rows:
-            assert "".join(f"<td>{cell}</td>" for cell in row[1:]) in page or row[0] == "Variant"
+    assert page.count("<table>") == 1 + 2 * 3  # the glossary, then per setting the scores and the differences
+    for which in (0, 1):
+        for rows in sections(markdown, which).values():
+            for row in rows[1:]:
+                cells = [f">{html.escape(cell)}</td>" for cell in row]
+                assert all(cell in page for cell in cells), row
     assert "<h3>SFT, LoRA, rank 8, lr 0.0002</h3>" in page and "Table 2: qwen, SFT, LoRA" in page
+    # A cell's differences are its tooltip.
+    assert 'title="Δ vs Instruct: +3.0 (+2.0 to +4.0), –, –; Δ vs Instruct + LoRA: +6.0 (+6.0 to +6.0), –, –">' in page
 
 
 def test_pair_tables_compute_means_and_spread(sweep):
@@ -299,8 +352,13 @@ def test_one_seed_shows_no_spread_and_says_so(tmp_path):
 
     markdown = (tmp_path / "s.md").read_text()
     rows = sections(markdown)["SFT, Full, lr 1e-05"]
-    assert rows[5][1] == "39.0 (-1.0, +6.0)"  # 40 + 2 - 3 against Instruct 40 and Instruct + Full 33
-    assert "±" not in markdown and "One seed, 0." in markdown
+    # The default rule knows nothing of the metric: no share of questions, so no interval, and the caption says so.
+    assert rows[5][1] == "39.0" and "A score of one run without brackets has no interval" in markdown
+    changes = sections(markdown, 1)["SFT, Full, lr 1e-05"]
+    # 40 + 2 - 3 against Instruct 40 and Instruct + Full 33.
+    expected = ["−1.0", "–", "+6.0", "–"]
+    assert next(line for line in changes if line[:2] == ["gsm8k", "Shadow-Full (α=1)"])[2:] == expected
+    assert not any("±" in cell for row in rows for cell in row) and "One seed, 0." in markdown
     assert "Learning rates: Full 1e-05; one per setting, so there is no learning-rate figure." in markdown
 
 
@@ -333,7 +391,7 @@ def test_missing_scores_show_a_dash_and_no_average(tmp_path):
     summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
     rows = sections((tmp_path / "s.md").read_text())["SFT, Full, lr 1e-05"]
-    assert rows[5][1:] == ["39.0 (-1.0, +6.0)", "29.0 (-1.0, +6.0)", "–", "–"]
+    assert rows[5][1:] == ["39.0", "29.0", "–", "–"]
 
 
 def test_without_instruct_there_are_no_differences(tmp_path):
@@ -343,11 +401,12 @@ def test_without_instruct_there_are_no_differences(tmp_path):
     summarize(records, tmp_path / "s.csv", tmp_path / "s.md")
 
     markdown = (tmp_path / "s.md").read_text()
-    assert sections(markdown)["SFT, Full, lr 1e-05"][1:] == [
+    assert sections(markdown, 0)["SFT, Full, lr 1e-05"][1:] == [
         ["Base", "20.0", "10.0", "40.0", "23.3"],
         ["Shadow-Full (α=1)", "39.0", "29.0", "59.0", "42.3"],
     ]
-    assert "no Instruct scores to compare with" in markdown
+    assert sections(markdown, 1) == {}, "nothing to compare with"
+    assert "No Instruct scores to compare with." in markdown and "No verdict" in markdown
 
 
 def test_pairs_get_tables_of_their_own(tmp_path):
@@ -528,13 +587,26 @@ def test_unknown_figure_is_refused(sweep, tmp_path):
 
 # --- Snakemake's HTML report -------------------------------------------------------------------
 
-REPORT_RULES = ("report", "figures", "alpha_figure", "learning_rate_figure", "training_figure", "overlap_figure", "all")
+REPORT_RULES = (
+    "report",
+    "samples",
+    "figures",
+    "alpha_figure",
+    "claim_figure",
+    "learning_rate_figure",
+    "training_figure",
+    "overlap_figure",
+    "all",
+)
 CAPTIONS = (
     "Every score in tidy form",
-    "The tables of summary.html as Markdown",
-    "one table per pair and sweep setting",
+    "Every paired difference of the tables in tidy form",
+    "glossary and tables of summary.html as Markdown",
+    "The report: first the verdict",
+    "with every variant's answer",
     "the score of every variant (bars)",
     "score against its strength alpha",
+    "claim in one picture",
     "sigma per layer, one line per tensor type",
     "how each run's updates overlap, per layer",
 )
@@ -560,6 +632,8 @@ def assert_report_holds(workdir, outputs):
     assert report.stat().st_size > 100_000
     embedded = report_files(report)
     for output in outputs:
+        if output.endswith(".rst"):  # the verdict: included in the landing page, not embedded as a file
+            continue
         name = output.rsplit("/", 1)[-1]
         same_name = [path for path in outputs if path.rsplit("/", 1)[-1] == name]
         if len(same_name) == 1:  # the report keys files by name
@@ -567,18 +641,38 @@ def assert_report_holds(workdir, outputs):
     text = report.read_text()
     assert "Shadow-FT: fine-tune BASE, graft its update onto INSTRUCT" in text  # the workflow description
     for caption in CAPTIONS:  # one phrase of each caption file (report/*.rst)
-        assert caption in text, caption
+        assert caption in html.unescape(text), caption
+    # The landing page includes the verdict and the glossary (results/verdict.rst).
+    landing = html.unescape(text)
+    assert "Verdict" in landing and "Glossary" in landing and "tuning INSTRUCT directly costs its skills" in landing
     assert "https://cdn" not in text
+
+
+def write_predictions(path, benchmark, right, questions):
+    """An evaluation's predictions.json: `right` of `questions` answered right, each graded."""
+    entries = {
+        str(index): {
+            "origin_prompt": [{"role": "HUMAN", "prompt": f"question {index}"}],
+            "prediction": "a" if index < right else "b",
+            "gold": "a",
+            "correct": index < right,
+        }
+        for index in range(questions)
+    }
+    path.write_text(json.dumps({benchmark: entries}))
+    return path
 
 
 @pytest.mark.slow
 def test_html_report_holds_every_table_and_figure(tmp_path):
     """The report rules on stored scores in the demo's layout (no model is trained), then `snakemake --report`."""
     files = workflow_files(tmp_path)
-    scores = [path for path, rule in files if rule == "evaluate"]
+    scores = [path for path, rule in files if rule == "evaluate" and path.endswith("/scores.csv")]
     for index, path in enumerate(scores):
         benchmark = path.split("/")[-2]
         write_scores(tmp_path / path, [(benchmark, benchmark, "exact_match", float(index % 7 * 10), 200)])
+        write_predictions((tmp_path / path).with_name("predictions.json"), benchmark, index % 7 * 20, 200)
+        Hardware.here().write((tmp_path / path).with_name("hardware.json"))
     for path, rule in files:
         if rule == "similarity":
             write_similarity(tmp_path / path, layers=2)
@@ -596,8 +690,13 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
         "summary.csv",
         "summary.md",
         "summary.html",
+        "paired.csv",
+        "verdict.rst",
+        "demo_task.md",
+        "demo_task.html",
         "scores.png",
         "alpha.png",
+        "claim.png",
         "similarity.png",
         "training.png",
         "overlap.png",
@@ -606,7 +705,9 @@ def test_html_report_holds_every_table_and_figure(tmp_path):
         decoded(tmp_path / png)
     assert_report_holds(tmp_path, outputs)
     summary = read_summary(tmp_path / "results" / "summary.csv")
+    # Every score with its Wilson interval: the grades in predictions.json reproduce each score.
     assert len(summary) == len(scores) and not math.isnan(summary["score"].sum())
+    assert (summary["interval"] == "Wilson").all() and (summary["ci_low"] <= summary["score"]).all()
     # The workflow's records carry the demo config's sweep values.
     tuned = summary[summary["tuning"].notna()]
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -662,9 +763,13 @@ def test_versions_record_this_environment_and_read_back(tmp_path):
     assert EnvironmentVersions.read(tmp_path / "core.json") == record
     python, versions = installed_versions("core")
     assert (record.python, record.tools) == (python, versions) and versions["snakemake"] is not None
-    (tmp_path / "bad.json").write_text(json.dumps({"environment": "x", "python": "3", "shadowft": "c", "tools": {}}))
+    written = json.loads((tmp_path / "core.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**written, "tools": {}}))
     with pytest.raises(ValueError, match="bad.json: tools are"):
         EnvironmentVersions.read(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({key: value for key, value in written.items() if key != "hardware"}))
+    with pytest.raises(ValueError, match="old.json: not an environment's versions record"):
+        EnvironmentVersions.read(tmp_path / "old.json")
     with pytest.raises(FileNotFoundError):  # Snakemake leaves a parameter undetermined on this error
         EnvironmentVersions.read(tmp_path / "absent.json")
 

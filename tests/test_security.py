@@ -14,6 +14,7 @@ from shadowft.data.datasets import ROWS_FILE
 from shadowft.report import read_summary
 from shadowft.report.document import REMOTE_CODE_MARK, REMOTE_CODE_NOTE
 from shadowft.training.arguments import training_arguments
+from shadowft.versions import Hardware
 
 RUN = demo_runs()["lora"]
 
@@ -51,7 +52,7 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
     plan = snakemake(workdir, "-n", "-p", "--cores", "1", "--configfile", str(configfile)).stdout
     commands = {}
     for block in plan.split("\n\n"):
-        output = re.search(r"output: (\S+)", block)
+        output = re.search(r"output: ([^\s,]+)", block)  # the first output (an evaluation's scores.csv)
         command = next((line for line in block.splitlines() if "-m shadowft." in line), None)
         if output and command:
             commands[output.group(1)] = command
@@ -68,7 +69,9 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
     assert f"results/p/{RUN}/train_base/merged" not in trusting and f"results/p/{RUN}/train_base/merged" in commands
     # The report marks the variants whose models ran their own code, from the same setting.
     for path in scored:
-        write_scores(workdir / path, [("held_out", "held_out", "accuracy", 50.0, 1)])
+        write_scores(workdir / path, [("held_out", "held_out", "exact_match", 50.0, 1)])
+        (workdir / path).with_name("predictions.json").write_text("{}")  # no answers: no intervals, no samples
+        Hardware.here().write((workdir / path).with_name("hardware.json"))
     write_similarity(workdir / "results/p/similarity.csv")
     allowed = ("--allowed-rules", "report", "environment_versions")
     snakemake(workdir, "results/summary.md", "--cores", "1", "--configfile", str(configfile), *allowed)
@@ -81,7 +84,8 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
         f"{RUN}/shadow_a1": {True},  # instruct's model, evaluated with its code
     }
     markdown = (workdir / "results/summary.md").read_text()
-    labels = [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines() if line.startswith("| ")]
+    table = markdown.split("\nTable 1: ", 1)[1].split("\n\n", 2)[1]  # the scores, after their caption
+    labels = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()]
     mark = f" {REMOTE_CODE_MARK}"
     assert labels[2:] == [
         "Base",
@@ -92,7 +96,7 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
     ]
     assert REMOTE_CODE_NOTE in markdown
     page = (workdir / "results/summary.html").read_text()
-    assert f"<td>Instruct{mark}</td>" in page and "<td>Base</td>" in page and "<td>Base + LoRA</td>" in page
+    assert all(f'<td class="text">{label}</td>' in page for label in (f"Instruct{mark}", "Base", "Base + LoRA"))
 
 
 # Quotes, command substitutions, backticks and separators: run by any shell that was handed
@@ -153,5 +157,6 @@ def test_shell_syntax_in_config_values_runs_nothing(demo_run, tmp_path):
     refused = snakemake(tmp_path, f"results/p/{RUN}/train_instruct.yaml", "--cores", "1",
                         "--configfile", str(configfile), check=False)  # fmt: skip
     assert refused.returncode != 0
-    assert "has no template" in (tmp_path / "logs/check/llamafactory.log").read_text()  # the names' check
+    # The run's first job checks LLaMA-Factory's names (rule check_llamafactory_names).
+    assert "has no template" in (tmp_path / "logs/check/llamafactory.log").read_text()
     assert pwned_files(tmp_path, ROOT) == []

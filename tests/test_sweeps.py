@@ -85,10 +85,11 @@ def expected_jobs(alphas):
         "similarity": 1,
         "training_config": 2 * runs,  # each run on base and on instruct
         "train": 2 * runs,
-        "merge_adapter": lora_runs,  # tuned instruct's adapter merged, to score the baseline
+        "merge_adapter": 2 * lora_runs,  # each tuned model's adapter merged, to score the baseline and base_ft
         "extract_delta": runs,
         "graft": runs * alphas,
-        "evaluate": 2 + runs * (1 + alphas),  # base, instruct; per run instruct_ft and the grafts (1 benchmark)
+        "evaluate": 2 + runs * (2 + alphas),  # base, instruct; per run instruct_ft, base_ft, the grafts (1 benchmark)
+        "samples": 1,  # the benchmark's answers
         "figures": 1,  # scores and similarity
         "alpha_figure": 1,
         "learning_rate_figure": 1,  # three learning rates per tuning
@@ -109,10 +110,12 @@ def expected_jobs(alphas):
 def test_a_sweep_plans_every_combination_with_its_own_paths(inputs, tmp_path):
     output = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(sweep_config(inputs, ALPHAS))).stdout
     assert planned_jobs(output) == expected_jobs(len(ALPHAS))
-    assert sum(expected_jobs(len(ALPHAS)).values()) == 190
+    assert sum(expected_jobs(len(ALPHAS)).values()) == 210
     paths = [path for _, outputs in planned_outputs(output) for path in outputs]
-    # all writes nothing, report three files, figures two per pair
-    assert len(paths) == len(set(paths)) == 189 + 2 + 2
+    # all writes nothing; each evaluation three files (scores, predictions, hardware), the report five
+    # (summary.csv, .md, .html, paired.csv, verdict.rst), each sample two, figures two per pair
+    evaluations = expected_jobs(len(ALPHAS))["evaluate"]
+    assert len(paths) == len(set(paths)) == 209 + 2 * evaluations + 4 + len(PAIRS) + 2
     for pair in PAIRS:
         for run in RUNS:
             assert f"results/{pair}/{run}/delta" in paths
@@ -130,7 +133,7 @@ def materialize(workdir, dry_run_output, model):
     for _, outputs in planned_outputs(dry_run_output):
         for path in outputs:
             target = workdir / path
-            if target.suffix in (".csv", ".yaml", ".md", ".png", ".json", ".html"):
+            if target.suffix in (".csv", ".yaml", ".md", ".png", ".json", ".html", ".rst"):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text("")
                 continue
@@ -164,7 +167,7 @@ def test_adding_an_alpha_plans_only_the_new_grafts_and_their_evaluations(inputs,
     assert {path for rule, outputs in jobs if rule == "graft" for path in outputs} == {
         f"results/{pair}/{run}/shadow_a2" for pair in PAIRS for run in RUNS
     }
-    assert {path for rule, outputs in jobs if rule == "evaluate" for path in outputs} == set(
+    assert {path for rule, outputs in jobs if rule == "evaluate" for path in outputs if path.endswith(".csv")} == set(
         score_files(["shadow_a2"])
     ) - set(score_files([]))
 

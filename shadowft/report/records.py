@@ -1,5 +1,7 @@
 """The report's input and its tidy table: one ``ScoreRecord`` per scores.csv, stacked into the
-frame that summary.csv holds (``SUMMARY_COLUMNS``), typed and in report order.
+frame that summary.csv holds (``SUMMARY_COLUMNS``: the scores, ``TIDY_COLUMNS``, then each score's
+95% interval, ``INTERVAL_COLUMNS``, which ``shadowft.report.tables.summary_intervals`` adds), typed
+and in report order.
 
 A record names its pair and variant (a name of ``shadowft.workflow.sweep``), the variant's sweep values
 (``DIMENSIONS``; None where one does not apply, as for base and instruct), whether its models
@@ -22,7 +24,10 @@ from shadowft.workflow.sweep import Variant, VariantKind
 
 # The sweep dimensions of a run, in the order the summary lists them.
 DIMENSIONS = ("stage", "tuning", "learning_rate", "lora_rank", "seed", "alpha")
-SUMMARY_COLUMNS = ("pair", "variant", "kind", "trust_remote_code", *DIMENSIONS, *SCORES_COLUMNS)
+TIDY_COLUMNS = ("pair", "variant", "kind", "trust_remote_code", *DIMENSIONS, *SCORES_COLUMNS)
+# A score's 95% interval, in points, and how it was made (shadowft.report.evidence); num_examples is its n.
+INTERVAL_COLUMNS = ("ci_low", "ci_high", "interval")
+SUMMARY_COLUMNS = (*TIDY_COLUMNS, *INTERVAL_COLUMNS)
 # The variants' kinds in the order a table lists its rows.
 KINDS = tuple(
     kind.value
@@ -141,7 +146,7 @@ def _dimension_mismatch(values: Mapping, variant: Variant) -> str | None:
 
 
 def tidy_scores(records: Sequence[Mapping | ScoreRecord]) -> pd.DataFrame:
-    """The tidy table of every record's scores (columns SUMMARY_COLUMNS), in report order."""
+    """The tidy table of every record's scores (columns TIDY_COLUMNS), in report order."""
     if not records:
         raise ValueError("no score records given")
     summary = pd.concat([_read_record(record) for record in parse_records(records)], ignore_index=True)
@@ -150,13 +155,14 @@ def tidy_scores(records: Sequence[Mapping | ScoreRecord]) -> pd.DataFrame:
     if not duplicated.empty:
         first = duplicated.iloc[0]
         raise ValueError("the same score appears twice: " + ", ".join(f"{k}={first[k]}" for k in key))
-    return _typed(_order(summary))
+    return _typed(_order(summary), TIDY_COLUMNS)
 
 
 def read_summary(path: Path) -> pd.DataFrame:
-    """summary.csv read back with the types tidy_scores gives (names stay names, gaps are missing)."""
-    frame = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in (*DIMENSIONS, "score")})
-    return _typed(frame)
+    """summary.csv read back with the types it was written with (names stay names, gaps are missing)."""
+    missing = {c: [""] for c in (*DIMENSIONS, "score", "ci_low", "ci_high")}
+    frame = pd.read_csv(path, keep_default_na=False, na_values=missing)
+    return _typed(frame, SUMMARY_COLUMNS).astype({"ci_low": float, "ci_high": float, "interval": str})
 
 
 def _read_record(record: ScoreRecord) -> pd.DataFrame:
@@ -184,15 +190,15 @@ def _read_record(record: ScoreRecord) -> pd.DataFrame:
     scores = scores.assign(
         pair=record.pair, variant=record.variant, kind=record.kind, trust_remote_code=record.trust_remote_code
     ).assign(**dimensions)
-    return scores[list(SUMMARY_COLUMNS)]
+    return scores[list(TIDY_COLUMNS)]
 
 
-def _typed(summary: pd.DataFrame) -> pd.DataFrame:
+def _typed(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Text dimensions as objects (None when missing), numbers as floats, rank and seed as nullable integers."""
-    missing = [column for column in SUMMARY_COLUMNS if column not in summary.columns]
+    missing = [column for column in columns if column not in summary.columns]
     if missing:
         raise ValueError(f"summary lacks column(s) {', '.join(missing)}")
-    summary = summary[list(SUMMARY_COLUMNS)].copy()
+    summary = summary[list(columns)].copy()
     for column in _TEXT_DIMENSIONS:
         summary[column] = summary[column].astype(object).where(summary[column].notna() & (summary[column] != ""), None)
     for column in _NUMBER_DIMENSIONS:

@@ -23,10 +23,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from shadowft.evaluation.benchmarks import opencompass_benchmarks, scoring
+from shadowft.evaluation.benchmarks import descriptions, opencompass_benchmarks, scoring
 from shadowft.evaluation.models import BACKEND_ENVS
+from shadowft.evaluation.results import PREDICTIONS_FILE
 from shadowft.evaluation.spec import benchmark_spec
 from shadowft.training.arguments import training_arguments
+from shadowft.versions import HARDWARE_FILE
 from shadowft.workflow.sweep import Run, Variant, VariantKind, alpha_label, runs, variants
 
 # A pair's two models: BASE, whose update is grafted, and INSTRUCT, which receives it.
@@ -35,11 +37,22 @@ ROLES = ("base", "instruct")
 # evaluation backend's.
 WORKFLOW_ENVIRONMENTS = ("core", "train")
 FIGURES = ("scores", "similarity", "training")
+# The report's tables (summary.csv: every score and its interval; paired.csv: every paired difference)
+# and the verdict and glossary that the landing page of `snakemake --report` includes.
+REPORT_TABLES = ("results/summary.csv", "results/summary.md", "results/summary.html", "results/paired.csv")
+VERDICT_RST = "results/verdict.rst"
+# The same questions of one benchmark as every variant of a pair answered them.
+SAMPLES = "results/samples/{pair}/{benchmark}.{ext}"
 
 
 def scores_path(pair: str, variant: str, benchmark: str) -> str:
     """Where the evaluation of one variant of a pair on one benchmark writes its scores."""
     return f"results/{pair}/eval/{variant}/{benchmark}/scores.csv"
+
+
+def predictions_path(pair: str, variant: str, benchmark: str) -> str:
+    """Where the same evaluation writes what the model answered (shadowft.evaluation.results), beside its scores."""
+    return os.path.join(os.path.dirname(scores_path(pair, variant, benchmark)), PREDICTIONS_FILE)
 
 
 def parse_scores_path(path: str | os.PathLike) -> tuple[str, Variant, str]:
@@ -422,12 +435,49 @@ class Plan:
         """How the report makes its numbers from the scores (shadowft.evaluation.benchmarks.Scoring), as JSON."""
         return json.dumps(scoring(self.config["evaluation"]).as_dict(), sort_keys=True)
 
+    def descriptions_json(self) -> str:
+        """What each benchmark measures (the report's glossary), as JSON."""
+        return json.dumps(descriptions(self.config["evaluation"]), sort_keys=True)
+
     def score_files(self) -> list[str]:
         return [
             scores_path(pair, variant.name, benchmark)
             for pair in self.pairs
             for variant in self.variants
             for benchmark in self.benchmarks
+        ]
+
+    def prediction_files(self, wildcards=None) -> list[str]:
+        """Every evaluation's predictions.json: of the pair `wildcards` names, else of every pair."""
+        pairs = [wildcards.pair] if wildcards is not None else self.pairs
+        return [
+            predictions_path(pair, variant.name, benchmark)
+            for pair in pairs
+            for variant in self.variants
+            for benchmark in self.benchmarks
+        ]
+
+    def hardware_files(self) -> list[str]:
+        """Every evaluation's record of the machine it ran on (shadowft.versions.Hardware), beside its scores."""
+        return [os.path.join(os.path.dirname(path), HARDWARE_FILE) for path in self.score_files()]
+
+    def sample_predictions(self, wildcards) -> list[str]:
+        """``variant=`` each variant's predictions.json of one pair and benchmark, in report order: what
+        the sample of answers reads."""
+        return [
+            f"{variant.name}={predictions_path(wildcards.pair, variant.name, wildcards.benchmark)}"
+            for variant in self.variants
+        ]
+
+    def sample_inputs(self, wildcards) -> list[str]:
+        return [item.split("=", 1)[1] for item in self.sample_predictions(wildcards)]
+
+    def sample_files(self) -> list[str]:
+        return [
+            SAMPLES.format(pair=pair, benchmark=benchmark, ext=ext)
+            for pair in self.pairs
+            for benchmark in self.benchmarks
+            for ext in ("md", "html")
         ]
 
     def similarity_files(self) -> list[str]:
@@ -465,19 +515,30 @@ class Plan:
             rates.setdefault((run.stage, run.tuning, run.lora_rank), set()).add(run.learning_rate)
         return any(len(values) > 1 for values in rates.values())
 
+    def draws_claim(self) -> bool:
+        """Whether the report draws the claim figure: a graft, Instruct and Instruct tuned directly are
+        scored, and benchmarks of both roles (task, retention) say where to look."""
+        scored = set(self.config["evaluation"]["variants"])
+        roles = set(scoring(self.config["evaluation"]).roles.values())
+        return {"shadow", "instruct", "instruct_ft"} <= scored and {"task", "retention"} <= roles
+
     def pair_figures(self, pair: str) -> list[str]:
-        """The report's figures of one pair (the learning-rate figure only where a setting ran several)."""
-        figures = [f"results/plots/{pair}/{name}.png" for name in FIGURES]
+        """The report's figures of one pair: always scores, similarity and training; alpha where it
+        grafts, the claim where `draws_claim`, the overlap where the runs tune BASE, the learning
+        rate only where a setting ran several."""
+        names = list(FIGURES)
         if self.overlap_files(pair):
-            figures.append(f"results/plots/{pair}/overlap.png")
+            names.append("overlap")
         if VariantKind.SHADOW.value in self.config["evaluation"]["variants"]:
-            figures.append(f"results/plots/{pair}/alpha.png")
+            names.append("alpha")
+        if self.draws_claim():
+            names.append("claim")
         tuned = any(VariantKind(kind).per_run for kind in self.config["evaluation"]["variants"])
         if tuned and self.sweeps_learning_rate():
-            figures.append(f"results/plots/{pair}/learning_rate.png")
-        return figures
+            names.append("learning_rate")
+        return [f"results/plots/{pair}/{name}.png" for name in names]
 
     def final_outputs(self) -> list[str]:
-        """Everything the report is made of: the tables and every pair's figures."""
-        tables = ["results/summary.csv", "results/summary.md", "results/summary.html"]
-        return tables + [figure for pair in self.pairs for figure in self.pair_figures(pair)]
+        """Everything the report is made of: the tables, the verdict, the sample answers and every pair's figures."""
+        figures = [figure for pair in self.pairs for figure in self.pair_figures(pair)]
+        return [*REPORT_TABLES, VERDICT_RST, *self.sample_files(), *figures]
