@@ -1,7 +1,13 @@
 """Training launches derived from what SLURM gave the job: processes, nodes, rendezvous, ZeRO-3."""
 
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 
+from shadowft.training import launch as launch_module
 from shadowft.training.launch import (
     RENDEZVOUS_PORTS,
     RENDEZVOUS_TIMEOUT_S,
@@ -129,3 +135,35 @@ def test_srun_starts_one_launcher_per_node_sharing_the_jobs_resources():
         "--gpus-per-node=4",
     ]
     assert "--gpus-per-node=0" not in srun_command(2, 0)
+
+
+@pytest.mark.slow
+def test_a_rendezvous_that_misses_a_node_fails_on_both_sides_after_its_timeout(tmp_path, monkeypatch):
+    """torchrun itself, with the options of a two-node launch: a first node whose peer never
+    comes, and a second node whose master never answers, each give up after the rendezvous
+    timeout (shortened here) instead of waiting, and start no training process."""
+    monkeypatch.setattr(launch_module, "RENDEZVOUS_TIMEOUT_S", 5)
+    with socket.socket() as first, socket.socket() as other:
+        first.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
+        port, unanswered = first.getsockname()[1], other.getsockname()[1]
+    rank = tmp_path / "rank.py"
+    rank.write_text("print('rank started')\n")
+
+    def node(node_rank, master_port):
+        launch = Launch(
+            nnodes=2, nproc_per_node=1, node_rank=node_rank, master_addr="127.0.0.1", master_port=master_port
+        )
+        command = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_options(), str(rank)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    started = time.monotonic()
+    # The first node alone; the second at a port where no master listens.
+    alone = [node(0, port), node(1, unanswered)]
+    said = [process.communicate(timeout=120)[0] for process in alone]
+    # Measured: 7 s for the first node, 12 s for the second (torch's import included).
+    assert time.monotonic() - started < 60
+    assert all(process.returncode != 0 for process in alone), said
+    assert "Timed out after" in said[0] and "1/2 clients joined" in said[0], said[0][-2000:]
+    assert "timed out after 5000ms while trying to connect" in said[1], said[1][-2000:]
+    assert not any("rank started" in output for output in said)
