@@ -7,7 +7,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from shadowft.training.resources import NODE_RESOURCE_KEYS, Workload, local_node, node_from_resources
 from shadowft.versions import EnvironmentVersions, checkout_commit, versions_sentence
 from shadowft.workflow.plan import Plan, alternatives
-from shadowft.workflow.sizing import Sizer
+from shadowft.workflow.sizing import SPREAD_RESOURCES, Sizer
 
 USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 PLAN = Plan(config, basedir=workflow.basedir, conda=USES_CONDA)
@@ -21,12 +21,23 @@ def described_node():
     return {key: defaults[key].value for key in NODE_RESOURCE_KEYS if key in defaults}
 
 
+def requested_spreads():
+    """{rule: {resource: value}} of the GPUs and nodes the profile's set-resources ask for."""
+    # (A line of the Snakefile may not start with the word `rule`: Snakemake reads a rule there.)
+    overrides = workflow.resource_settings.overwrite_resources
+    return {
+        name: {key: getattr(resources[key], "value", resources[key]) for key in SPREAD_RESOURCES if key in resources}
+        for name, resources in overrides.items()
+    }
+
+
 # The node jobs are sized for: the profile's description, else this machine.
 SIZES = Sizer(
     PLAN,
     node_from_resources(described_node()) or local_node(),
     node_described=bool(described_node()),
     unknown=TBDString(),
+    requested=requested_spreads(),
 )
 
 

@@ -1,9 +1,14 @@
 """LLaMA-Factory arguments as data and the runner's bookkeeping, without LLaMA-Factory."""
 
 import json
+import os
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from shadowft.demo import build, pair
 from shadowft.training import arguments as lf_args
@@ -177,7 +182,7 @@ def test_prepare_work_dir_creates_a_missing_dir(tmp_path):
 
 @pytest.fixture
 def fake_llamafactory(monkeypatch):
-    """Stand in for LLaMA-Factory: record the launch, write what a LoRA run leaves in output_dir."""
+    """Stand in for LLaMA-Factory on GPUs: record the launch, write what a LoRA run leaves in output_dir."""
     launches = []
 
     def launch(config_yaml, args, launch, nodes):
@@ -190,6 +195,7 @@ def fake_llamafactory(monkeypatch):
 
     monkeypatch.setattr(lf, "check_arguments", lambda args, **kwargs: None)
     monkeypatch.setattr(lf, "_launch_training", launch)
+    monkeypatch.setattr(lf, "_cuda_available", lambda: True)
     return launches
 
 
@@ -276,22 +282,46 @@ def test_a_deepspeed_choice_in_the_hyperparameters_wins(tmp_path, fake_llamafact
     assert args["deepspeed"] is None and lf.DEEPSPEED_CONFIG_FILE not in listing
 
 
-def test_several_nodes_start_one_launcher_per_node_through_srun(tmp_path, monkeypatch):
+def test_without_cuda_several_processes_train_on_the_cpu_over_gloo_without_zero3(
+    tmp_path, fake_llamafactory, monkeypatch, capsys
+):
+    monkeypatch.setattr(lf, "_cuda_available", lambda: False)
+    # SLURM's fake GPUs in CI: two granted, one per node, and no CUDA behind them.
+    record = lf.run_training(write_full_config(tmp_path), tmp_path / "model", gpus=2, nodes=2)
+    ((listing, launch, nodes, args),) = fake_llamafactory
+    assert (launch.nproc_per_node, nodes) == (1, 2)
+    assert args["ddp_backend"] == "gloo" and "deepspeed" not in args
+    assert lf.DEEPSPEED_CONFIG_FILE not in listing and record["deepspeed"] is None
+    assert lf_args.read_yaml(tmp_path / "model" / lf.EFFECTIVE_ARGUMENTS_FILE)["ddp_backend"] == "gloo"
+    assert "no CUDA device: 2 processes on the CPU, DDP over gloo" in capsys.readouterr().err
+    # A backend the user chose wins; one process needs none.
+    lf.run_training(write_full_config(tmp_path, ddp_backend="mpi"), tmp_path / "model2", gpus=2, nodes=2)
+    lf.run_training(write_full_config(tmp_path), tmp_path / "model3", gpus=1)
+    assert [args.get("ddp_backend") for *_, args in fake_llamafactory[1:]] == ["mpi", None]
+
+
+def test_several_nodes_start_one_launcher_per_node_through_srun(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(lf.subprocess, "run", lambda command, **kwargs: calls.append(command))
+
+    def run(command, **kwargs):
+        calls.append(command)
+        return lf.subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(lf.subprocess, "run", run)
     config = tmp_path / "args.yaml"
     lf._launch_training(config, {}, lf.Launch(nnodes=1, nproc_per_node=8), nodes=3)
     (command,) = calls
-    assert command[:7] == [
+    assert command[:8] == [
         "srun",
         "--nodes=3",
         "--ntasks=3",
         "--ntasks-per-node=1",
         "--overlap",
         "--kill-on-bad-exit=1",
+        "--label",
         "--gpus-per-node=8",
     ]
-    assert command[7:] == [
+    assert command[8:] == [
         lf.sys.executable,
         "-m",
         "shadowft.training",
@@ -302,6 +332,70 @@ def test_several_nodes_start_one_launcher_per_node_through_srun(tmp_path, monkey
         "--gpus-per-node",
         "8",
     ]
+
+
+def test_a_failed_node_fails_the_training_naming_the_nodes_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(lf.subprocess, "run", lambda command, **kwargs: lf.subprocess.CompletedProcess(command, 137))
+    with pytest.raises(lf.LaunchError, match=r"over 2 nodes failed: srun exited with 137; .*\(0: to 1:\)"):
+        lf._launch_training(tmp_path / "args.yaml", {}, lf.Launch(nnodes=1, nproc_per_node=1), nodes=2)
+
+
+def test_each_node_starts_torchrun_with_a_training_rank_per_process(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs["env"])))
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:native")
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NODEID": "1"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    lf.launch_node(tmp_path / "args.yaml", nodes=2, gpus_per_node=4)
+    ((command, env),) = calls
+    assert command[:3] == [lf.sys.executable, "-m", "torch.distributed.run"]
+    assert command[3:-4] == lf.Launch(2, 4, 1, "n1", 20007).torchrun_options()
+    assert command[-4:] == ["-m", "shadowft.training", "rank", str(tmp_path / "args.yaml")]
+    # LLaMA-Factory's launcher's settings for its processes, under the job's own.
+    assert (env["TORCH_NCCL_AVOID_RECORD_STREAMS"], env["PYTORCH_CUDA_ALLOC_CONF"]) == ("1", "backend:native")
+    # The node says where it sits in the rendezvous.
+    logged = capsys.readouterr().err
+    assert "(SLURM_NODEID=1): NNODES=2 NODE_RANK=1 NPROC_PER_NODE=4 MASTER_ADDR=n1 MASTER_PORT=20007" in logged
+
+
+def test_each_rank_says_where_it_sits_and_trains_from_the_yaml(tmp_path, monkeypatch, capsys):
+    trained = []
+    # LLaMA-Factory is the train environment's: stood in for.
+    tuner = types.SimpleNamespace(run_exp=lambda args: trained.append(args))
+    for name, module in [("llamafactory", types.SimpleNamespace()), ("llamafactory.train", types.SimpleNamespace())]:
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "llamafactory.train.tuner", tuner)
+    config = write_config(tmp_path)
+    ranks = {"RANK": "3", "WORLD_SIZE": "4", "GROUP_RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "n1"}
+    for name, value in ranks.items():
+        monkeypatch.setenv(name, value)
+    lf.run_rank(config)
+    assert trained == [lf_args.read_yaml(config)]
+    logged = capsys.readouterr().err
+    assert "RANK=3 WORLD_SIZE=4 GROUP_RANK=1 LOCAL_RANK=1 MASTER_ADDR=n1 MASTER_PORT=(unset)" in logged
+
+
+def test_a_rank_on_cpus_reads_back_a_checkpoint_onto_its_indexed_cpu_device(tmp_path):
+    # What the Trainer does resuming a run of several CPU processes: torch.load onto "cpu:0"
+    # (accelerate's name for the device), in a process of its own as a rank is.
+    load = (
+        "import sys, torch\n"
+        "torch.save({'exp_avg': torch.ones(2)}, 'optimizer.pt')\n"
+        "if sys.argv[1] == 'allowed':\n"
+        "    from shadowft.training.llamafactory import allow_indexed_cpu_locations\n"
+        "    allow_indexed_cpu_locations(); allow_indexed_cpu_locations()\n"
+        "state = torch.load('optimizer.pt', map_location=torch.device('cpu', 0), weights_only=True)\n"
+        "assert torch.equal(state['exp_avg'], torch.ones(2)) and state['exp_avg'].device.type == 'cpu'\n"
+    )
+
+    def rank(*argv, **options):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-c", load, *argv], cwd=tmp_path, env=env, text=True, **options)
+
+    refused = rank("as-is", capture_output=True)
+    assert "don't know how to restore data location" in refused.stderr and "cpu:0" in refused.stderr
+    rank("allowed", check=True)
 
 
 def test_gpus_are_spread_evenly_over_the_nodes(tmp_path, fake_llamafactory):

@@ -183,7 +183,7 @@ def test_each_workload_states_the_resources_it_uses(plan):
     assert set(sizes.job(Workload.ENGINE, model="base")) == {"mem_mb", "runtime"}
     assert set(sizes.job(Workload.EVALUATE, model="model")) == {"mem_mb", "runtime", "gpu", "cpus_per_gpu"}
     training = sizes.job(sizes.training_workload, model="model", tokens=sizes.training_tokens)
-    assert set(training) == {"mem_mb", "runtime", "gpu", "cpus_per_gpu", "nodes", "mpi", "tasks_per_node"}
+    assert set(training) == {"mem_mb", "runtime", "gpu", "cpus_per_gpu", "nodes", "mpi", "tasks_per_node", "gres"}
     assert training["cpus_per_gpu"] == 8
     assert (sizes.tool_threads, sizes.engine_threads) == (8, 4)
 
@@ -194,12 +194,13 @@ def test_a_job_is_sized_from_its_model_once_it_exists(plan, tmp_path):
     job = Wildcards(pair="demo", variant="base", benchmark="demo_task")
     absent = Paths(model=str(tmp_path / "absent"), data=str(tmp_path))
     # Before the download, neither the model nor the pair's base exists and the pair declares no size.
-    assert evaluation["gpu"](job, absent, 1) == "TBD" and evaluation["mem_mb"](job, absent, 1) == "TBD"
+    assert evaluation["gpu"](job, absent, 1, "evaluate") == "TBD"
+    assert evaluation["mem_mb"](job, absent, 1, "evaluate") == "TBD"
     model = write_sparse_model(tmp_path / "model", 8_000_000_000, shards=1)
     present = Paths(model=str(model), data=str(tmp_path))
     expected = size_job(Workload.EVALUATE, 8_000_000_000, NODE, attempt=2)
-    assert evaluation["gpu"](job, present, 2) == expected.gpu
-    assert evaluation["mem_mb"](job, present, 2) == expected.mem_mb
+    assert evaluation["gpu"](job, present, 2, "evaluate") == expected.gpu
+    assert evaluation["mem_mb"](job, present, 2, "evaluate") == expected.mem_mb
 
 
 def test_a_pairs_declared_size_stands_in_before_the_download(tmp_path):
@@ -212,6 +213,37 @@ def test_a_pairs_declared_size_stands_in_before_the_download(tmp_path):
     inputs = Paths(model=str(tmp_path / "absent"), dataset=str(tmp_path / "absent"))
     job = Wildcards(pair="demo", run=full, role="base")
     expected = size_job(Workload.TRAIN_FULL, 14_000_000_000, NODE)
-    assert (training["gpu"](job, inputs, 1), training["nodes"](job, inputs, 1)) == (expected.gpu, expected.nodes)
-    assert training["mpi"](job, inputs, 1) == ("srun" if expected.nodes > 1 else None)
-    assert training["gpu"](Wildcards(pair="demo", run=lora, role="base"), inputs, 1) == 1
+    sized = {key: training[key](job, inputs, 1, "train") for key in ("gpu", "nodes", "mpi")}
+    assert sized == {"gpu": expected.gpu, "nodes": expected.nodes, "mpi": "srun" if expected.nodes > 1 else None}
+    assert training["gpu"](Wildcards(pair="demo", run=lora, role="base"), inputs, 1, "train") == 1
+
+
+def test_a_spread_the_profile_asks_for_is_what_the_job_is_sized_for(tmp_path):
+    config = demo_config()
+    config["pairs"]["demo"]["parameters"] = 500_000_000
+    plan = Plan(config)
+    # set-resources: {train: {gpu: 2, nodes: 2}}; demo_train (`use rule train`) keeps its own size.
+    sizes = Sizer(plan, NODE, node_described=True, unknown="TBD", requested={"train": {"gpu": 2, "nodes": 2}})
+    training = sizes.job(sizes.training_workload, model="model", tokens=sizes.training_tokens)
+    lora, _ = plan.runs
+    job = Wildcards(pair="demo", run=lora, role="base")
+    inputs = Paths(model=str(tmp_path / "absent"), dataset=str(tmp_path / "absent"))
+    spread = {key: value(job, inputs, 1, "train") for key, value in training.items() if callable(value)}
+    expected = size_job(Workload.TRAIN_LORA, 500_000_000, NODE, gpu=2, nodes=2)
+    # One GPU on each node: the executor's mpi job asks for two tasks a node (it refuses one),
+    # and --gres asks SLURM for one GPU on every node, which --gpus=2 alone would not.
+    assert spread == {
+        "gpu": 2,
+        "nodes": 2,
+        "mem_mb": expected.mem_mb,
+        "runtime": expected.runtime,
+        "mpi": "srun",
+        "tasks_per_node": 2,
+        "gres": "gpu:1",
+    }
+    assert {key: training[key](job, inputs, 1, "demo_train") for key in ("gpu", "nodes", "mpi", "gres")} == {
+        "gpu": 1,
+        "nodes": 1,
+        "mpi": None,
+        "gres": None,
+    }

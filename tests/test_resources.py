@@ -51,6 +51,32 @@ def test_a_model_too_large_for_one_node_spans_nodes_for_full_tuning_only():
         size_job(Workload.TRAIN_FULL, 70_000_000_000, one_node)
 
 
+def test_a_spread_the_profile_asks_for_is_sized_for_and_checked_against_the_node():
+    # LoRA of 8 B fits one GPU; asked to spread over 2 nodes, 4 GPUs each, it is sized for them.
+    size = size_job(Workload.TRAIN_LORA, 8_000_000_000, H100_NODE, gpu=8, nodes=2)
+    assert (size.gpu, size.nodes, size.gpus_per_node) == (8, 2, 4)
+    # Host memory per node is the node's share: 4 GiB, 4 GiB per GPU, 4 bytes a parameter.
+    assert size.mem_mb == math.ceil((4 * GIB + 4 * 4 * GIB + 4 * 8e9) / MIB)
+    # Time: the compute shared by the 8 GPUs.
+    one_gpu = size_job(Workload.TRAIN_LORA, 8_000_000_000, H100_NODE, tokens=1e8)
+    eight = size_job(Workload.TRAIN_LORA, 8_000_000_000, H100_NODE, tokens=1e8, gpu=8, nodes=2)
+    assert eight.runtime - 20 == math.ceil((one_gpu.runtime - 20) / 8)
+    # Either may be left out: nodes as many as the GPUs need, GPUs the estimate's over the nodes.
+    assert size_job(Workload.TRAIN_FULL, 8_000_000_000, H100_NODE, gpu=16).nodes == 2
+    assert size_job(Workload.TRAIN_LORA, 8_000_000_000, H100_NODE, nodes=2).gpu == 2
+    for spread, problem in [
+        ({"gpu": 3, "nodes": 2}, r"3 GPU\(s\) over 2 node\(s\): the GPUs must spread evenly"),
+        ({"gpu": 18, "nodes": 2}, r"18 GPU\(s\) over 2 node\(s\), but the profile allows a node with 8 GPU"),
+        ({"gpu": 40}, r"40 GPU\(s\) over 5 node\(s\), but the profile allows .*at most 4 node"),
+        ({"nodes": 0}, "for 0 nodes: a job runs on at least one"),
+        ({"gpu": -1}, r"train_lora's gpu -1 must be a whole number"),
+    ]:
+        with pytest.raises(SizingError, match=problem):
+            size_job(Workload.TRAIN_LORA, 8_000_000_000, H100_NODE, **spread)
+    with pytest.raises(SizingError, match=r"evaluate for 2 GPU\(s\) over 2 node\(s\), but only training spans nodes"):
+        size_job(Workload.EVALUATE, 8_000_000_000, H100_NODE, gpu=2, nodes=2)
+
+
 def test_evaluation_of_a_model_that_no_node_holds_is_refused_naming_the_node():
     small = Node(gpus=2, cpus=16, mem_mb=128000, gpu_mem_mb=40960)
     # 2 x 70e9 = 130.4 GiB over 36 - 23.5 GiB of KV-cache reserve = 12.5 GiB per GPU: 11 GPUs.

@@ -183,5 +183,6 @@ def test_full_tuning_too_large_for_a_node_spans_nodes_with_one_launcher_per_node
     full = spanning[("train", f"pair=q4, run={FULL_RUN}, role=base")]
     # 67.4 GiB of state over 21.6 GiB usable less 6.8 GiB of reserve: 5 GPUs -> 3 nodes of 2.
     assert (full["gpu"], full["nodes"], full["tasks_per_node"], full["mpi"]) == ("6", "3", "2", "srun")
+    assert full["gres"] == "gpu:2"  # per node: --gpus=6 alone would let SLURM spread them unevenly
     lora = spanning[("train", f"pair=q4, run={LORA_RUN}, role=base")]
-    assert (lora["gpu"], lora["nodes"]) == ("1", "1") and "mpi" not in lora
+    assert (lora["gpu"], lora["nodes"]) == ("1", "1") and "mpi" not in lora and "gres" not in lora

@@ -45,15 +45,18 @@ SUBMITTED = re.compile(
 )
 
 
-def cluster_or_skip():
-    """Skip where no SLURM runs; in CI, where .ci/run starts one, fail instead."""
+def cluster_or_skip(nodes=1):
+    """Skip where no SLURM runs with `nodes` nodes up; in CI, where .ci/run starts one, fail instead."""
     problem = None
     if shutil.which("sbatch") is None:
         problem = "sbatch is not installed (.ci/slurm install)"
     else:
-        probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
-        if probe.returncode != 0 or not {"idle", "mixed", "allocated"} & set(probe.stdout.split()):
-            problem = f"no SLURM node is up (.ci/slurm start): {probe.stdout.strip() or probe.stderr.strip()}"
+        probe = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=60)
+        states = [line.split() for line in probe.stdout.splitlines()]
+        up = {name for name, state in states if state in {"idle", "mixed", "allocated"}}
+        if probe.returncode != 0 or len(up) < nodes:
+            said = probe.stdout.strip() or probe.stderr.strip()
+            problem = f"fewer than {nodes} SLURM node(s) up (.ci/slurm start): {said}"
     if problem and os.environ.get("CI") == "true":
         pytest.fail(f"CI runs the SLURM tests, but {problem}")
     if problem:

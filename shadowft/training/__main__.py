@@ -6,6 +6,9 @@ experiment gives LLaMA-Factory (train environment), write a run's YAML (any envi
     python -m shadowft.training config --spec JSON OUT.yaml
     python -m shadowft.training train CONFIG.yaml MODEL_OUT [--gpus G] [--nodes N]
     python -m shadowft.training export --model M --adapter A --template T OUT
+
+(and, started by `train` itself: `node-launch`, one node's launcher of a multi-node run, and
+`rank`, one process of a torchrun launch)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from shadowft.io import atomic_write_json, raise_on_sigterm
 from shadowft.training.arguments import UnknownArgumentError, check_names, write_config
-from shadowft.training.llamafactory import OFFLINE_ENVIRONMENT, export_merged, launch_node, run_training
+from shadowft.training.llamafactory import OFFLINE_ENVIRONMENT, export_merged, launch_node, run_rank, run_training
 from shadowft.workers import run_command
 
 # What a warm worker (shadowft.workers) imports once for every CPU job of a local run:
@@ -39,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("config", type=Path)
     node.add_argument("--nodes", type=int, required=True)
     node.add_argument("--gpus-per-node", type=int, required=True)
+    rank = commands.add_parser("rank", help="(internal) one process of a torchrun launch")
+    rank.add_argument("config", type=Path)
     names = commands.add_parser("check-names", help="check an experiment's LLaMA-Factory argument names and templates")
     names.add_argument("names", type=json.loads, help='{"arguments": {name: [where]}, "templates": {name: [where]}}')
     names.add_argument("out", type=Path, help="the record of what was checked (JSON)")
@@ -71,6 +76,8 @@ def main(argv: Iterable[str] | None = None) -> None:
             sys.exit(f"error: {error}")
     elif options.command == "node-launch":
         launch_node(options.config, options.nodes, options.gpus_per_node)
+    elif options.command == "rank":
+        run_rank(options.config)
     else:
         export_merged(
             options.model, options.adapter, options.template, options.out, trust_remote_code=options.trust_remote_code

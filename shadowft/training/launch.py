@@ -1,10 +1,13 @@
 """How a training job spreads over the GPUs and nodes SLURM gave it.
 
 One GPU (or none) trains in the job's own process. Several GPUs on one node start one
-process per GPU through torchrun, as LLaMA-Factory's launcher does when FORCE_TORCHRUN is
-set. Several nodes start one launcher per node with ``srun``, each told the rendezvous
-(NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT) derived here from SLURM's environment, so
-every node computes the same answer without talking to the others.
+process per GPU through torchrun, each training as LLaMA-Factory's own launcher
+(``llamafactory-cli train`` with FORCE_TORCHRUN) would have it. Several nodes start one
+launcher per node with ``srun``, each told the rendezvous (nodes, its node rank, the master's
+address and port) derived here from SLURM's environment, so every node computes the same
+answer without talking to the others. torchrun is started here rather than through
+LLaMA-Factory's launcher, which passes torchrun no options on a fixed rendezvous: so the
+rendezvous is bounded in time (RENDEZVOUS_TIMEOUT_S) and a failed rank is never restarted.
 
 Full fine-tuning on more than one GPU shards the model with DeepSpeed ZeRO-3, as the paper
 did; so does LoRA when one GPU cannot hold the base weights. The ZeRO-3 configuration is
@@ -22,6 +25,17 @@ from dataclasses import dataclass
 # Ports a job's rendezvous may use: above the well-known and registered ranges most
 # clusters keep free for users, below the kernel's ephemeral range (32768+).
 RENDEZVOUS_PORTS = range(20000, 32000)
+# How long the first node's torchrun waits for the others, and the others for it, to join the
+# rendezvous (torch's static rendezvous; its default is 600 s). srun starts every node's
+# launcher at once and torchrun imports only torch before joining, so a node missing after
+# this never started or cannot reach the first one (a wrong address): fail, do not wait.
+RENDEZVOUS_TIMEOUT_S = 300
+# What LLaMA-Factory's own launcher (0.9.5, OPTIM_TORCH on by default) sets for the processes
+# it starts through torchrun; a value the job already has wins.
+LLAMAFACTORY_WORKER_ENVIRONMENT = {
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+}
 
 # LLaMA-Factory's own ZeRO-3 example configuration ("auto" values are filled in by the
 # transformers Trainer from the training arguments): parameters, gradients and optimizer
@@ -69,7 +83,7 @@ class Launch:
     nproc_per_node: int
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
-    master_port: int | None = None  # None: LLaMA-Factory picks a free port (one node only)
+    master_port: int | None = None  # None: torchrun picks a free port (one node only)
 
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.nproc_per_node < 1:
@@ -88,18 +102,31 @@ class Launch:
         """One device: no torchrun, the job's own process trains."""
         return self.world_size == 1
 
-    def environment(self) -> dict[str, str]:
-        """The variables LLaMA-Factory's launcher reads to start torchrun for this node."""
-        env = {
-            "FORCE_TORCHRUN": "1",
-            "NNODES": str(self.nnodes),
-            "NODE_RANK": str(self.node_rank),
-            "NPROC_PER_NODE": str(self.nproc_per_node),
-            "MASTER_ADDR": self.master_addr,
-        }
+    def rendezvous(self) -> dict[str, str]:
+        """This node's place in the rendezvous, as torchrun's variables name it (for the log)."""
+        names = {"NNODES": self.nnodes, "NODE_RANK": self.node_rank, "NPROC_PER_NODE": self.nproc_per_node}
         if self.master_port is not None:
-            env["MASTER_PORT"] = str(self.master_port)
-        return env
+            names.update(MASTER_ADDR=self.master_addr, MASTER_PORT=self.master_port)
+        return {name: str(value) for name, value in names.items()}
+
+    def torchrun_options(self) -> list[str]:
+        """torchrun's options for this node: the rendezvous, bounded in time, and no restarts.
+
+        One node uses torchrun's own local rendezvous on a free port. Several use the fixed
+        (static) one: every node is told its rank, so NODE_RANK and the ranks torchrun gives
+        its processes cannot be mixed up. A restart could not rejoin it, and the other nodes
+        would wait for a rank that is gone: a failed rank fails the node's launcher at once.
+        """
+        if self.master_port is None:
+            rendezvous = ["--standalone"]
+        else:
+            rendezvous = [
+                f"--node-rank={self.node_rank}",
+                f"--master-addr={self.master_addr}",
+                f"--master-port={self.master_port}",
+                f"--rdzv-conf=timeout={RENDEZVOUS_TIMEOUT_S}",
+            ]
+        return [f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}", *rendezvous, "--max-restarts=0"]
 
 
 def uses_zero3(tuning: str, world_size: int, *, lora_fits_one_gpu: bool = True) -> bool:
@@ -146,7 +173,10 @@ def srun_command(nodes: int, gpus_per_node: int) -> list[str]:
     """The srun prefix that starts one per-node launcher on each node of the job.
 
     ``--overlap`` lets it share the resources of the job step it is started from (the step
-    that runs the workflow's job), ``--kill-on-bad-exit`` ends every node when one fails.
+    that runs the workflow's job). ``--kill-on-bad-exit`` ends every node's launcher as soon
+    as one fails or is killed: this, not a timeout, is what keeps the others from waiting
+    for a dead peer (training's collective timeout, ``ddp_timeout``, is days long, as a
+    ZeRO-3 save needs). ``--label`` starts each line of the log with the node's task number.
     """
     command = [
         "srun",
@@ -155,6 +185,7 @@ def srun_command(nodes: int, gpus_per_node: int) -> list[str]:
         "--ntasks-per-node=1",
         "--overlap",
         "--kill-on-bad-exit=1",
+        "--label",
     ]
     if gpus_per_node:
         command.append(f"--gpus-per-node={gpus_per_node}")

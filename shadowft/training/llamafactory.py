@@ -12,16 +12,20 @@ Why training runs in this process rather than as a `llamafactory-cli` child: imp
 LLaMA-Factory takes ~10 s and the arguments must be checked against its dataclasses before it
 starts, so one process does both; `llamafactory-cli train` itself calls the same `run_exp()`
 in-process on a single device. Several devices need one process per rank, so that case (and
-only that) launches `llamafactory-cli train` with FORCE_TORCHRUN, as LLaMA-Factory's launcher
-would; several nodes start one such launcher per node with srun (shadowft.training.launch).
+only that) starts torchrun, each of its processes training as under `llamafactory-cli train`
+with FORCE_TORCHRUN (`run_rank`); several nodes start one torchrun per node with srun
+(shadowft.training.launch). Without CUDA (a CPU node, or SLURM's fake GPUs in CI) the
+processes train on the CPU, with DDP over gloo.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +34,15 @@ from typing import Any
 
 from shadowft.io import atomic_directory, atomic_write_json
 from shadowft.training.arguments import check_arguments, read_yaml, write_yaml
-from shadowft.training.launch import ZERO3_CONFIG, Launch, launch_from_slurm, srun_command, uses_zero3
+from shadowft.training.launch import (
+    LLAMAFACTORY_WORKER_ENVIRONMENT,
+    ZERO3_CONFIG,
+    Launch,
+    LaunchError,
+    launch_from_slurm,
+    srun_command,
+    uses_zero3,
+)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -77,7 +89,9 @@ def run_training(
     if resumed_from:
         print(f"shadowft: resuming {work} from {resumed_from}", file=sys.stderr, flush=True)
     launch = _single_node_launch(gpus, nodes)
-    args = _with_zero3(args, launch.nproc_per_node * nodes, work)
+    world_size = launch.nproc_per_node * nodes
+    if world_size > 1:
+        args = _with_distribution(args, world_size, work, cuda=_cuda_available())
     effective_yaml = work / EFFECTIVE_ARGUMENTS_FILE
     write_yaml(args, effective_yaml)
 
@@ -113,15 +127,28 @@ def _single_node_launch(gpus: int | None, nodes: int) -> Launch:
     return Launch(nnodes=1, nproc_per_node=max(gpus // nodes, 1))
 
 
-def _with_zero3(args: dict[str, Any], world_size: int, work: Path) -> dict[str, Any]:
-    """`args` with the ZeRO-3 configuration when the run needs it and the user named none.
+def _cuda_available() -> bool:
+    import torch
 
-    A `deepspeed` key in the hyper-parameters (a configuration file, or null for none) wins.
+    return torch.cuda.is_available()
+
+
+def _with_distribution(args: dict[str, Any], world_size: int, work: Path, *, cuda: bool) -> dict[str, Any]:
+    """`args` for `world_size` processes, with what the user did not set: on GPUs the ZeRO-3
+    configuration when the run needs it; without CUDA the gloo backend and no ZeRO-3.
+
+    Without CUDA (a CPU node, or SLURM's fake GPUs in CI) NCCL cannot run and ZeRO-3 has no
+    GPUs to shard over: every process holds the whole model and DDP averages the gradients.
+    A `deepspeed` key in the hyper-parameters (a configuration file, or null for none) wins,
+    and so does a `ddp_backend`.
     """
+    if not cuda:
+        print(f"shadowft: no CUDA device: {world_size} processes on the CPU, DDP over gloo", file=sys.stderr)
+        return {"ddp_backend": "gloo", **args}
     if "deepspeed" in args:
         return args
     lora_fits = True
-    if args["finetuning_type"] == "lora" and world_size > 1:
+    if args["finetuning_type"] == "lora":
         lora_fits = _lora_fits_one_gpu(Path(args["model_name_or_path"]))
     if not uses_zero3(args["finetuning_type"], world_size, lora_fits_one_gpu=lora_fits):
         return args
@@ -206,7 +233,14 @@ def _launch_training(config_yaml: Path, args: dict[str, Any], launch: Launch, no
     if nodes > 1:
         node_launcher = [sys.executable, "-m", "shadowft.training", "node-launch", os.fspath(config_yaml)]
         node_launcher += ["--nodes", str(nodes), "--gpus-per-node", str(launch.nproc_per_node)]
-        subprocess.run(srun_command(nodes, launch.nproc_per_node) + node_launcher, check=True)
+        srun = srun_command(nodes, launch.nproc_per_node)
+        print(f"shadowft: {' '.join(srun + node_launcher)}", file=sys.stderr, flush=True)
+        status = subprocess.run(srun + node_launcher).returncode
+        if status:
+            raise LaunchError(
+                f"training over {nodes} nodes failed: srun exited with {status}; "
+                f"each node's lines above start with its task number (0: to {nodes - 1}:)"
+            )
         return
     forced = os.environ.get("FORCE_TORCHRUN", "0").lower() in ("1", "true", "y")
     if launch.in_process and not forced:
@@ -214,21 +248,64 @@ def _launch_training(config_yaml: Path, args: dict[str, Any], launch: Launch, no
 
         run_exp(args=args)
         return
-    _run_launcher(config_yaml, launch)
+    _run_torchrun(config_yaml, launch)
 
 
-def _run_launcher(config_yaml: Path, launch: Launch) -> None:
-    """LLaMA-Factory's own launcher, which starts torchrun with `launch`'s rendezvous."""
-    # The launcher calls `torchrun` by name: this environment's copy must come first on PATH.
-    path = os.pathsep.join([os.fspath(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, **launch.environment(), "PATH": path}
-    subprocess.run([sys.executable, "-m", "llamafactory.cli", "train", os.fspath(config_yaml)], env=env, check=True)
+def _run_torchrun(config_yaml: Path, launch: Launch) -> None:
+    """torchrun with `launch`'s rendezvous, each of its processes training from `config_yaml` (`run_rank`)."""
+    env = {**LLAMAFACTORY_WORKER_ENVIRONMENT, **os.environ}
+    command = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_options()]
+    subprocess.run([*command, "-m", "shadowft.training", "rank", os.fspath(config_yaml)], env=env, check=True)
+
+
+# The variables torchrun gives each of its processes: where it sits in the whole run.
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_rank(config_yaml: Path) -> None:
+    """One process of a torchrun launch: LLaMA-Factory's training from `config_yaml`, as its
+    launcher module runs it under torchrun, once the process has said in the log where it sits."""
+    _set_offline_environment()
+    said = " ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in RANK_VARIABLES)
+    print(f"shadowft: rank on {socket.gethostname()}: {said}", file=sys.stderr, flush=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        allow_indexed_cpu_locations()
+    from llamafactory.train.tuner import run_exp
+
+    run_exp(args=read_yaml(config_yaml))
+
+
+@functools.cache
+def allow_indexed_cpu_locations() -> None:
+    """Let torch.load read tensors onto the device "cpu:N", in this process.
+
+    accelerate names the device of each process of a run on CPUs cpu:0, cpu:1, ..., and the
+    transformers Trainer, resuming a run of several processes, loads the optimizer's state
+    onto that device (map_location), which torch's own loader refuses: "don't know how to
+    restore data location of torch.storage.UntypedStorage (tagged with cpu:0)". The state is
+    on the CPU already: keep it there. Once per process (a second registration would tie).
+    """
+    import torch.serialization
+
+    def restore_on_cpu(storage, location: str):
+        return storage if re.fullmatch(r"cpu:\d+", location) else None
+
+    # Consulted just after torch's own CPU loader (priority 10), which takes plain "cpu"; it
+    # tags nothing, so saving is unchanged.
+    torch.serialization.register_package(11, lambda storage: None, restore_on_cpu)
 
 
 def launch_node(config_yaml: Path, nodes: int, gpus_per_node: int) -> None:
-    """One node's part of a multi-node run, started by srun on every node of the job."""
+    """One node's part of a multi-node run, started by srun on every node of the job; it says in
+    the log where it sits in the rendezvous, as derived from SLURM's environment."""
     _set_offline_environment()
-    _run_launcher(config_yaml, launch_from_slurm(os.environ, nodes, gpus_per_node))
+    launch = launch_from_slurm(os.environ, nodes, gpus_per_node)
+    said = " ".join(f"{name}={value}" for name, value in launch.rendezvous().items())
+    node_id = os.environ.get("SLURM_NODEID")
+    print(f"shadowft: node {socket.gethostname()} (SLURM_NODEID={node_id}): {said}", file=sys.stderr, flush=True)
+    _run_torchrun(config_yaml, launch)
 
 
 def _set_offline_environment() -> None:

@@ -186,12 +186,16 @@ def size_job(
     *,
     attempt: int = 1,
     tokens: float = 0.0,
+    gpu: int | None = None,
+    nodes: int | None = None,
 ) -> JobResources:
     """The resources of one job of `workload` on a model of `parameters`, run on `node`.
 
     `tokens` is what the job processes (training: dataset tokens times epochs; evaluation:
-    tokens generated), used for the wall-time estimate. Raises SizingError when no
-    allowed number of `node`s can hold the job.
+    tokens generated), used for the wall-time estimate. `gpu` and `nodes` are the spread a
+    profile asks for (its ``set-resources``), either one or both, in place of the estimate's:
+    the job's memory and time are then sized for that spread. Raises SizingError when no
+    allowed number of `node`s can hold the job, or the spread asked for.
     """
     if parameters < 1:
         raise ValueError(f"parameters: {parameters!r} must be >= 1")
@@ -199,14 +203,18 @@ def size_job(
         raise ValueError(f"attempt: {attempt!r} must be >= 1")
     scaling = SCALING[workload]
     total_gpus = _gpus_needed(workload, scaling, parameters, node)
-    nodes = math.ceil(total_gpus / node.gpus) if total_gpus else 1
-    gpus_per_node = math.ceil(total_gpus / nodes) if total_gpus else 0
-    if nodes > node.max_nodes:
-        raise SizingError(
-            f"{workload.value} of a {_billions(parameters)} model needs {total_gpus} GPUs "
-            f"({nodes} nodes), but the profile allows {node.describe()}; allow more nodes "
-            "(max_nodes) or use GPUs with more memory"
-        )
+    if gpu is not None or nodes is not None:
+        gpus_per_node, nodes = _requested_spread(workload, total_gpus, node, gpu, nodes)
+        total_gpus = gpus_per_node * nodes
+    else:
+        nodes = math.ceil(total_gpus / node.gpus) if total_gpus else 1
+        gpus_per_node = math.ceil(total_gpus / nodes) if total_gpus else 0
+        if nodes > node.max_nodes:
+            raise SizingError(
+                f"{workload.value} of a {_billions(parameters)} model needs {total_gpus} GPUs "
+                f"({nodes} nodes), but the profile allows {node.describe()}; allow more nodes "
+                "(max_nodes) or use GPUs with more memory"
+            )
     host_bytes = attempt * (
         (scaling.host_base_gib + scaling.host_per_gpu_gib * gpus_per_node) * GIB
         + scaling.host_bytes_per_parameter * parameters
@@ -225,6 +233,34 @@ def size_job(
         mem_mb=mem_mb,
         runtime=_runtime_minutes(workload, scaling, parameters, tokens, max(total_gpus, 1), attempt, node),
     )
+
+
+def _requested_spread(
+    workload: Workload, needed: int, node: Node, gpu: int | None, nodes: int | None
+) -> tuple[int, int]:
+    """(GPUs per node, nodes) of the spread a profile asks for, once a node of it can hold them.
+
+    Left out, `nodes` is as many as `gpu` GPUs need, and `gpu` the estimate's GPUs spread over
+    `nodes`. Only training spans nodes (one launcher per node); the GPUs spread evenly, as
+    torchrun starts the same number of processes on every node.
+    """
+    for name, value in (("gpu", gpu), ("nodes", nodes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise SizingError(f"set-resources: {workload.value}'s {name} {value!r} must be a whole number >= 0")
+    if nodes == 0:
+        raise SizingError(f"set-resources asks {workload.value} for 0 nodes: a job runs on at least one")
+    if nodes is None:
+        nodes = math.ceil(gpu / node.gpus) if gpu and node.gpus else 1
+    if gpu is None:
+        gpu = nodes * math.ceil(needed / nodes)
+    asked = f"set-resources asks {workload.value} for {gpu} GPU(s) over {nodes} node(s)"
+    if nodes > 1 and not workload.is_training:
+        raise SizingError(f"{asked}, but only training spans nodes")
+    if gpu % nodes:
+        raise SizingError(f"{asked}: the GPUs must spread evenly, as a multiple of the nodes")
+    if nodes > node.max_nodes or gpu // nodes > node.gpus:
+        raise SizingError(f"{asked}, but the profile allows {node.describe()}")
+    return gpu // nodes, nodes
 
 
 def _gpus_needed(workload: Workload, scaling: Scaling, parameters: int, node: Node) -> int:

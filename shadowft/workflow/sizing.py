@@ -15,7 +15,7 @@ scheduler computes it once the input is there.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -50,16 +50,30 @@ def parameters_of(folder: str | os.PathLike) -> int | None:
     return _parameters_of(str(folder.resolve()), folder.stat().st_mtime_ns)
 
 
+# The resources of a rule's spread that a profile's set-resources may ask for (size_job's keywords).
+SPREAD_RESOURCES = ("gpu", "nodes")
+
+
 class Sizer:
     """Job sizes for the rules of `plan` on `node`; `node_described` says whether a profile
     described the node (a cluster) or it is this machine; `unknown` is what a size is while the
-    job's model is not there."""
+    job's model is not there; `requested` holds, by rule, the GPUs and nodes the profile's
+    set-resources ask for (SPREAD_RESOURCES), which the job is then sized for."""
 
-    def __init__(self, plan: Plan, node: Node, *, node_described: bool, unknown: Any = None):
+    def __init__(
+        self,
+        plan: Plan,
+        node: Node,
+        *,
+        node_described: bool,
+        unknown: Any = None,
+        requested: Mapping[str, Mapping[str, int]] | None = None,
+    ):
         self.plan = plan
         self.node = node
         self.node_described = node_described
         self.unknown = unknown
+        self.requested = dict(requested or {})
         self._sizes: dict[tuple, JobResources | None] = {}
 
     @property
@@ -90,20 +104,26 @@ class Sizer:
         (`tokens(wildcards, input)`, for the wall time). GPU work states its GPUs, training also
         its nodes; every job states its memory and time."""
 
-        def size(wildcards, input, attempt) -> JobResources | None:
+        def size(wildcards, input, attempt, rulename) -> JobResources | None:
             chosen = workload(wildcards) if callable(workload) else workload
-            key = (id(size), tuple(wildcards.items()), attempt, tuple(map(os.path.exists, input)))
+            key = (id(size), rulename, tuple(wildcards.items()), attempt, tuple(map(os.path.exists, input)))
             if key not in self._sizes:
                 parameters = self._parameters(wildcards, getattr(input, model))
                 self._sizes[key] = None
                 if parameters is not None:
                     processed = tokens(wildcards, input) if tokens is not None else 0.0
-                    self._sizes[key] = size_job(chosen, parameters, self.node, attempt=attempt, tokens=processed)
+                    spread = self.requested.get(rulename, {})
+                    self._sizes[key] = size_job(
+                        chosen, parameters, self.node, attempt=attempt, tokens=processed, **spread
+                    )
             return self._sizes[key]
 
         def field(value: Callable[[JobResources], Any], unknown: Any = self.unknown) -> Callable:
-            def resource(wildcards, input, attempt):
-                job = size(wildcards, input, attempt)
+            # Snakemake passes a resource function the arguments it names: `rulename` tells a
+            # rule from the rules that `use` it (demo_train is train's), each with its own
+            # set-resources.
+            def resource(wildcards, input, attempt, rulename):
+                job = size(wildcards, input, attempt, rulename)
                 return unknown if job is None else value(job)
 
             return resource
@@ -119,7 +139,17 @@ class Sizer:
             # (not in a one-task job step), and the command starts one launcher per node with
             # srun (shadowft.training.launch), each starting one process per GPU.
             resources["mpi"] = field(lambda job: "srun" if job.nodes > 1 else None, unknown=None)
-            resources["tasks_per_node"] = field(lambda job: job.gpus_per_node if job.nodes > 1 else None, unknown=None)
+            # A process per GPU; the executor refuses an `mpi` job of one task per node (as a
+            # mistake), so one GPU per node asks for two: the launcher is one task either way.
+            resources["tasks_per_node"] = field(
+                lambda job: max(job.gpus_per_node, 2) if job.nodes > 1 else None, unknown=None
+            )
+            # `gpu` is the job's total (sbatch --gpus), which SLURM spreads as it likes so long
+            # as every node has one (sbatch(1)); every node runs as many processes, so a job
+            # over several nodes also asks for its GPUs per node (--gres, per node).
+            resources["gres"] = field(
+                lambda job: f"gpu:{job.gpus_per_node}" if job.nodes > 1 and job.gpu else None, unknown=None
+            )
         return resources
 
     def _parameters(self, wildcards, model_dir: str) -> int | None:
