@@ -149,15 +149,18 @@ def _run_in_worker(room: str, argv: list[str]) -> int | None:
         return None
     with connection:
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+        # Interrupted, the job ends its child: closing the connection tells it to stop. Set before
+        # the request goes, since the child may start (and be signalled) before it returns.
+        stops = (signal.SIGTERM, signal.SIGINT)
+        previous = {stop: signal.signal(stop, lambda number, frame: os._exit(128 + number)) for stop in stops}
         try:
             _send(connection, json.dumps(request).encode(), fds=[sys.stdout.fileno(), sys.stderr.fileno()])
         except OSError:
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
             return None
         sys.stdout.flush()
         sys.stderr.flush()
-        # Interrupted, the job ends its child: closing the connection tells it to stop.
-        for stop in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(stop, lambda number, frame: os._exit(128 + number))
         reply, _ = _receive(connection)
     if reply is None:
         print("shadowft: the worker ended without an exit status", file=sys.stderr)

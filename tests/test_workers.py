@@ -144,8 +144,8 @@ def test_a_job_whose_client_is_stopped_stops_as_sigterm_would_stop_it(room, tmp_
     client = subprocess.Popen([sys.executable, "-m", "room", "sleep", str(marker)], cwd=tmp_path, env=room)
     started = Path(f"{marker}.started")
     deadline = time.monotonic() + 60
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # written by the child, maybe not yet whole
     child = int(started.read_text())
     assert child != client.pid, "the job runs in the worker's child"
     client.send_signal(signal.SIGTERM)
