@@ -433,7 +433,8 @@ def test_dry_run_plans_one_evaluation_per_variant_and_paper_benchmark(tmp_path):
     config_file.write_text(yaml.safe_dump(config))
     output = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config_file)).stdout
 
-    planned = re.findall(r"^\s*output: (\S+/scores\.csv)$", output, re.MULTILINE)
+    # An evaluation's outputs start with its scores.csv (then its predictions and hardware).
+    planned = re.findall(r"^\s*output: (\S+/scores\.csv)(?:,|$)", output, re.MULTILINE)
     expanded = validate_config(copy.deepcopy(config))
     paper = [name for group in ("math7", "code3", "reasoning9") for name in GROUPS[group]]
     assert len(paper) == 19
