@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, demo_runs, snakemake
 from model_fixtures import local_pair_experiment
-from test_report import write_scores, write_similarity
+from test_report import write_overlap, write_scores, write_similarity
 
 from shadowft.data.datasets import ROWS_FILE
 from shadowft.report import read_summary
@@ -73,6 +73,7 @@ def test_the_same_setting_reaches_training_export_and_evaluation(trusting_instru
         (workdir / path).with_name("predictions.json").write_text("{}")  # no answers: no intervals, no samples
         Hardware.here().write((workdir / path).with_name("hardware.json"))
     write_similarity(workdir / "results/p/similarity.csv")
+    write_overlap(workdir / f"results/p/{RUN}/overlap.csv")
     allowed = ("--allowed-rules", "report", "environment_versions")
     snakemake(workdir, "results/summary.md", "--cores", "1", "--configfile", str(configfile), *allowed)
     summary = read_summary(workdir / "results/summary.csv")
