@@ -195,7 +195,7 @@ def test_grafts_and_scores_equal_a_local_run(slurm_run, demo_run):
     # Every variant but the grafts at the other alphas.
     local = local[local["alpha"].isna() | local["alpha"].isin(CLUSTER_ALPHAS)]
     local = local[local["benchmark"].isin(CLUSTER_BENCHMARKS)].reset_index(drop=True)
-    tuned = ("instruct_ft", "shadow_a1")
+    tuned = ("instruct_ft", "base_ft", "shadow_a1")
     variants = {"base", "instruct"} | {f"{run}/{kind}" for run in RUNS.values() for kind in tuned}
     assert set(on_cluster["variant"]) == variants
     pd.testing.assert_frame_equal(on_cluster, local)
