@@ -15,44 +15,13 @@ import json
 import pytest
 from conftest import ROOT, VENVS
 from opencompass_fixtures import constant_answer_model, evaluate_in_eval_env
+from scoring_fixtures import BBH_TASKS
 
 from shadowft.evaluation.results import read_scores
 from shadowft.evaluation.run import RUN_CONFIG_FILE
 
 EVAL_PYTHON = VENVS / "eval" / "bin" / "python"
 MAX_OUT_LEN = 4
-# BIG-Bench Hard's subsets (Suzgun et al., 2022), as OpenCompass's bbh_gen config names them.
-MULTIPLE_CHOICE = (
-    "temporal_sequences",
-    "disambiguation_qa",
-    "date_understanding",
-    "tracking_shuffled_objects_three_objects",
-    "penguins_in_a_table",
-    "geometric_shapes",
-    "snarks",
-    "ruin_names",
-    "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_five_objects",
-    "logical_deduction_three_objects",
-    "hyperbaton",
-    "logical_deduction_five_objects",
-    "logical_deduction_seven_objects",
-    "movie_recommendation",
-    "salient_translation_error_detection",
-    "reasoning_about_colored_objects",
-)
-FREE_FORM = (
-    "multistep_arithmetic_two",
-    "navigate",
-    "dyck_languages",
-    "word_sorting",
-    "sports_understanding",
-    "boolean_expressions",
-    "object_counting",
-    "formal_fallacies",
-    "causal_judgement",
-    "web_of_lies",
-)
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,7 +41,7 @@ def test_bbh_subsets_scored_by_their_own_evaluators(tmp_path):
     data = tmp_path / "cache" / "data" / "BBH" / "data"
     data.mkdir(parents=True)
     expected = {}
-    for index, subset in enumerate(MULTIPLE_CHOICE + FREE_FORM):
+    for index, subset in enumerate(BBH_TASKS):
         targets = subset_targets(index)
         examples = [{"input": f"Question {row} of {subset}?", "target": target} for row, target in enumerate(targets)]
         (data / f"{subset}.json").write_text(json.dumps({"examples": examples}))
